@@ -1,0 +1,83 @@
+"""Activation ranges for static INT8: computed once per (model bytes, data, settings), cached as JSON.
+
+The cache file is onnxruntime's own calibration-cache format, so quantize_static reads it directly
+and the quantized graph is still onnxruntime's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from onnxruntime.quantization.calibrate import save_tensors_data
+
+from quant.calibration.reader import Dims, checked_feeds
+from quant.calibration.sources import SampleSource
+
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class CalibrationRanges:
+    cache_file: Path
+    method: str
+    samples: int
+    cache_hit: bool
+    seconds: float
+    key: str
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "method": self.method,
+            "samples": self.samples,
+            "cache_hit": self.cache_hit,
+            "seconds": round(self.seconds, 3),
+            "key": self.key,
+        }
+
+
+def cache_key(model_sha256: str, data_fingerprint: str, method: str, percentile: float, op_types: list[str] | None) -> str:
+    """Every input that changes the ranges is in the key: model bytes, sample contents, settings."""
+    settings = json.dumps({"format": CACHE_FORMAT, "method": method, "percentile": percentile if method == "percentile" else None, "op_types": sorted(op_types) if op_types else None}, sort_keys=True)
+    return hashlib.sha256(f"{model_sha256}|{data_fingerprint}|{settings}".encode()).hexdigest()[:32]
+
+
+def calibration_ranges(
+    model_path: Path,
+    model_sha256: str,
+    source: SampleSource,
+    model_inputs: dict[str, Dims],
+    *,
+    method: str,
+    percentile: float,
+    op_types: list[str] | None,
+    cache_dir: Path,
+    log: Callable[[str], None],
+    progress: Callable[[int], None] | None = None,
+) -> CalibrationRanges:
+    key = cache_key(model_sha256, source.fingerprint, method, percentile, op_types)
+    cache_file = cache_dir / "calibration" / f"{key}.json"
+    if cache_file.is_file():
+        log(f"calibration: reusing cached {method} ranges ({cache_file.name})")
+        return CalibrationRanges(cache_file, method, len(source), True, 0.0, key)
+    log(f"calibration: {method} on {len(source)} samples")
+    started = time.perf_counter()
+    from quant.calibration.streaming import collect_ranges  # imported late: it pulls in the calibrators
+
+    feeds = (f for _, f in checked_feeds(source, model_inputs))
+    ranges = collect_ranges(
+        model_path,
+        feeds,
+        method,
+        percentile=percentile,
+        op_types_to_calibrate=op_types,
+        work_dir=cache_dir / "calibration",
+        progress=progress,
+    )
+    # save_tensors_data writes to a temporary file and renames it: a crash never leaves half a cache.
+    save_tensors_data(ranges, cache_file)
+    return CalibrationRanges(cache_file, method, len(source), False, time.perf_counter() - started, key)

@@ -1,0 +1,245 @@
+"""Sample sources (image folder, Hugging Face `datasets`, .npz): seeded choice, lazy loading, fingerprints.
+
+A source never holds every sample in memory: it lists references, and loads one sample at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from quant.calibration.transforms import image_to_tensor
+from quant.errors import DataError
+from quant.recipe.schema import DataSet, DatasetSource, ImageFolderSource, ImageInput, NpzSource, resolve
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+Feeds = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample: a stable id (file name or row), a content fingerprint, and its label if any."""
+
+    id: str
+    fingerprint: str
+    label: str | None = None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class SampleSource(ABC):
+    """A set of samples that turns each into model feeds on demand."""
+
+    def __init__(self, where: str, field: str, samples: list[Sample]) -> None:
+        self.where = where
+        self.field = field
+        self.samples = samples
+
+    @abstractmethod
+    def feeds(self, sample: Sample) -> Feeds:
+        """The model inputs for one sample (batch of one)."""
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self) -> Iterator[tuple[Sample, Feeds]]:
+        for sample in self.samples:
+            yield sample, self.feeds(sample)
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the chosen samples' contents: changes when any image or tensor changes."""
+        return _sha256("\n".join(f"{s.id}:{s.fingerprint}" for s in self.samples).encode())
+
+    def subset(self, count: int | None) -> "SampleSource":
+        """The first `count` samples (already in seeded order) as a source of the same kind."""
+        if count is None or count >= len(self.samples):
+            return self
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.samples = self.samples[:count]
+        return clone
+
+
+def _choose(refs: list[Any], count: int | None, seed: int) -> list[Any]:
+    """A seeded choice of `count` refs, kept in their sorted order so runs are reproducible."""
+    if count is None or count >= len(refs):
+        return list(refs)
+    chosen = sorted(random.Random(seed).sample(range(len(refs)), count))
+    return [refs[i] for i in chosen]
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _read_labels(path: Path, field: str) -> dict[str, str]:
+    if not path.is_file():
+        raise DataError("labels file not found", file=str(path), field=field)
+    labels: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        name, tab, text = line.partition("\t")
+        if not tab:
+            raise DataError(f"line {number} is not 'file<TAB>text'", file=str(path), field=field)
+        if number == 1 and name.strip().lower() in ("file", "filename", "image", "path"):
+            continue  # header row
+        labels[name.strip()] = text
+    return labels
+
+
+def _open_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+        raise DataError(f"unreadable image ({type(error).__name__})", file=str(path)) from None
+
+
+class ImageFolder(SampleSource):
+    def __init__(self, spec: ImageFolderSource, dataset: DataSet, base_dir: Path, inputs: dict[str, ImageInput], field: str) -> None:
+        folder = resolve(base_dir, spec.images)
+        if not folder.is_dir():
+            raise DataError("image folder not found", file=str(folder), field=f"{field}.source.images")
+        pattern = "**/*" if spec.recursive else "*"
+        files = sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError("no images (png, jpg, jpeg, bmp, webp, tif) in the folder", file=str(folder), field=f"{field}.source.images")
+        if not inputs:
+            raise DataError("an image source needs 'inputs' saying how images become tensors", field="inputs")
+        labels = _read_labels(resolve(folder, spec.labels), f"{field}.source.labels") if spec.labels else {}
+        chosen = _choose(files, dataset.samples, dataset.seed)
+        samples = [
+            Sample(id=str(p.relative_to(folder)), fingerprint=_sha256(p.read_bytes()), label=labels.get(str(p.relative_to(folder))))
+            for p in chosen
+        ]
+        super().__init__(str(folder), field, samples)
+        self.folder = folder
+        self.inputs = inputs
+
+    def feeds(self, sample: Sample) -> Feeds:
+        image = _open_image(self.folder / sample.id)
+        return {name: image_to_tensor(image, spec) for name, spec in self.inputs.items()}
+
+
+# --------------------------------------------------------------------------- npz
+
+
+class NpzTensors(SampleSource):
+    def __init__(self, spec: NpzSource, dataset: DataSet, base_dir: Path, input_names: list[str], field: str) -> None:
+        path = resolve(base_dir, spec.npz)
+        if not path.is_file():
+            raise DataError("npz file not found", file=str(path), field=f"{field}.source.npz")
+        try:
+            # mmap keeps memory flat for large files; allow_pickle=False: an npz is data, never code.
+            self.archive = np.load(path, allow_pickle=False, mmap_mode="r")
+            names = list(self.archive.files)
+        except (OSError, ValueError) as error:
+            raise DataError(f"not a readable .npz ({error})", file=str(path), field=f"{field}.source.npz") from None
+        missing = [n for n in input_names if n not in names]
+        if missing:
+            raise DataError(f"no array for model input(s) {missing}; arrays present: {names}", file=str(path), field=f"{field}.source.npz")
+        counts = {n: int(self.archive[n].shape[0]) if self.archive[n].ndim else 0 for n in input_names}
+        if len(set(counts.values())) != 1 or 0 in counts.values():
+            raise DataError(f"arrays need the same, non-zero number of samples on axis 0; got {counts}", file=str(path), field=f"{field}.source.npz")
+        total = next(iter(counts.values()))
+        self.input_names = input_names
+        chosen = _choose(list(range(total)), dataset.samples, dataset.seed)
+        samples = [Sample(id=f"{path.name}[{i}]", fingerprint=self._row_hash(i)) for i in chosen]
+        super().__init__(str(path), field, samples)
+        self.path = path
+
+    def _row_hash(self, index: int) -> str:
+        digest = hashlib.sha256()
+        for name in self.input_names:
+            digest.update(np.ascontiguousarray(self.archive[name][index]).tobytes())
+        return digest.hexdigest()
+
+    def feeds(self, sample: Sample) -> Feeds:
+        index = int(sample.id.rsplit("[", 1)[1].rstrip("]"))
+        return {name: np.ascontiguousarray(self.archive[name][index : index + 1]) for name in self.input_names}
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+class HFDataset(SampleSource):
+    def __init__(self, spec: DatasetSource, dataset: DataSet, base_dir: Path, inputs: dict[str, ImageInput], field: str) -> None:
+        try:
+            import datasets
+        except ImportError:
+            raise DataError("the 'datasets' package is not installed (pip install 'quant[datasets]')", field=f"{field}.source") from None
+        location = resolve(base_dir, spec.dataset)
+        if not location.exists():
+            raise DataError("dataset location not found", file=str(location), field=f"{field}.source.dataset")
+        if spec.format == "imagefolder":
+            kwargs: dict[str, Any] = {"data_dir": str(location)}
+        else:
+            files = sorted(location.glob(f"*.{spec.format}")) if location.is_dir() else [location]
+            kwargs = {"data_files": [str(f) for f in files]}
+        try:
+            # Offline by construction: only local files are named, and hub access is switched off.
+            datasets.config.HF_DATASETS_OFFLINE = True
+            table = datasets.load_dataset(spec.format, split=spec.split, **kwargs)
+        except Exception as error:  # datasets raises many types for bad local data
+            raise DataError(f"cannot load dataset ({type(error).__name__}: {str(error)[:160]})", file=str(location), field=f"{field}.source") from None
+        if spec.image_column not in table.column_names:
+            raise DataError(f"no column '{spec.image_column}'; columns: {table.column_names}", file=str(location), field=f"{field}.source.image_column")
+        if spec.label_column and spec.label_column not in table.column_names:
+            raise DataError(f"no column '{spec.label_column}'; columns: {table.column_names}", file=str(location), field=f"{field}.source.label_column")
+        self.table = table
+        self.spec = spec
+        self.inputs = inputs
+        chosen = _choose(list(range(len(table))), dataset.samples, dataset.seed)
+        samples = []
+        for index in chosen:
+            row = table[index]
+            image = self._image(row, index, str(location))
+            label = str(row[spec.label_column]) if spec.label_column else None
+            samples.append(Sample(id=f"row{index}", fingerprint=_sha256(image.tobytes() + str(image.size).encode()), label=label))
+        super().__init__(str(location), field, samples)
+
+    def _image(self, row: dict[str, Any], index: int, where: str) -> Image.Image:
+        value = row[self.spec.image_column]
+        if not isinstance(value, Image.Image):
+            raise DataError(f"row {index}: column '{self.spec.image_column}' is not an image", file=where, field=f"{self.field}.source.image_column")
+        return value
+
+    def feeds(self, sample: Sample) -> Feeds:
+        index = int(sample.id.removeprefix("row"))
+        image = self._image(self.table[index], index, self.where)
+        return {name: image_to_tensor(image, spec) for name, spec in self.inputs.items()}
+
+
+def open_source(dataset: DataSet, base_dir: Path, inputs: dict[str, ImageInput], input_names: list[str], field: str) -> SampleSource:
+    """The sample source a recipe's data set names."""
+    spec = dataset.source
+    if isinstance(spec, ImageFolderSource):
+        return ImageFolder(spec, dataset, base_dir, inputs, field)
+    if isinstance(spec, NpzSource):
+        return NpzTensors(spec, dataset, base_dir, input_names, field)
+    return HFDataset(spec, dataset, base_dir, inputs, field)
+
+
+def check_disjoint(calibration: SampleSource, evaluation: SampleSource) -> None:
+    """Evaluation must be held out: refuse any sample whose content is also in the calibration set."""
+    calib = {s.fingerprint: s.id for s in calibration.samples}
+    shared = [(calib[s.fingerprint], s.id) for s in evaluation.samples if s.fingerprint in calib]
+    if shared:
+        first_calib, first_eval = shared[0]
+        raise DataError(
+            f"{len(shared)} evaluation sample(s) are also calibration samples (e.g. '{first_eval}' = '{first_calib}'); the sets must be disjoint",
+            file=evaluation.where,
+            field="evaluation.source",
+        )

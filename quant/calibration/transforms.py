@@ -1,0 +1,68 @@
+"""Image -> model input tensor, as the recipe declares: resize, scale, mean/std, colour order, layout."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+from quant.recipe.schema import ImageInput, ResizeFixed, ResizeLimitSide, ResizeToHeight
+
+
+def _resize(image: Image.Image, width: int, height: int) -> np.ndarray:
+    return np.asarray(image.resize((max(1, width), max(1, height)), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def _place(pixels: np.ndarray, height: int, width: int, pad_value: float, center: bool) -> np.ndarray:
+    """Put normalised HWC pixels on a canvas of pad_value (right/bottom or centred)."""
+    canvas = np.full((height, width, pixels.shape[2]), pad_value, dtype=np.float32)
+    top = (height - pixels.shape[0]) // 2 if center else 0
+    left = (width - pixels.shape[1]) // 2 if center else 0
+    canvas[top : top + pixels.shape[0], left : left + pixels.shape[1]] = pixels
+    return canvas
+
+
+def _round_to(value: float, multiple: int) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def _limit_side_size(width: int, height: int, spec: ResizeLimitSide) -> tuple[int, int]:
+    # PaddleOCR's det resize: scale only when the limit is violated, then snap to the multiple.
+    if spec.limit_type == "max":
+        ratio = spec.limit / max(height, width) if max(height, width) > spec.limit else 1.0
+    else:
+        ratio = spec.limit / min(height, width) if min(height, width) < spec.limit else 1.0
+    return _round_to(width * ratio, spec.multiple_of), _round_to(height * ratio, spec.multiple_of)
+
+
+def image_to_tensor(image: Image.Image, spec: ImageInput) -> np.ndarray:
+    """One image as a batch of one: float32, in the layout and colour order the model expects."""
+    image = image.convert("RGB")
+    width, height = image.size
+    resize = spec.resize
+
+    def normalise(pixels: np.ndarray) -> np.ndarray:
+        if spec.color == "BGR":
+            pixels = pixels[:, :, ::-1]
+        scaled = pixels * np.float32(spec.scale)
+        return (scaled - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+
+    if isinstance(resize, ResizeFixed):
+        if resize.keep_ratio:
+            ratio = min(resize.height / height, resize.width / width)
+            new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
+            tensor = _place(normalise(_resize(image, new_w, new_h)), resize.height, resize.width, spec.pad_value, resize.pad == "center")
+        else:
+            tensor = normalise(_resize(image, resize.width, resize.height))
+    elif isinstance(resize, ResizeToHeight):
+        new_w = min(resize.max_width, max(1, math.ceil(resize.height * width / height)))
+        padded_w = max(resize.min_width, new_w)
+        padded_w = math.ceil(padded_w / resize.multiple_of) * resize.multiple_of
+        tensor = _place(normalise(_resize(image, new_w, resize.height)), resize.height, padded_w, spec.pad_value, center=False)
+    else:
+        new_w, new_h = _limit_side_size(width, height, resize)
+        tensor = normalise(_resize(image, new_w, new_h))
+    if spec.layout == "NCHW":
+        tensor = tensor.transpose(2, 0, 1)
+    return np.ascontiguousarray(tensor[np.newaxis], dtype=np.float32)

@@ -1,0 +1,128 @@
+"""The `quantize` command. The only place that maps errors to exit codes (0 pass, 1 gate failed, 2 bad input, 3 bug)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import click
+
+from quant.errors import InputError, QuantError
+from quant.progress import Progress
+from quant.recipe.loader import load_recipe
+from quant.recipe.schema import recipe_json_schema
+
+EXIT_PASS, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"quantize: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _internal_error(error: BaseException) -> None:
+    handle, path = tempfile.mkstemp(prefix="quant-traceback-", suffix=".txt")
+    with os.fdopen(handle, "w") as out:
+        out.write("".join(traceback.format_exception(error)))
+    _fail(f"internal error ({type(error).__name__}: {str(error)[:200]}); traceback written to {path}", EXIT_INTERNAL)
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--recipe", "recipes", multiple=True, metavar="RECIPE", help="Recipe YAML (repeatable). A bare name like edge-cpu.yaml is looked up in recipes/.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Run folder for built variants, results.json and summary.md [default: runs/<recipe name>].")
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None, help="Cache for prepared models, calibration ranges and FP32 outputs [default: <out>/cache].")
+@click.option("--only", multiple=True, metavar="VARIANT", help="Build and judge only this variant (repeatable).")
+@click.option("--validate", is_flag=True, help="Check the recipe, model and data sources; build nothing, write nothing.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write results.json here (with several recipes: one JSON list).")
+@click.option("--release-version", "release_version", default=None, metavar="vN", help="Release version to create [default: the next free vN]. Never overwrites.")
+@click.option("--allow-extends-from", multiple=True, type=click.Path(path_type=Path), help="Extra folder that 'extends:' may read from.")
+@click.option("--quiet", is_flag=True, help="No progress or log lines on stderr; errors and the summary only.")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    recipes: tuple[str, ...],
+    out_dir: Path | None,
+    cache_dir: Path | None,
+    only: tuple[str, ...],
+    validate: bool,
+    json_path: Path | None,
+    release_version: str | None,
+    allow_extends_from: tuple[Path, ...],
+    quiet: bool,
+) -> None:
+    """Quantize an FP32 ONNX model into the variants a recipe names, judge each against FP32
+    with accuracy and speed gates, and promote the passing ones into a release folder.
+
+    Exit codes: 0 the promotion policy was met; 1 a gate failed (the summary says which);
+    2 bad input (recipe, model, data; nothing released); 3 internal error.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if not recipes:
+        click.echo(ctx.get_help())
+        _fail("--recipe is required", EXIT_BAD_INPUT)
+    try:
+        code = _run_all(recipes, out_dir, cache_dir, only, validate, json_path, release_version, list(allow_extends_from), quiet)
+    except InputError as error:
+        _fail(str(error), EXIT_BAD_INPUT)
+    except QuantError as error:
+        _fail(str(error), EXIT_INTERNAL)
+    except KeyboardInterrupt:
+        _fail("interrupted; nothing was released", 130)
+    except Exception as error:  # a bug: say where the traceback went
+        _internal_error(error)
+    sys.exit(code)
+
+
+def _run_all(
+    recipes: tuple[str, ...],
+    out_dir: Path | None,
+    cache_dir: Path | None,
+    only: tuple[str, ...],
+    validate: bool,
+    json_path: Path | None,
+    release_version: str | None,
+    allow_extends_from: list[Path],
+    quiet: bool,
+) -> int:
+    from quant.runner import RunOptions, log_stderr, run
+
+    Progress.quiet = quiet
+    log = (lambda message: None) if quiet else log_stderr
+    loaded = [load_recipe(r, allow_extends_from=allow_extends_from) for r in recipes]  # all recipes checked before any work
+    worst = EXIT_PASS
+    documents = []
+    for recipe in loaded:
+        run_dir = (out_dir / recipe.recipe.name if len(loaded) > 1 else out_dir) if out_dir else Path("runs") / recipe.recipe.name
+        options = RunOptions(out_dir=run_dir, cache_dir=cache_dir or run_dir / "cache", only=only, validate_only=validate, version=release_version, log=log)
+        result = run(recipe, options)
+        if validate:
+            click.echo(f"{recipe.path}: {result.verdict}")
+            continue
+        (run_dir / "results.json").write_text(json.dumps(result.results, indent=2) + "\n", encoding="utf-8")
+        (run_dir / "summary.md").write_text(result.summary, encoding="utf-8")
+        summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary_file:
+            with open(summary_file, "a", encoding="utf-8") as handle:
+                handle.write(result.summary + "\n")
+        click.echo(result.summary)
+        documents.append(result.results)
+        worst = max(worst, result.exit_code)
+    if json_path and documents:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2) + "\n", encoding="utf-8")
+    return worst
+
+
+@main.command("schema")
+def schema_command() -> None:
+    """Print the recipe's JSON Schema."""
+    click.echo(json.dumps(recipe_json_schema(), indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

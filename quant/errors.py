@@ -1,0 +1,42 @@
+"""The tool's error types. The CLI is the only place that turns them into exit codes."""
+
+from __future__ import annotations
+
+
+class QuantError(Exception):
+    """Base of every error the tool raises on purpose."""
+
+    exit_code = 3
+
+
+class InputError(QuantError):
+    """Bad input from the user: exit code 2, one clear line, nothing written to the release."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, file: str | None = None, field: str | None = None) -> None:
+        self.file = file
+        self.field = field
+        self.detail = message
+        where = ", ".join(part for part in (file, f"field '{field}'" if field else None) if part)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class RecipeError(InputError):
+    """The recipe file is unreadable or does not match the schema."""
+
+
+class ModelError(InputError):
+    """The model is missing, corrupt, not ONNX, or does not fit the recipe."""
+
+
+class DataError(InputError):
+    """Calibration or evaluation data is missing, unreadable or of the wrong shape."""
+
+
+class OutputError(InputError):
+    """The run or release folder cannot be written."""
+
+
+class BuildError(QuantError):
+    """A method failed to build or load a variant; reported per variant, never fatal to the run."""

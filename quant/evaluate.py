@@ -1,0 +1,106 @@
+"""Running models on the evaluation set: FP32 once (outputs cached on disk), then each variant against it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from quant.calibration.reader import Dims, checked_feeds
+from quant.calibration.sources import SampleSource
+from quant.compare import OutputComparison
+from quant.errors import BuildError
+from quant.model import session
+from quant.recipe.schema import OutputSpec
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Where the FP32 outputs of every evaluation sample are stored, one .npz per sample."""
+
+    folder: Path
+    output_names: list[str]
+    seconds: float
+    cache_hit: bool
+
+
+def _reference_key(model_sha256: str, source: SampleSource, inputs_signature: str) -> str:
+    return hashlib.sha256(f"{model_sha256}|{source.fingerprint}|{inputs_signature}".encode()).hexdigest()[:32]
+
+
+def run_reference(
+    model_path: Path,
+    model_sha256: str,
+    source: SampleSource,
+    model_inputs: dict[str, Dims],
+    inputs_signature: str,
+    cache_dir: Path,
+    threads: int,
+    progress: Callable[[int], None] | None = None,
+) -> Reference:
+    """FP32 outputs for every evaluation sample, computed once and kept on disk (bounded memory)."""
+    folder = cache_dir / "reference" / _reference_key(model_sha256, source, inputs_signature)
+    fp32 = session(model_path, threads=threads)
+    names = [o.name for o in fp32.get_outputs()]
+    if (folder / "complete").is_file():
+        return Reference(folder, names, 0.0, True)
+    scratch = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    scratch.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    for index, (sample, feeds) in enumerate(checked_feeds(source, model_inputs)):
+        outputs = fp32.run(names, feeds)
+        np.savez(scratch / f"{index:06d}.npz", **{f"o{i}": o for i, o in enumerate(outputs)})
+        if progress:
+            progress(index + 1)
+    (scratch / "complete").write_text(source.fingerprint)
+    if folder.exists():  # another run finished first; theirs is as good as ours
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
+    else:
+        os.replace(scratch, folder)
+    return Reference(folder, names, time.perf_counter() - started, False)
+
+
+def reference_outputs(reference: Reference, index: int) -> list[np.ndarray]:
+    with np.load(reference.folder / f"{index:06d}.npz") as stored:
+        return [stored[f"o{i}"] for i in range(len(reference.output_names))]
+
+
+def compare_variant(
+    variant_path: Path,
+    reference: Reference,
+    source: SampleSource,
+    model_inputs: dict[str, Dims],
+    output_specs: dict[str, OutputSpec],
+    charset: list[str] | None,
+    threads: int,
+    limit: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, OutputComparison]:
+    """Run the variant on every evaluation sample and compare each output with FP32's."""
+    try:
+        candidate = session(variant_path, threads=threads)
+    except Exception as error:  # onnxruntime raises its own exception types for unloadable models
+        raise BuildError(f"the variant does not load in onnxruntime: {str(error).splitlines()[0][:300]}") from None
+    comparisons = {
+        name: OutputComparison(output_specs.get(name, OutputSpec()), charset if output_specs.get(name, OutputSpec()).charset_metadata else None)
+        for name in reference.output_names
+    }
+    for index, (sample, feeds) in enumerate(checked_feeds(source, model_inputs)):
+        if limit is not None and index >= limit:
+            break
+        try:
+            outputs = candidate.run(reference.output_names, feeds)
+        except Exception as error:
+            raise BuildError(f"the variant fails to run on '{sample.id}': {str(error).splitlines()[0][:300]}") from None
+        for name, expected, actual in zip(reference.output_names, reference_outputs(reference, index), outputs):
+            comparisons[name].add(sample.id, expected, actual, sample.label)
+        if progress:
+            progress(index + 1)
+    return comparisons

@@ -1,0 +1,59 @@
+"""What every method shares: the build context it receives, the result it returns, and the registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from quant.calibration.sources import SampleSource
+
+Dims = list[int | str | None]
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """Everything a method may read. A method writes only `out_path` and files under `work_dir`."""
+
+    model_path: Path  # the FP32 model
+    model_sha256: str
+    model_inputs: dict[str, Dims]
+    work_dir: Path  # scratch space for this variant
+    cache_dir: Path  # shared across variants and runs; keys must include every input that matters
+    calibration: SampleSource | None = None
+    evaluation: SampleSource | None = None  # only for methods with their own accuracy-aware tuning
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class BuildResult:
+    """The built model file and what the method wants recorded about how it was made."""
+
+    path: Path
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+Builder = Callable[[Any, BuildContext, Path], BuildResult]
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register(method: str) -> Callable[[Builder], Builder]:
+    """Methods register themselves under the name recipes use in `method:`."""
+
+    def add(builder: Builder) -> Builder:
+        _REGISTRY[method] = builder
+        return builder
+
+    return add
+
+
+def builder_for(options: BaseModel) -> Builder:
+    import quant.methods  # noqa: F401  (importing the package registers every method)
+
+    method = getattr(options, "method")
+    if method not in _REGISTRY:
+        raise KeyError(f"no builder registered for method '{method}'")
+    return _REGISTRY[method]

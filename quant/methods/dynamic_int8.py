@@ -1,0 +1,32 @@
+"""Dynamic INT8 with onnxruntime.quantization.quantize_dynamic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+from quant.methods.base import BuildContext, BuildResult, register
+from quant.methods.prepare import prepared_model
+from quant.model import PROTOBUF_LIMIT, model_size
+from quant.recipe.schema import DynamicInt8Options
+
+QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+
+
+@register("dynamic_int8")
+def build_dynamic_int8(options: DynamicInt8Options, context: BuildContext, out_path: Path) -> BuildResult:
+    source = prepared_model(context.model_path, context.model_sha256, options.prepare, context.cache_dir)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    quantize_dynamic(
+        source,
+        out_path,
+        op_types_to_quantize=options.op_types,
+        per_channel=options.per_channel,
+        reduce_range=options.reduce_range,
+        weight_type=QUANT_TYPES[options.weight_type],
+        nodes_to_exclude=options.exclude_nodes,
+        # Past the protobuf limit the weights must go to an external data file.
+        use_external_data_format=model_size(source) >= PROTOBUF_LIMIT,
+    )
+    return BuildResult(out_path, {"prepared_model": str(source)})

@@ -1,0 +1,42 @@
+"""CTC recognisers: greedy decoding, edit distance, text from a character list."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def greedy_decode(probabilities: np.ndarray, axis: int = -1, blank: int = 0) -> list[tuple[int, ...]]:
+    """Best path per batch element: argmax per frame, collapse repeats, drop blanks."""
+    best = np.argmax(np.nan_to_num(probabilities, nan=-np.inf), axis=axis)
+    if best.ndim == 1:
+        best = best[np.newaxis]
+    sequences = []
+    for row in best.reshape(best.shape[0], -1):
+        keep = np.ones(row.shape, dtype=bool)
+        keep[1:] = row[1:] != row[:-1]
+        sequences.append(tuple(int(t) for t in row[keep] if t != blank))
+    return sequences
+
+
+def edit_distance(first: tuple[int, ...] | str, second: tuple[int, ...] | str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions all cost 1)."""
+    if len(first) < len(second):
+        first, second = second, first
+    previous = list(range(len(second) + 1))
+    for i, a in enumerate(first, start=1):
+        current = [i]
+        for j, b in enumerate(second, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a != b)))
+        previous = current
+    return previous[-1]
+
+
+def charset_from_metadata(metadata: dict[str, str], key: str) -> list[str] | None:
+    """PaddleOCR-style character list: index 0 is the blank, then one character per line, then space."""
+    if key not in metadata:
+        return None
+    return ["<blank>", *metadata[key].splitlines(), " "]
+
+
+def to_text(sequence: tuple[int, ...], charset: list[str]) -> str:
+    return "".join(charset[i] if 0 <= i < len(charset) else "\ufffd" for i in sequence)

@@ -1,0 +1,74 @@
+"""What a run found out about each variant: the typed record reports and promotion read."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from quant.bench import LatencyResult
+from quant.gates import GateResult
+
+Status = Literal["passed", "failed", "error"]
+
+
+def json_number(value: Any) -> Any:
+    """JSON has no NaN/Infinity: write them as strings so the file stays standard JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {k: json_number(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_number(v) for v in value]
+    return value
+
+
+@dataclass
+class VariantOutcome:
+    name: str
+    method: str
+    options: dict[str, Any]
+    status: Status = "error"
+    error: str | None = None
+    model_path: Path | None = None
+    model_sha256: str | None = None
+    size_bytes: int | None = None
+    size_ratio: float | None = None
+    latency: LatencyResult | None = None
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    distributions: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    mismatches: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    gates: list[GateResult] = field(default_factory=list)
+    build: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Any] | None = None  # fallback attempts and the sensitivity ranking, when a search ran
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    @property
+    def failed_gates(self) -> list[GateResult]:
+        return [g for g in self.gates if not g.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_number(
+            {
+                "name": self.name,
+                "method": self.method,
+                "options": self.options,
+                "status": self.status,
+                "error": self.error,
+                "model_file": self.model_path.name if self.model_path else None,
+                "model_sha256": self.model_sha256,
+                "size_bytes": self.size_bytes,
+                "size_ratio": self.size_ratio,
+                "latency": self.latency.to_dict() if self.latency else None,
+                "metrics": self.metrics,
+                "gates": [g.to_dict() for g in self.gates],
+                "build": self.build,
+                "search": self.search,
+                "distributions": self.distributions,
+                "mismatch_examples": self.mismatches,
+            }
+        )

@@ -1,0 +1,417 @@
+"""The recipe schema: every field typed, documented, and unknown keys refused.
+
+The schema in this file is the truth; `recipes/recipe.schema.json` is generated from it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class Strict(BaseModel):
+    """Base for every recipe section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- model
+
+
+class ModelSource(Strict):
+    """Where the FP32 model comes from: a file path, or a path inside an installed Python package."""
+
+    path: str = Field(description="Path of the .onnx file; relative to the recipe's folder, or to the package root when `package` is set.")
+    package: str | None = Field(
+        default=None,
+        description="Installed Python package that ships the model (e.g. rapidocr_onnxruntime); `path` is then inside it.",
+    )
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+class ResizeFixed(Strict):
+    """Resize every image to exactly height x width (optionally keeping the aspect ratio and padding)."""
+
+    mode: Literal["fixed"] = "fixed"
+    height: int = Field(gt=0, description="Output height in pixels.")
+    width: int = Field(gt=0, description="Output width in pixels.")
+    keep_ratio: bool = Field(default=False, description="Keep the aspect ratio and pad the rest instead of stretching.")
+    pad: Literal["right", "center"] = Field(default="right", description="Where the image sits when padded.")
+
+
+class ResizeToHeight(Strict):
+    """Resize to a fixed height keeping the aspect ratio; the width follows the image (text lines)."""
+
+    mode: Literal["height"] = "height"
+    height: int = Field(gt=0, description="Output height in pixels.")
+    min_width: int = Field(default=1, gt=0, description="Pad narrower images on the right to this width.")
+    max_width: int = Field(default=4096, gt=0, description="Squeeze wider images to this width.")
+    multiple_of: int = Field(default=1, gt=0, description="Round the padded width up to a multiple of this.")
+
+    @model_validator(mode="after")
+    def _widths_ordered(self) -> "ResizeToHeight":
+        if self.min_width > self.max_width:
+            raise ValueError(f"min_width ({self.min_width}) is larger than max_width ({self.max_width})")
+        return self
+
+
+class ResizeLimitSide(Strict):
+    """Scale so one side meets a limit, keep the ratio, round both sides to a multiple (detection models)."""
+
+    mode: Literal["limit_side"] = "limit_side"
+    limit: int = Field(gt=0, description="The side limit in pixels.")
+    limit_type: Literal["max", "min"] = Field(
+        default="max", description="max: the longer side is at most `limit`; min: the shorter side is at least `limit`."
+    )
+    multiple_of: int = Field(default=32, gt=0, description="Round each side to a multiple of this (at least one multiple).")
+
+
+def _resize_mode(value: object) -> str | None:
+    # `mode` may be left out when the keys make it obvious.
+    if isinstance(value, dict):
+        if "mode" in value:
+            return str(value["mode"])
+        if "limit" in value:
+            return "limit_side"
+        return "fixed" if "width" in value else "height"
+    return getattr(value, "mode", None)
+
+
+Resize = Annotated[
+    Union[Annotated[ResizeFixed, Tag("fixed")], Annotated[ResizeToHeight, Tag("height")], Annotated[ResizeLimitSide, Tag("limit_side")]],
+    Discriminator(_resize_mode, custom_error_type="resize_mode", custom_error_message="resize mode must be one of: fixed, height, limit_side"),
+]
+
+
+class ImageInput(Strict):
+    """How an image becomes the tensor for one model input: resize, then (pixel*scale - mean)/std."""
+
+    resize: Resize
+    scale: float = Field(default=1 / 255, gt=0, description="Multiply pixels (0..255) by this first. A fraction like 1/255 is accepted.")
+    mean: tuple[float, float, float] = Field(default=(0.0, 0.0, 0.0), description="Per-channel mean subtracted after scaling, in `color` order.")
+    std: tuple[float, float, float] = Field(default=(1.0, 1.0, 1.0), description="Per-channel std divided after subtracting the mean.")
+    layout: Literal["NCHW", "NHWC"] = Field(default="NCHW", description="Tensor layout the model expects.")
+    color: Literal["RGB", "BGR"] = Field(default="RGB", description="Channel order the model expects.")
+    pad_value: float = Field(default=0.0, description="Value of padded pixels in the final (normalised) tensor.")
+
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _fraction(cls, value: object) -> object:
+        # YAML has no fractions; "1/255" reads better than 0.00392156862745098.
+        if isinstance(value, str) and "/" in value:
+            numerator, _, denominator = value.partition("/")
+            try:
+                return float(numerator) / float(denominator)
+            except (ValueError, ZeroDivisionError) as error:
+                raise ValueError(f"'{value}' is not a number or a fraction like 1/255") from error
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero_std(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(v == 0 for v in value):
+            raise ValueError("std values must be non-zero")
+        return value
+
+
+# --------------------------------------------------------------------------- data
+
+
+class ImageFolderSource(Strict):
+    """A folder of images (png, jpg, jpeg, bmp, webp), read in sorted file-name order."""
+
+    kind: Literal["images"] = "images"
+    images: str = Field(description="Folder of images; relative to the recipe's folder.")
+    labels: str | None = Field(default=None, description="Optional TSV file (file<TAB>text) inside or beside the folder with ground truth.")
+    recursive: bool = Field(default=False, description="Also read images in sub-folders.")
+
+
+class DatasetSource(Strict):
+    """A Hugging Face `datasets` source read offline: a local imagefolder, parquet or arrow files."""
+
+    kind: Literal["dataset"] = "dataset"
+    dataset: str = Field(description="Local folder or file(s) for `datasets.load_dataset`; relative to the recipe's folder.")
+    format: Literal["imagefolder", "parquet", "arrow"] = Field(default="imagefolder", description="The `datasets` builder to use.")
+    split: str = Field(default="train", description="Which split to read.")
+    image_column: str = Field(default="image", description="Column holding the images.")
+    label_column: str | None = Field(default=None, description="Optional column with ground-truth text.")
+
+
+class NpzSource(Strict):
+    """A .npz of ready tensors: one array per model input name, first axis = samples."""
+
+    kind: Literal["npz"] = "npz"
+    npz: str = Field(description="Path of the .npz file; relative to the recipe's folder.")
+
+
+def _source_kind(value: object) -> str | None:
+    # Let users write {images: ...} without spelling out `kind`.
+    if isinstance(value, dict):
+        if "kind" in value:
+            return str(value["kind"])
+        for key in ("images", "dataset", "npz"):
+            if key in value:
+                return key
+    return getattr(value, "kind", None)
+
+
+DataSource = Annotated[
+    Union[
+        Annotated[ImageFolderSource, Tag("images")],
+        Annotated[DatasetSource, Tag("dataset")],
+        Annotated[NpzSource, Tag("npz")],
+    ],
+    Discriminator(_source_kind, custom_error_type="source_kind", custom_error_message="a source needs one of: images, dataset, npz"),
+]
+
+
+class DataSet(Strict):
+    """A set of samples: where from, how many, in which seeded order."""
+
+    source: DataSource
+    samples: int | None = Field(default=None, gt=0, description="Use at most this many samples (seeded random choice); all when omitted.")
+    seed: int = Field(default=0, description="Seed for sampling; the chosen files are recorded in the results.")
+
+
+# --------------------------------------------------------------------------- outputs and metrics
+
+
+class OutputSpec(Strict):
+    """How to interpret one model output when comparing it with FP32."""
+
+    kind: Literal["tensor", "classes", "ctc", "prob_map"] = Field(
+        default="tensor",
+        description="tensor: numeric comparison only; classes: also top-1 agreement along `axis`; "
+        "ctc: also greedy-decoded sequence agreement; prob_map: also binarised-map IoU.",
+    )
+    axis: int = Field(default=-1, description="Class axis for `classes` and `ctc`.")
+    blank: int = Field(default=0, description="CTC blank index.")
+    charset_metadata: str | None = Field(
+        default=None, description="ONNX metadata key holding the CTC character list (one per line), to decode text for label CER."
+    )
+    threshold: float = Field(default=0.3, description="Binarisation threshold for `prob_map`.")
+
+
+METRICS: dict[str, str] = {
+    "cosine": "mean cosine similarity of each sample's output with FP32's (higher is better)",
+    "cosine_min": "worst per-sample cosine similarity",
+    "max_abs": "largest absolute difference from FP32 over all samples",
+    "mean_abs": "mean absolute difference from FP32",
+    "snr_db": "mean signal-to-noise ratio vs FP32 in dB",
+    "snr_db_min": "worst per-sample SNR in dB",
+    "nonfinite": "count of NaN/Inf values the variant produced where FP32 was finite",
+    "top1_agreement": "fraction of positions whose argmax along `axis` equals FP32's (classes and ctc outputs)",
+    "ctc_exact_match": "fraction of samples whose greedy CTC decoding equals FP32's exactly",
+    "ctc_cer": "character (token) error rate of the greedy CTC decoding vs FP32's",
+    "label_cer": "character error rate vs the ground-truth labels (needs labels and charset_metadata)",
+    "label_cer_delta": "label_cer of the variant minus label_cer of FP32",
+    "map_iou": "mean IoU of the binarised probability map vs FP32's",
+    "map_iou_min": "worst per-sample IoU of the binarised probability map",
+    "size_ratio": "variant file size / FP32 file size",
+    "latency_ratio": "variant median latency / FP32 median latency (interleaved runs)",
+}
+
+
+class Gate(Strict):
+    """A threshold on one metric. A variant passes when every gate holds."""
+
+    metric: str = Field(description="One of: " + ", ".join(METRICS))
+    min: float | None = Field(default=None, description="The observed value must be at least this.")
+    max: float | None = Field(default=None, description="The observed value must be at most this.")
+    output: str | None = Field(default=None, description="Model output the gate reads; the worst over all applicable outputs when omitted.")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in METRICS:
+            raise ValueError(f"unknown metric '{value}'; expected one of: {', '.join(METRICS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _has_bound(self) -> "Gate":
+        if self.min is None and self.max is None:
+            raise ValueError(f"gate on '{self.metric}' needs 'min' or 'max'")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"gate on '{self.metric}' has min {self.min} > max {self.max}")
+        return self
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return (self.metric, self.output)
+
+
+# --------------------------------------------------------------------------- variants
+
+
+class Prepare(Strict):
+    """Model preparation shared by INT8 methods (done once per distinct setting, cached)."""
+
+    opset: int | None = Field(default=None, ge=7, description="Convert the model to at least this opset first (QDQ per-channel needs 13).")
+    preprocess: bool = Field(default=False, description="Run onnxruntime's quant_pre_process (shape inference, BN folding) first.")
+
+
+class Fp16Options(Strict):
+    """FP16 conversion with onnxconverter-common."""
+
+    method: Literal["fp16"]
+    keep_io_types: bool = Field(default=True, description="Keep float32 inputs/outputs (casts are inserted).")
+    op_block_list: list[str] | None = Field(default=None, description="Op types left in float32; onnxconverter-common's default list when omitted.")
+    node_block_list: list[str] = Field(default_factory=list, description="Node names left in float32.")
+    gates: list[Gate] = Field(default_factory=list, description="Gates replacing the recipe-wide ones with the same metric and output.")
+
+
+class DynamicInt8Options(Strict):
+    """Dynamic INT8 with onnxruntime.quantization.quantize_dynamic (weights INT8, activations quantized at run time)."""
+
+    method: Literal["dynamic_int8"]
+    per_channel: bool = Field(default=False, description="Per-channel weight scales.")
+    reduce_range: bool = Field(default=False, description="7-bit weights (avoids overflow on CPUs without VNNI).")
+    weight_type: Literal["int8", "uint8"] = Field(default="int8", description="Weight integer type.")
+    op_types: list[str] | None = Field(default=None, description="Op types to quantize (e.g. [MatMul]); all supported when omitted.")
+    exclude_nodes: list[str] = Field(default_factory=list, description="Node names left in float.")
+    prepare: Prepare = Field(default_factory=Prepare, description="Model preparation before quantizing.")
+    gates: list[Gate] = Field(default_factory=list, description="Gates replacing the recipe-wide ones with the same metric and output.")
+
+
+class Fallback(Strict):
+    """Automatic fallback: when accuracy gates fail, keep the most sensitive nodes in float and retry."""
+
+    max_nodes: int = Field(default=16, ge=1, description="Keep at most this many nodes in float.")
+    steps: list[int] | None = Field(
+        default=None, description="Numbers of nodes to try keeping in float, in order (default 1, 2, 4, 8, ... up to max_nodes)."
+    )
+    samples: int = Field(default=8, ge=1, description="Evaluation samples used to rank node sensitivity.")
+
+
+class StaticInt8Options(Strict):
+    """Static INT8 with onnxruntime.quantization.quantize_static, calibrated on the calibration set."""
+
+    method: Literal["static_int8"]
+    format: Literal["QDQ", "QOperator"] = Field(default="QDQ", description="QDQ: Quantize/DequantizeLinear pairs; QOperator: QLinear* ops.")
+    calibrate: Literal["minmax", "entropy", "percentile", "distribution"] = Field(default="minmax", description="How activation ranges are chosen.")
+    percentile: float = Field(default=99.999, gt=0, le=100, description="Percentile for `calibrate: percentile`.")
+    activation_type: Literal["uint8", "int8"] = Field(default="uint8", description="Activation integer type (uint8 is much faster on AVX2 without VNNI).")
+    weight_type: Literal["int8", "uint8"] = Field(default="int8", description="Weight integer type.")
+    per_channel: bool = Field(default=True, description="Per-channel weight scales.")
+    reduce_range: bool = Field(default=True, description="7-bit weights (avoids overflow on CPUs without VNNI).")
+    op_types: list[str] | None = Field(default=None, description="Op types to quantize (e.g. [Conv, MatMul]); all supported when omitted.")
+    exclude_nodes: list[str] = Field(default_factory=list, description="Node names left in float.")
+    calibration_samples: int | None = Field(default=None, gt=0, description="Use only this many calibration samples (default: the whole calibration set).")
+    prepare: Prepare = Field(default_factory=lambda: Prepare(opset=13, preprocess=True), description="Model preparation before quantizing.")
+    fallback: Fallback | None = Field(default=None, description="Search that keeps sensitive nodes in float until the gates pass.")
+    gates: list[Gate] = Field(default_factory=list, description="Gates replacing the recipe-wide ones with the same metric and output.")
+
+
+class IncOptions(Strict):
+    """Static INT8 by Intel Neural Compressor's ONNX Runtime line (optional extra `quant[inc]`)."""
+
+    method: Literal["inc"]
+    format: Literal["QDQ", "QOperator"] = Field(default="QOperator", description="Quantized graph format.")
+    activation_type: Literal["uint8", "int8"] = Field(default="uint8", description="Activation integer type.")
+    weight_type: Literal["int8", "uint8"] = Field(default="int8", description="Weight integer type.")
+    per_channel: bool = Field(default=True, description="Per-channel weight scales.")
+    op_types: list[str] | None = Field(default=None, description="Op types to quantize; all supported when omitted.")
+    exclude_nodes: list[str] = Field(default_factory=list, description="Node names left in float.")
+    calibration_samples: int | None = Field(default=None, gt=0, description="Use only this many calibration samples.")
+    tune: bool = Field(default=False, description="Run Neural Compressor's accuracy-aware tuning (judged on evaluation samples vs FP32).")
+    tolerable_loss: float = Field(default=0.01, ge=0, lt=1, description="Relative accuracy loss the tuning accepts.")
+    max_trials: int = Field(default=5, ge=1, description="Tuning trials at most.")
+    prepare: Prepare = Field(default_factory=lambda: Prepare(opset=13, preprocess=False), description="Model preparation before quantizing.")
+    gates: list[Gate] = Field(default_factory=list, description="Gates replacing the recipe-wide ones with the same metric and output.")
+
+
+def _variant_method(value: object) -> str | None:
+    return str(value.get("method")) if isinstance(value, dict) else getattr(value, "method", None)
+
+
+Variant = Annotated[
+    Union[
+        Annotated[Fp16Options, Tag("fp16")],
+        Annotated[DynamicInt8Options, Tag("dynamic_int8")],
+        Annotated[StaticInt8Options, Tag("static_int8")],
+        Annotated[IncOptions, Tag("inc")],
+    ],
+    Discriminator(
+        _variant_method,
+        custom_error_type="unknown_method",
+        custom_error_message="'method' must be one of: fp16, dynamic_int8, static_int8, inc",
+    ),
+]
+
+
+# --------------------------------------------------------------------------- bench and promotion
+
+
+class Bench(Strict):
+    """How latency is measured: interleaved FP32/variant rounds, warm-up first, medians."""
+
+    samples: int = Field(default=4, ge=1, description="Evaluation inputs timed in each round.")
+    rounds: int = Field(default=15, ge=3, description="Interleaved rounds (FP32 then variant, alternating order).")
+    warmup: int = Field(default=2, ge=0, description="Untimed rounds first.")
+    threads: int = Field(default=2, ge=1, description="onnxruntime intra-op threads.")
+
+
+class Promotion(Strict):
+    """Which variants go into the release folder."""
+
+    to: str = Field(default="releases", description="Release root; relative to the recipe's folder. Versions go to <to>/<name>/<version>/.")
+    policy: Literal["all_passing", "all_or_nothing", "best"] = Field(
+        default="all_passing",
+        description="all_passing: promote every passing variant (success when at least one passes); "
+        "all_or_nothing: promote only when every variant passes; best: promote the passing variant with the lowest `rank_by`.",
+    )
+    rank_by: Literal["latency_ratio", "size_ratio"] = Field(default="latency_ratio", description="Ordering for policy `best`.")
+
+
+class Recipe(Strict):
+    """A quantization recipe: one FP32 model, how to feed it, which variants to build, and the gates they must pass."""
+
+    name: str = Field(description="Recipe name; names the release folder.", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = Field(default="", description="Free text for humans.")
+    model: ModelSource
+    inputs: dict[str, ImageInput] = Field(default_factory=dict, description="Per model input name: how images become its tensor.")
+    outputs: dict[str, OutputSpec] = Field(default_factory=dict, description="Per model output name: how to compare it (default: tensor).")
+    calibration: DataSet | None = Field(default=None, description="Calibration samples (needed by static INT8 and inc).")
+    evaluation: DataSet = Field(description="Held-out samples every variant and FP32 run on; never the calibration samples.")
+    variants: dict[str, Variant] = Field(description="Variants to build, by name.")
+    gates: list[Gate] = Field(default_factory=list, description="Gates applied to every variant unless the variant overrides them.")
+    bench: Bench = Field(default_factory=Bench)
+    promotion: Promotion = Field(default_factory=Promotion)
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, value: dict[str, object]) -> dict[str, object]:
+        if not value:
+            raise ValueError("at least one variant is needed")
+        for name in value:
+            if not VARIANT_NAME.match(name):
+                raise ValueError(f"variant name '{name}' must be letters, digits, '.', '_' or '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _calibration_when_needed(self) -> "Recipe":
+        needing = [name for name, v in self.variants.items() if v.method in ("static_int8", "inc")]
+        if needing and self.calibration is None:
+            raise ValueError(f"variants {needing} need a 'calibration' data set")
+        return self
+
+
+def recipe_json_schema() -> dict[str, object]:
+    """The JSON Schema of a recipe, for editors and for the committed recipes/recipe.schema.json."""
+    schema = Recipe.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "quant recipe"
+    return schema
+
+
+def resolve(base: Path, path: str) -> Path:
+    """Resolve a recipe-relative path."""
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else (base / candidate)

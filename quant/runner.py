@@ -1,0 +1,316 @@
+"""Orchestration: check inputs, run FP32 once, build and judge each variant, report, promote."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quant import __version__
+from quant.bench import latency_ratio
+from quant.calibration.reader import checked_feeds
+from quant.calibration.sources import SampleSource, check_disjoint, open_source
+from quant.compare import KIND_METRICS
+from quant.errors import BuildError, ModelError, OutputError, QuantError, RecipeError
+from quant.evaluate import Reference, compare_variant, run_reference
+from quant.executor import build_isolated
+from quant.gates import VARIANT_METRICS, applicable_outputs, effective_gates, judge_all
+from quant.methods.base import BuildContext
+from quant.metrics.ctc import charset_from_metadata
+from quant.model import ModelInfo, file_sha256, inspect_model, locate, model_size
+from quant.outcome import VariantOutcome, json_number
+from quant.progress import Progress
+from quant.promote import promote
+from quant.provenance import environment
+from quant.recipe.loader import LoadedRecipe
+from quant.recipe.schema import Recipe, resolve
+from quant.report.summary import summary_markdown
+
+SCHEMA_VERSION = 1
+Log = Callable[[str], None]
+
+
+def log_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out_dir: Path
+    cache_dir: Path
+    only: tuple[str, ...] = ()
+    validate_only: bool = False
+    version: str | None = None
+    log: Log = log_stderr
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    verdict: str
+    outcomes: list[VariantOutcome] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+    release: Path | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything checked before any variant is built."""
+
+    recipe: Recipe
+    loaded: LoadedRecipe
+    model: ModelInfo
+    evaluation: SampleSource
+    calibration: SampleSource | None
+    variants: tuple[str, ...]
+    charset: list[str] | None
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_recipe_against_model(recipe: Recipe, model: ModelInfo, file: str) -> None:
+    image_based = recipe.evaluation.source.kind != "npz"
+    if image_based:
+        for name in recipe.inputs:
+            if name not in model.inputs:
+                raise ModelError(f"the model has no input '{name}'; its inputs are {list(model.inputs)}", file=file, field=f"inputs.{name}")
+        for name in model.inputs:
+            if name not in recipe.inputs:
+                raise ModelError(f"model input '{name}' has no entry in the recipe's 'inputs'", file=file, field="inputs")
+    for name, spec in recipe.outputs.items():
+        if name not in model.outputs:
+            raise ModelError(f"the model has no output '{name}'; its outputs are {list(model.outputs)}", file=file, field=f"outputs.{name}")
+        if spec.charset_metadata and spec.charset_metadata not in model.metadata:
+            raise ModelError(f"the model has no metadata key '{spec.charset_metadata}'", file=file, field=f"outputs.{name}.charset_metadata")
+    all_gates = [("gates", i, g) for i, g in enumerate(recipe.gates)]
+    all_gates += [(f"variants.{v}.gates", i, g) for v, o in recipe.variants.items() for i, g in enumerate(o.gates)]
+    for where, index, gate in all_gates:
+        if gate.output and gate.output not in model.outputs:
+            raise RecipeError(f"the model has no output '{gate.output}'", file=file, field=f"{where}[{index}].output")
+        if gate.metric not in VARIANT_METRICS and not applicable_outputs(gate, recipe.outputs, list(model.outputs)):
+            kinds = sorted(k for k, metrics in KIND_METRICS.items() if gate.metric in metrics)
+            raise RecipeError(
+                f"metric '{gate.metric}' needs an output of kind {' or '.join(kinds)} (declare it under 'outputs')",
+                file=file,
+                field=f"{where}[{index}].metric",
+            )
+
+
+def prepare(loaded: LoadedRecipe, options: RunOptions) -> Prepared:
+    """Check the recipe, model and data; nothing is built and nothing is written."""
+    recipe = loaded.recipe
+    file = str(loaded.path)
+    unknown = [v for v in options.only if v not in recipe.variants]
+    if unknown:
+        raise RecipeError(f"--only names unknown variant(s) {unknown}; the recipe has {list(recipe.variants)}", file=file, field="variants")
+    model_path = locate(recipe.model, loaded.base_dir)
+    model = inspect_model(model_path)
+    _check_recipe_against_model(recipe, model, file)
+    input_names = list(model.inputs)
+    evaluation = open_source(recipe.evaluation, loaded.base_dir, recipe.inputs, input_names, "evaluation")
+    calibration = None
+    if recipe.calibration is not None:
+        calibration = open_source(recipe.calibration, loaded.base_dir, recipe.inputs, input_names, "calibration")
+        check_disjoint(calibration, evaluation)
+        for _ in checked_feeds(calibration, model.inputs):
+            pass  # every calibration sample must decode and fit the model before any work starts
+    for _ in checked_feeds(evaluation, model.inputs):
+        pass
+    charset_keys = [s.charset_metadata for s in recipe.outputs.values() if s.charset_metadata]
+    charset = charset_from_metadata(model.metadata, charset_keys[0]) if charset_keys else None
+    variants = options.only or tuple(recipe.variants)
+    return Prepared(recipe, loaded, model, evaluation, calibration, tuple(variants), charset)
+
+
+# --------------------------------------------------------------------------- one variant
+
+
+def judge_variant(
+    name: str,
+    candidate: Path,
+    prepared: Prepared,
+    reference: Reference,
+    outcome: VariantOutcome,
+    log: Log,
+) -> VariantOutcome:
+    """Compare, measure and gate one built model file; fills and returns `outcome`."""
+    recipe = prepared.recipe
+    comparisons = compare_variant(candidate, reference, prepared.evaluation, prepared.model.inputs, recipe.outputs, prepared.charset, recipe.bench.threads)
+    outcome.metrics = {out: c.summary() for out, c in comparisons.items()}
+    outcome.distributions = {out: c.distributions() for out, c in comparisons.items()}
+    outcome.mismatches = {out: c.mismatches for out, c in comparisons.items() if c.mismatches}
+    outcome.model_path = candidate
+    outcome.model_sha256 = file_sha256(candidate)
+    outcome.size_bytes = model_size(candidate)
+    outcome.size_ratio = outcome.size_bytes / prepared.model.size_bytes
+    feeds = [f for _, f in zip(range(recipe.bench.samples), (f for _, f in checked_feeds(prepared.evaluation, prepared.model.inputs)))]
+    outcome.latency = latency_ratio(prepared.model.path, candidate, feeds, rounds=recipe.bench.rounds, warmup=recipe.bench.warmup, threads=recipe.bench.threads)
+    gates = effective_gates(recipe.gates, recipe.variants[name].gates)
+    variant_metrics = {"size_ratio": outcome.size_ratio, "latency_ratio": outcome.latency.ratio}
+    outcome.gates = judge_all(gates, outcome.metrics, variant_metrics, recipe.outputs)
+    outcome.status = "passed" if all(g.passed for g in outcome.gates) else "failed"
+    log(f"{name}: {outcome.status.upper()} (size x{outcome.size_ratio:.2f}, latency x{outcome.latency.ratio:.2f})")
+    return outcome
+
+
+def build_context(prepared: Prepared, options: RunOptions, name: str) -> BuildContext:
+    work_dir = options.out_dir / "work" / name
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return BuildContext(
+        model_path=prepared.model.path,
+        model_sha256=prepared.model.sha256,
+        model_inputs=prepared.model.inputs,
+        work_dir=work_dir,
+        cache_dir=options.cache_dir,
+        calibration=prepared.calibration,
+        evaluation=prepared.evaluation,
+    )
+
+
+def run_variant(name: str, prepared: Prepared, reference: Reference, options: RunOptions) -> VariantOutcome:
+    variant = prepared.recipe.variants[name]
+    outcome = VariantOutcome(name=name, method=variant.method, options=variant.model_dump(mode="json", exclude={"gates"}))
+    out_path = options.out_dir / "variants" / f"{name}.onnx"
+    options.log(f"{name}: building ({variant.method})")
+    try:
+        if getattr(variant, "fallback", None) is not None:
+            from quant.search import search_fallback
+
+            return search_fallback(name, prepared, reference, options, outcome)
+        result, _ = build_isolated(variant, build_context(prepared, options, name), out_path)
+        outcome.build = result.details
+        return judge_variant(name, result.path, prepared, reference, outcome, options.log)
+    except BuildError as error:
+        outcome.status, outcome.error = "error", str(error)
+        options.log(f"{name}: ERROR {error}")
+        return outcome
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _select_for_release(recipe: Recipe, outcomes: list[VariantOutcome]) -> tuple[list[VariantOutcome], bool]:
+    """(variants to promote, whether the promotion policy was met)."""
+    passing = [o for o in outcomes if o.passed]
+    policy = recipe.promotion.policy
+    if policy == "all_or_nothing":
+        met = len(passing) == len(outcomes)
+        return (passing if met else []), met
+    if policy == "best":
+        if not passing:
+            return [], False
+        key = (lambda o: o.latency.ratio if o.latency else float("inf")) if recipe.promotion.rank_by == "latency_ratio" else (lambda o: o.size_ratio or float("inf"))
+        return [min(passing, key=key)], True
+    return passing, bool(passing)
+
+
+def _manifest(prepared: Prepared, promoted: list[VariantOutcome], started: str) -> dict[str, Any]:
+    recipe_file = prepared.loaded.path
+    data = {"evaluation": {"fingerprint": prepared.evaluation.fingerprint, "samples": len(prepared.evaluation)}}
+    if prepared.calibration is not None:
+        data["calibration"] = {"fingerprint": prepared.calibration.fingerprint, "samples": len(prepared.calibration)}
+    return json_number(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "recipe": {"name": prepared.recipe.name, "file": recipe_file.name, "sha256": file_sha256(recipe_file), "resolved": prepared.loaded.resolved},
+            "source_model": {"file": prepared.model.path.name, "sha256": prepared.model.sha256, "size_bytes": prepared.model.size_bytes},
+            "data": data,
+            "created": started,
+            "environment": environment(),
+            "variants": {
+                o.name: {
+                    "method": o.method,
+                    "options": o.options,
+                    "file": f"{o.name}.onnx",
+                    "size_ratio": o.size_ratio,
+                    "latency_ratio": o.latency.ratio if o.latency else None,
+                    "gates": [g.to_dict() for g in o.gates],
+                }
+                for o in promoted
+            },
+        }
+    )
+
+
+def _samples_record(source: SampleSource | None) -> dict[str, Any] | None:
+    if source is None:
+        return None
+    return {"where": source.where, "fingerprint": source.fingerprint, "samples": [{"id": s.id, "sha256": s.fingerprint} for s in source.samples]}
+
+
+def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    prepared = prepare(loaded, options)
+    recipe = prepared.recipe
+    if options.validate_only:
+        return RunResult(0, f"recipe, model and data are valid ({len(prepared.variants)} variant(s); nothing built)")
+    try:
+        for folder in (options.out_dir, options.cache_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+    except OSError as error:
+        raise OutputError(f"cannot write the run folder: {error.strerror or error}", file=str(error.filename or options.out_dir), field="--out") from None
+
+    with Progress("FP32 reference", len(prepared.evaluation)) as bar:
+        reference = run_reference(
+            prepared.model.path, prepared.model.sha256, prepared.evaluation, prepared.model.inputs,
+            json.dumps({k: v.model_dump(mode="json") for k, v in recipe.inputs.items()}, sort_keys=True),
+            options.cache_dir, recipe.bench.threads, progress=bar.update,
+        )
+    outcomes = [run_variant(name, prepared, reference, options) for name in prepared.variants]
+
+    to_release, policy_met = _select_for_release(recipe, outcomes)
+    release: Path | None = None
+    if policy_met and to_release:
+        release = promote(
+            resolve(loaded.base_dir, recipe.promotion.to),
+            recipe.name,
+            {o.name: o.model_path for o in to_release if o.model_path},
+            _manifest(prepared, to_release, started),
+            {o.name: _traceability(prepared, o) for o in to_release},
+            options.version,
+        )
+    failing = [o.name for o in outcomes if not o.passed]
+    if policy_met:
+        verdict = f"PASS: promoted {', '.join(o.name for o in to_release)}" + (f"; did not pass: {', '.join(failing)}" if failing else "")
+    else:
+        verdict = f"FAIL: promotion policy '{recipe.promotion.policy}' not met; did not pass: {', '.join(failing)}"
+    summary = summary_markdown(recipe.name, outcomes, prepared.model.size_bytes, str(release) if release else None, verdict)
+    results = json_number(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "tool": {"name": "quant", "version": __version__},
+            "started": started,
+            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "recipe": {"name": recipe.name, "file": str(loaded.path), "sha256": file_sha256(loaded.path), "resolved": loaded.resolved},
+            "model": {"file": str(prepared.model.path), "sha256": prepared.model.sha256, "size_bytes": prepared.model.size_bytes, "opset": prepared.model.opset},
+            "environment": environment(),
+            "data": {"calibration": _samples_record(prepared.calibration), "evaluation": _samples_record(prepared.evaluation)},
+            "reference": {"seconds": round(reference.seconds, 3), "cache_hit": reference.cache_hit},
+            "variants": {o.name: o.to_dict() for o in outcomes},
+            "promotion": {"policy": recipe.promotion.policy, "met": policy_met, "promoted": [o.name for o in to_release] if release else [], "release": str(release) if release else None},
+            "verdict": verdict,
+            "exit_code": 0 if policy_met else 1,
+        }
+    )
+    return RunResult(0 if policy_met else 1, verdict, outcomes, results, summary, release)
+
+
+def _traceability(prepared: Prepared, outcome: VariantOutcome) -> dict[str, str]:
+    """Metadata written into each promoted model so a file found on a device can be traced back."""
+    return {
+        "quant.recipe": prepared.recipe.name,
+        "quant.variant": outcome.name,
+        "quant.method": outcome.method,
+        "quant.source_sha256": prepared.model.sha256,
+        "quant.tool_version": __version__,
+    }
