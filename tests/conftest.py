@@ -20,18 +20,23 @@ CLASSES = 6
 HEIGHT = 8
 
 
-def tiny_ctc_model(seed: int = 0, scale: float = 1.0, opset: int = 13) -> onnx.ModelProto:
+def tiny_ctc_model(seed: int = 0, opset: int = 13, weight_outlier: bool = False) -> onnx.ModelProto:
     """x[1,3,8,W] -> Conv -> Relu -> Conv -> mean over H -> [1,W,4] -> MatMul+Add -> Softmax -> [1,W,6].
 
     Small, but with the structure of a CTC text recogniser: convolutions, a MatMul head, per-frame classes.
-    `scale` multiplies the head's weights (a huge scale overflows FP16).
+    `weight_outlier` puts one huge weight in a conv1 filter whose output the ReLU always zeroes: FP32 does not
+    care, but per-tensor INT8 scales every other conv1 weight to zero and the model collapses
+    (per-channel INT8 survives) — a real quantization failure the gates must catch.
     """
     rng = np.random.default_rng(seed)
     w1 = rng.normal(0, 0.4, (8, 3, 3, 3)).astype(np.float32)
     b1 = rng.normal(0, 0.1, (8,)).astype(np.float32)
     w2 = rng.normal(0, 0.3, (4, 8, 3, 3)).astype(np.float32)
     b2 = rng.normal(0, 0.1, (4,)).astype(np.float32)
-    wm = (rng.normal(0, 1.5, (4, CLASSES)) * scale).astype(np.float32)
+    if weight_outlier:
+        w1[7, 0, 1, 1] = 500.0
+        b1[7] = -1000.0  # the ReLU after it zeroes this channel for any input in [-1, 1]
+    wm = rng.normal(0, 1.5, (4, CLASSES)).astype(np.float32)
     bm = rng.normal(0, 0.2, (CLASSES,)).astype(np.float32)
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),

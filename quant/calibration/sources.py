@@ -137,38 +137,50 @@ class ImageFolder(SampleSource):
 
 
 class NpzTensors(SampleSource):
+    """Rows of a .npz. A .npz member cannot be memory-mapped, so each array is read once, on first
+    use, and dropped when the source is sent to a build process (which reads it again)."""
+
     def __init__(self, spec: NpzSource, dataset: DataSet, base_dir: Path, input_names: list[str], field: str) -> None:
         path = resolve(base_dir, spec.npz)
         if not path.is_file():
             raise DataError("npz file not found", file=str(path), field=f"{field}.source.npz")
+        self.path = path
+        self.input_names = input_names
+        self._arrays: dict[str, np.ndarray] = {}
         try:
-            # mmap keeps memory flat for large files; allow_pickle=False: an npz is data, never code.
-            self.archive = np.load(path, allow_pickle=False, mmap_mode="r")
-            names = list(self.archive.files)
-        except (OSError, ValueError) as error:
+            with np.load(path, allow_pickle=False) as archive:  # allow_pickle=False: an npz is data, never code
+                names = list(archive.files)
+                missing = [n for n in input_names if n not in names]
+                if missing:
+                    raise DataError(f"no array for model input(s) {missing}; arrays present: {names}", file=str(path), field=f"{field}.source.npz")
+                self._arrays = {n: archive[n] for n in input_names}
+        except (OSError, ValueError, EOFError) as error:
             raise DataError(f"not a readable .npz ({error})", file=str(path), field=f"{field}.source.npz") from None
-        missing = [n for n in input_names if n not in names]
-        if missing:
-            raise DataError(f"no array for model input(s) {missing}; arrays present: {names}", file=str(path), field=f"{field}.source.npz")
-        counts = {n: int(self.archive[n].shape[0]) if self.archive[n].ndim else 0 for n in input_names}
+        counts = {n: int(a.shape[0]) if a.ndim else 0 for n, a in self._arrays.items()}
         if len(set(counts.values())) != 1 or 0 in counts.values():
             raise DataError(f"arrays need the same, non-zero number of samples on axis 0; got {counts}", file=str(path), field=f"{field}.source.npz")
-        total = next(iter(counts.values()))
-        self.input_names = input_names
-        chosen = _choose(list(range(total)), dataset.samples, dataset.seed)
+        chosen = _choose(list(range(next(iter(counts.values())))), dataset.samples, dataset.seed)
         samples = [Sample(id=f"{path.name}[{i}]", fingerprint=self._row_hash(i)) for i in chosen]
         super().__init__(str(path), field, samples)
-        self.path = path
+
+    def _array(self, name: str) -> np.ndarray:
+        if name not in self._arrays:
+            with np.load(self.path, allow_pickle=False) as archive:
+                self._arrays = {n: archive[n] for n in self.input_names}
+        return self._arrays[name]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": {}}
 
     def _row_hash(self, index: int) -> str:
         digest = hashlib.sha256()
         for name in self.input_names:
-            digest.update(np.ascontiguousarray(self.archive[name][index]).tobytes())
+            digest.update(np.ascontiguousarray(self._array(name)[index]).tobytes())
         return digest.hexdigest()
 
     def feeds(self, sample: Sample) -> Feeds:
         index = int(sample.id.rsplit("[", 1)[1].rstrip("]"))
-        return {name: np.ascontiguousarray(self.archive[name][index : index + 1]) for name in self.input_names}
+        return {name: np.ascontiguousarray(self._array(name)[index : index + 1]) for name in self.input_names}
 
 
 # --------------------------------------------------------------------------- datasets
