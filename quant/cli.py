@@ -38,6 +38,7 @@ def _internal_error(error: BaseException) -> None:
 @click.option("--only", multiple=True, metavar="VARIANT", help="Build and judge only this variant (repeatable).")
 @click.option("--validate", is_flag=True, help="Check the recipe, model and data sources; build nothing, write nothing.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write results.json here (with several recipes: one JSON list).")
+@click.option("--junit", "junit_path", type=click.Path(path_type=Path), default=None, help="Write JUnit XML here: one test case per variant x gate.")
 @click.option("--release-version", "release_version", default=None, metavar="vN", help="Release version to create [default: the next free vN]. Never overwrites.")
 @click.option("--allow-extends-from", multiple=True, type=click.Path(path_type=Path), help="Extra folder that 'extends:' may read from.")
 @click.option("--quiet", is_flag=True, help="No progress or log lines on stderr; errors and the summary only.")
@@ -50,6 +51,7 @@ def main(
     only: tuple[str, ...],
     validate: bool,
     json_path: Path | None,
+    junit_path: Path | None,
     release_version: str | None,
     allow_extends_from: tuple[Path, ...],
     quiet: bool,
@@ -66,7 +68,7 @@ def main(
         click.echo(ctx.get_help())
         _fail("--recipe is required", EXIT_BAD_INPUT)
     try:
-        code = _run_all(recipes, out_dir, cache_dir, only, validate, json_path, release_version, list(allow_extends_from), quiet)
+        code = _run_all(recipes, out_dir, cache_dir, only, validate, json_path, junit_path, release_version, list(allow_extends_from), quiet)
     except InputError as error:
         _fail(str(error), EXIT_BAD_INPUT)
     except QuantError as error:
@@ -85,10 +87,12 @@ def _run_all(
     only: tuple[str, ...],
     validate: bool,
     json_path: Path | None,
+    junit_path: Path | None,
     release_version: str | None,
     allow_extends_from: list[Path],
     quiet: bool,
 ) -> int:
+    from quant.report.html import render_html
     from quant.runner import RunOptions, log_stderr, run
 
     Progress.quiet = quiet
@@ -105,6 +109,7 @@ def _run_all(
             continue
         (run_dir / "results.json").write_text(json.dumps(result.results, indent=2) + "\n", encoding="utf-8")
         (run_dir / "summary.md").write_text(result.summary, encoding="utf-8")
+        (run_dir / "report.html").write_text(render_html(result.results), encoding="utf-8")
         summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary_file:
             with open(summary_file, "a", encoding="utf-8") as handle:
@@ -112,16 +117,39 @@ def _run_all(
         click.echo(result.summary)
         documents.append(result.results)
         worst = max(worst, result.exit_code)
+    if junit_path and documents:
+        junit_path.parent.mkdir(parents=True, exist_ok=True)
+        junit_path.write_text(_junit_all(documents), encoding="utf-8")
     if json_path and documents:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2) + "\n", encoding="utf-8")
     return worst
 
 
+def _junit_all(documents: list[dict]) -> str:
+    from quant.report.junit import render_junit
+
+    if len(documents) == 1:
+        return render_junit(documents[0])
+    # Several recipes: one <testsuites> with a suite each.
+    bodies = [render_junit(d).split("<testsuites>", 1)[1].rsplit("</testsuites>", 1)[0] for d in documents]
+    return '<?xml version="1.0" encoding="UTF-8"?>\n<testsuites>' + "".join(bodies) + "</testsuites>\n"
+
+
 @main.command("schema")
-def schema_command() -> None:
-    """Print the recipe's JSON Schema."""
-    click.echo(json.dumps(recipe_json_schema(), indent=2, ensure_ascii=False))
+@click.option("--markdown", is_flag=True, help="Print the Markdown field reference (docs/recipes.md) instead.")
+def schema_command(markdown: bool) -> None:
+    """Print the recipe's JSON Schema (recipes/recipe.schema.json)."""
+    if markdown:
+        from quant.recipe.docs import recipes_markdown
+
+        click.echo(recipes_markdown(), nl=False)
+        return
+    click.echo(schema_text(), nl=False)
+
+
+def schema_text() -> str:
+    return json.dumps(recipe_json_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
 if __name__ == "__main__":

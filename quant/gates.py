@@ -1,4 +1,4 @@
-"""Gates: thresholds on metrics. Judging never writes files."""
+"""Gates: thresholds on metrics, and limits on regression against the last release. Judging never writes files."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from quant.compare import KIND_METRICS
-from quant.recipe.schema import Gate, OutputSpec
+from quant.recipe.schema import LOWER_IS_BETTER, Gate, OutputSpec
 
 VARIANT_METRICS = ("size_ratio", "latency_ratio")
 
@@ -20,6 +20,8 @@ class GateResult:
     observed: float | None
     passed: bool
     reason: str = ""
+    max_regression: float | None = None
+    previous: float | None = None  # the last release's value, for regression gates
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -28,11 +30,12 @@ class GateResult:
         return data
 
     def describe(self) -> str:
-        bound = f">= {self.min:g}" if self.min is not None else ""
-        bound += (" and " if bound and self.max is not None else "") + (f"<= {self.max:g}" if self.max is not None else "")
+        bounds = [f">= {self.min:g}" if self.min is not None else "", f"<= {self.max:g}" if self.max is not None else ""]
+        if self.max_regression is not None:
+            bounds.append(f"at most {self.max_regression:g} worse than the last release ({'n/a' if self.previous is None else f'{self.previous:.6g}'})")
         where = f"[{self.output}]" if self.output else ""
         observed = "n/a" if self.observed is None else f"{self.observed:.6g}"
-        return f"{self.metric}{where} = {observed} (needs {bound})" + (f": {self.reason}" if self.reason else "")
+        return f"{self.metric}{where} = {observed} (needs {' and '.join(b for b in bounds if b)})" + (f": {self.reason}" if self.reason else "")
 
 
 def effective_gates(recipe_gates: list[Gate], variant_gates: list[Gate]) -> list[Gate]:
@@ -49,34 +52,67 @@ def applicable_outputs(gate: Gate, output_specs: dict[str, OutputSpec], output_n
     return [n for n in names if gate.metric in KIND_METRICS[output_specs.get(n, OutputSpec()).kind]]
 
 
-def _holds(gate: Gate, value: float) -> bool:
+def _badness(metric: str, value: float) -> float:
+    """Larger is worse, whatever the metric's direction; NaN is the worst of all."""
     if math.isnan(value):
-        return False
-    return (gate.min is None or value >= gate.min) and (gate.max is None or value <= gate.max)
+        return math.inf
+    return value if metric in LOWER_IS_BETTER else -value
 
 
-def judge(gate: Gate, output_metrics: dict[str, dict[str, float]], variant_metrics: dict[str, float], output_specs: dict[str, OutputSpec]) -> GateResult:
-    """Evaluate one gate; over several outputs the worst value decides."""
-    bounds = {"metric": gate.metric, "min": gate.min, "max": gate.max}
+def regression(metric: str, previous: float, current: float) -> float:
+    """How much worse `current` is than `previous` (negative: better)."""
+    return _badness(metric, current) - _badness(metric, previous)
+
+
+def _observed(gate: Gate, output_metrics: dict[str, dict[str, float]], variant_metrics: dict[str, float], output_specs: dict[str, OutputSpec]) -> tuple[str | None, float] | None:
     if gate.metric in VARIANT_METRICS:
         value = variant_metrics.get(gate.metric)
-        if value is None:
-            return GateResult(output=None, observed=None, passed=False, reason="not measured", **bounds)
-        return GateResult(output=None, observed=value, passed=_holds(gate, value), **bounds)
+        return None if value is None else (None, value)
     candidates = [
         (name, metrics[gate.metric])
         for name in applicable_outputs(gate, output_specs, list(output_metrics))
         if gate.metric in (metrics := output_metrics.get(name, {}))
     ]
     if not candidates:
-        return GateResult(output=gate.output, observed=None, passed=False, reason="metric not available (no labels or no applicable output)", **bounds)
-    # The worst value: lowest for a lower bound, highest for an upper bound.
+        return None
+    # The worst value decides: the lowest for a lower bound, the highest for an upper bound.
     if gate.min is not None:
-        name, value = min(candidates, key=lambda c: (not math.isnan(c[1]), c[1]))
-    else:
-        name, value = max(candidates, key=lambda c: (math.isnan(c[1]), c[1]))
-    return GateResult(output=name, observed=value, passed=_holds(gate, value), **bounds)
+        return min(candidates, key=lambda c: (not math.isnan(c[1]), c[1]))
+    if gate.max is not None:
+        return max(candidates, key=lambda c: (math.isnan(c[1]), c[1]))
+    return max(candidates, key=lambda c: _badness(gate.metric, c[1]))
 
 
-def judge_all(gates: list[Gate], output_metrics: dict[str, dict[str, float]], variant_metrics: dict[str, float], output_specs: dict[str, OutputSpec]) -> list[GateResult]:
-    return [judge(g, output_metrics, variant_metrics, output_specs) for g in gates]
+def judge(
+    gate: Gate,
+    output_metrics: dict[str, dict[str, float]],
+    variant_metrics: dict[str, float],
+    output_specs: dict[str, OutputSpec],
+    previous: dict[str, dict[str, float]] | None = None,
+) -> GateResult:
+    """Evaluate one gate. `previous` holds the last release's metrics of this variant (by output, plus '' for variant-wide ones)."""
+    base = {"metric": gate.metric, "min": gate.min, "max": gate.max, "max_regression": gate.max_regression}
+    found = _observed(gate, output_metrics, variant_metrics, output_specs)
+    if found is None:
+        return GateResult(output=gate.output, observed=None, passed=False, reason="metric not available (no labels, not measured, or no applicable output)", **base)
+    output, value = found
+    passed = not math.isnan(value) and (gate.min is None or value >= gate.min) and (gate.max is None or value <= gate.max)
+    reason, earlier = "", None
+    if gate.max_regression is not None:
+        earlier = (previous or {}).get(output or "", {}).get(gate.metric)
+        if earlier is None:
+            reason = "no earlier release of this variant to compare with"
+        elif regression(gate.metric, earlier, value) > gate.max_regression:
+            passed = False
+            reason = f"regressed from {earlier:.6g} in the last release"
+    return GateResult(output=output, observed=value, passed=passed, reason=reason, previous=earlier, **base)
+
+
+def judge_all(
+    gates: list[Gate],
+    output_metrics: dict[str, dict[str, float]],
+    variant_metrics: dict[str, float],
+    output_specs: dict[str, OutputSpec],
+    previous: dict[str, dict[str, float]] | None = None,
+) -> list[GateResult]:
+    return [judge(g, output_metrics, variant_metrics, output_specs, previous) for g in gates]

@@ -29,6 +29,7 @@ from quant.promote import promote
 from quant.provenance import environment
 from quant.recipe.loader import LoadedRecipe
 from quant.recipe.schema import Recipe, resolve
+from quant.regression import PreviousRelease, compare_with_release, last_release, metric_table
 from quant.report.summary import summary_markdown
 
 SCHEMA_VERSION = 1
@@ -70,6 +71,7 @@ class Prepared:
     calibration: SampleSource | None
     variants: tuple[str, ...]
     charset: list[str] | None
+    previous: PreviousRelease | None  # the last release of this recipe, for regression gates and the comparison
 
 
 # --------------------------------------------------------------------------- checks
@@ -126,7 +128,8 @@ def prepare(loaded: LoadedRecipe, options: RunOptions) -> Prepared:
     charset_keys = [s.charset_metadata for s in recipe.outputs.values() if s.charset_metadata]
     charset = charset_from_metadata(model.metadata, charset_keys[0]) if charset_keys else None
     variants = options.only or tuple(recipe.variants)
-    return Prepared(recipe, loaded, model, evaluation, calibration, tuple(variants), charset)
+    previous = last_release(resolve(loaded.base_dir, recipe.promotion.to) / recipe.name)
+    return Prepared(recipe, loaded, model, evaluation, calibration, tuple(variants), charset, previous)
 
 
 # --------------------------------------------------------------------------- one variant
@@ -154,7 +157,8 @@ def judge_variant(
     outcome.latency = latency_ratio(prepared.model.path, candidate, feeds, rounds=recipe.bench.rounds, warmup=recipe.bench.warmup, threads=recipe.bench.threads)
     gates = effective_gates(recipe.gates, recipe.variants[name].gates)
     variant_metrics = {"size_ratio": outcome.size_ratio, "latency_ratio": outcome.latency.ratio}
-    outcome.gates = judge_all(gates, outcome.metrics, variant_metrics, recipe.outputs)
+    earlier = prepared.previous.metrics_of(name) if prepared.previous else None
+    outcome.gates = judge_all(gates, outcome.metrics, variant_metrics, recipe.outputs, earlier)
     outcome.status = "passed" if all(g.passed for g in outcome.gates) else "failed"
     log(f"{name}: {outcome.status.upper()} (size x{outcome.size_ratio:.2f}, latency x{outcome.latency.ratio:.2f})")
     return outcome
@@ -231,6 +235,7 @@ def _manifest(prepared: Prepared, promoted: list[VariantOutcome], started: str) 
                     "file": f"{o.name}.onnx",
                     "size_ratio": o.size_ratio,
                     "latency_ratio": o.latency.ratio if o.latency else None,
+                    "metrics": metric_table(o.metrics, {"size_ratio": o.size_ratio, "latency_ratio": o.latency.ratio if o.latency else None}),
                     "gates": [g.to_dict() for g in o.gates],
                 }
                 for o in promoted
@@ -297,6 +302,7 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
             "data": {"calibration": _samples_record(prepared.calibration), "evaluation": _samples_record(prepared.evaluation)},
             "reference": {"seconds": round(reference.seconds, 3), "cache_hit": reference.cache_hit},
             "variants": {o.name: o.to_dict() for o in outcomes},
+            "regression": compare_with_release(prepared.previous, {o.name: metric_table(o.metrics, {"size_ratio": o.size_ratio, "latency_ratio": o.latency.ratio}) for o in outcomes if o.latency}) if prepared.previous else None,
             "promotion": {"policy": recipe.promotion.policy, "met": policy_met, "promoted": [o.name for o in to_release] if release else [], "release": str(release) if release else None},
             "verdict": verdict,
             "exit_code": 0 if policy_met else 1,

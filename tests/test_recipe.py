@@ -40,7 +40,7 @@ def test_valid_recipe_loads_with_typed_fields(workspace: dict[str, Path]) -> Non
         ({"variants": {"s": {"method": "fp16", "keep_io_type": True}}}, "variants.s.keep_io_type", "unknown key"),
         ({"variants": {"s": {"method": "static_int8", "per_channel": "often"}}}, "variants.s.per_channel", "boolean"),
         ({"gates": [{"metric": "accuracy", "min": 1}]}, "gates[0].metric", "unknown metric"),
-        ({"gates": [{"metric": "cosine"}]}, "gates[0]", "needs 'min' or 'max'"),
+        ({"gates": [{"metric": "cosine"}]}, "gates[0]", "needs 'min', 'max' or 'max_regression'"),
         ({"bench": {"rounds": 1}}, "bench.rounds", "greater than or equal to 3"),
         ({"evaluation": {"source": {"images": "x", "labelz": "y"}}}, "evaluation.source.labelz", "unknown key"),
         ({"name": "has space"}, "name", "pattern"),

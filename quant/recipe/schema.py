@@ -219,12 +219,20 @@ METRICS: dict[str, str] = {
 }
 
 
+LOWER_IS_BETTER = frozenset({"max_abs", "mean_abs", "nonfinite", "ctc_cer", "label_cer", "label_cer_delta", "size_ratio", "latency_ratio"})
+
+
 class Gate(Strict):
     """A threshold on one metric. A variant passes when every gate holds."""
 
     metric: str = Field(description="One of: " + ", ".join(METRICS))
     min: float | None = Field(default=None, description="The observed value must be at least this.")
     max: float | None = Field(default=None, description="The observed value must be at most this.")
+    max_regression: float | None = Field(
+        default=None,
+        ge=0,
+        description="No worse than the same variant in the last release by more than this (absolute); holds when there is no earlier release.",
+    )
     output: str | None = Field(default=None, description="Model output the gate reads; the worst over all applicable outputs when omitted.")
 
     @field_validator("metric")
@@ -236,8 +244,8 @@ class Gate(Strict):
 
     @model_validator(mode="after")
     def _has_bound(self) -> "Gate":
-        if self.min is None and self.max is None:
-            raise ValueError(f"gate on '{self.metric}' needs 'min' or 'max'")
+        if self.min is None and self.max is None and self.max_regression is None:
+            raise ValueError(f"gate on '{self.metric}' needs 'min', 'max' or 'max_regression'")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"gate on '{self.metric}' has min {self.min} > max {self.max}")
         return self

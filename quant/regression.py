@@ -1,0 +1,55 @@
+"""Comparison with the last release of the same recipe: what got better or worse, by variant."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quant.promote import existing_versions
+
+COMPARED = ("ctc_exact_match", "ctc_cer", "map_iou", "cosine", "snr_db", "size_ratio", "latency_ratio")
+
+
+@dataclass(frozen=True)
+class PreviousRelease:
+    version: str
+    manifest: dict[str, Any]
+
+    def metrics_of(self, variant: str) -> dict[str, dict[str, float]] | None:
+        """The variant's metrics by output, with '' holding the variant-wide ones (size, latency)."""
+        entry = self.manifest.get("variants", {}).get(variant)
+        return None if entry is None else entry.get("metrics")
+
+
+def last_release(release_dir: Path) -> PreviousRelease | None:
+    """The newest complete version, if its manifest can be read."""
+    for version in reversed(existing_versions(release_dir)):
+        try:
+            return PreviousRelease(version, json.loads((release_dir / version / "manifest.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def metric_table(output_metrics: dict[str, dict[str, float]], variant_metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    return {**output_metrics, "": dict(variant_metrics)}
+
+
+def compare_with_release(previous: PreviousRelease, current: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """Per variant in both: previous value, current value and change of the headline metrics (worst output)."""
+    variants: dict[str, dict[str, dict[str, float]]] = {}
+    for name, tables in current.items():
+        earlier = previous.metrics_of(name)
+        if not earlier:
+            continue
+        rows = {}
+        for metric in COMPARED:
+            now = [t[metric] for t in tables.values() if isinstance(t.get(metric), (int, float))]
+            then = [t[metric] for t in earlier.values() if isinstance(t.get(metric), (int, float))]
+            if now and then:
+                pick = max if metric in ("ctc_cer", "size_ratio", "latency_ratio") else min
+                rows[metric] = {"previous": pick(then), "current": pick(now), "change": pick(now) - pick(then)}
+        variants[name] = rows
+    return {"previous_version": previous.version, "variants": variants}

@@ -1,0 +1,40 @@
+"""JUnit XML: one test case per variant x gate, so CI systems show gate results natively."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Any
+
+
+def _case_name(gate: dict[str, Any]) -> str:
+    return f"{gate['metric']}[{gate['output']}]" if gate.get("output") else gate["metric"]
+
+
+def render_junit(results: dict[str, Any]) -> str:
+    recipe = results["recipe"]["name"]
+    suite = ET.Element("testsuite", name=f"quant.{recipe}")
+    tests = failures = errors = 0
+    for variant_name, variant in results["variants"].items():
+        classname = f"quant.{recipe}.{variant_name}"
+        if variant["status"] == "error":
+            tests += 1
+            errors += 1
+            case = ET.SubElement(suite, "testcase", classname=classname, name="build")
+            ET.SubElement(case, "error", message=str(variant.get("error") or "build failed"))
+            continue
+        for gate in variant.get("gates", []):
+            tests += 1
+            case = ET.SubElement(suite, "testcase", classname=classname, name=_case_name(gate))
+            bounds = ", ".join(f"{k} {gate[k]}" for k in ("min", "max", "max_regression") if gate.get(k) is not None)
+            ET.SubElement(case, "system-out").text = f"observed {gate.get('observed')} ({bounds})"
+            if not gate["passed"]:
+                failures += 1
+                message = f"{_case_name(gate)} = {gate.get('observed')} violates {bounds}" + (f": {gate['reason']}" if gate.get("reason") else "")
+                ET.SubElement(case, "failure", message=message, type="GateFailed")
+    suite.set("tests", str(tests))
+    suite.set("failures", str(failures))
+    suite.set("errors", str(errors))
+    root = ET.Element("testsuites")
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
