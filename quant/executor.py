@@ -12,10 +12,13 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from quant.errors import BuildError, QuantError
 from quant.methods.base import BuildContext, BuildResult, builder_for
+
+T = TypeVar("T")
 
 
 def log_to_stderr(message: str) -> None:
@@ -27,11 +30,10 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _run_build(options: Any, context: BuildContext, out_path: Path, extra: dict[str, Any]) -> tuple[BuildResult | None, QuantError | None, float, float]:
+def _call(function: Callable[..., T], args: tuple[Any, ...]) -> tuple[T | None, QuantError | None, float, float]:
     started = time.perf_counter()
     try:
-        result = builder_for(options)(options, context, out_path, **extra)
-        return result, None, time.perf_counter() - started, _peak_rss_mb()
+        return function(*args), None, time.perf_counter() - started, _peak_rss_mb()
     except QuantError as error:
         return None, error, time.perf_counter() - started, _peak_rss_mb()
     except Exception as error:  # a quantizer bug: reported on the variant, with where it happened
@@ -39,17 +41,28 @@ def _run_build(options: Any, context: BuildContext, out_path: Path, extra: dict[
         return None, BuildError(f"{type(error).__name__}: {str(error)[:300]} ({tail})"), time.perf_counter() - started, _peak_rss_mb()
 
 
-def build_isolated(options: Any, context: BuildContext, out_path: Path, **extra: Any) -> tuple[BuildResult, dict[str, Any]]:
-    """Run a method's build in a child process. Bad input re-raises as-is (exit 2); any other failure is a BuildError."""
-    context_for_child = BuildContext(**{**context.__dict__, "log": log_to_stderr})
+def run_isolated(function: Callable[..., T], *args: Any) -> tuple[T, dict[str, float]]:
+    """Run a top-level function in a fresh child process; returns its result and {seconds, peak_rss_mb}.
+
+    Bad input (InputError) re-raises as-is (exit 2); any other failure becomes a BuildError."""
     spawn = multiprocessing.get_context("spawn")
     try:
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-            result, error, seconds, peak = pool.submit(_run_build, options, context_for_child, out_path, extra).result()
+            result, error, seconds, peak = pool.submit(_call, function, args).result()
     except BrokenProcessPool:
         raise BuildError("the build process died (killed, or out of memory)") from None
     if error is not None:
         raise error
-    assert result is not None
-    result.details.update({"build_seconds": round(seconds, 3), "build_peak_rss_mb": round(peak, 1)})
-    return result, {"seconds": round(seconds, 3), "peak_rss_mb": round(peak, 1)}
+    return result, {"seconds": round(seconds, 3), "peak_rss_mb": round(peak, 1)}  # type: ignore[return-value]
+
+
+def _build(options: Any, context: BuildContext, out_path: Path, extra: dict[str, Any]) -> BuildResult:
+    return builder_for(options)(options, context, out_path, **extra)
+
+
+def build_isolated(options: Any, context: BuildContext, out_path: Path, **extra: Any) -> BuildResult:
+    """Run a method's build in a child process and record its time and peak memory."""
+    child_context = BuildContext(**{**context.__dict__, "log": log_to_stderr})
+    result, stats = run_isolated(_build, options, child_context, out_path, extra)
+    result.details.update({"build_seconds": stats["seconds"], "build_peak_rss_mb": stats["peak_rss_mb"]})
+    return result

@@ -19,6 +19,7 @@ from quant.compare import KIND_METRICS
 from quant.errors import BuildError, ModelError, OutputError, QuantError, RecipeError
 from quant.evaluate import Reference, compare_variant, run_reference
 from quant.executor import build_isolated
+from quant.lockfile import remove_stale_lock
 from quant.gates import VARIANT_METRICS, applicable_outputs, effective_gates, judge_all
 from quant.methods.base import BuildContext
 from quant.metrics.ctc import charset_from_metadata
@@ -188,7 +189,7 @@ def run_variant(name: str, prepared: Prepared, reference: Reference, options: Ru
             from quant.search import search_fallback
 
             return search_fallback(name, prepared, reference, options, outcome)
-        result, _ = build_isolated(variant, build_context(prepared, options, name), out_path)
+        result = build_isolated(variant, build_context(prepared, options, name), out_path)
         outcome.build = result.details
         return judge_variant(name, result.path, prepared, reference, outcome, options.log)
     except BuildError as error:
@@ -271,6 +272,7 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
             json.dumps({k: v.model_dump(mode="json") for k, v in recipe.inputs.items()}, sort_keys=True),
             options.cache_dir, recipe.bench.threads, progress=bar.update,
         )
+    remove_stale_lock(loaded, options.out_dir)
     outcomes = [run_variant(name, prepared, reference, options) for name in prepared.variants]
 
     to_release, policy_met = _select_for_release(recipe, outcomes)

@@ -111,3 +111,12 @@ def test_variant_gates_override_recipe_gates_with_same_metric_and_output() -> No
     variant = [Gate(metric="latency_ratio", max=1.05)]
     gates = effective_gates(recipe, variant)
     assert [(g.metric, g.max, g.min) for g in gates] == [("cosine", None, 0.99), ("latency_ratio", 1.05, None)]
+
+
+def test_a_variant_output_of_another_shape_scores_worst() -> None:
+    reference = np.ones((1, 4, 3), np.float32)
+    candidate = np.ones((1, 5, 3), np.float32)
+    assert cosine(reference, candidate) == 0.0
+    assert snr_db(reference, candidate) == -SNR_CAP_DB
+    assert abs_errors(reference, candidate) == (math.inf, math.inf)
+    assert nonfinite_count(reference, candidate) == candidate.size

@@ -9,16 +9,28 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from onnxruntime.quantization.calibrate import save_tensors_data
 
 from quant.calibration.reader import Dims, checked_feeds
-from quant.calibration.sources import SampleSource
+from quant.calibration.sources import Feeds, SampleSource
+from quant.calibration.streaming import collect_ranges, quantize_static_default_op_types
 
 CACHE_FORMAT = 1
+
+
+class SourceFeeds:
+    """Re-iterable feeds of a source: histogram calibration reads the data in several passes."""
+
+    def __init__(self, source: SampleSource, model_inputs: dict[str, Dims]) -> None:
+        self.source = source
+        self.model_inputs = model_inputs
+
+    def __iter__(self) -> Iterator[Feeds]:
+        return (feeds for _, feeds in checked_feeds(self.source, self.model_inputs))
 
 
 @dataclass(frozen=True)
@@ -66,15 +78,13 @@ def calibration_ranges(
         return CalibrationRanges(cache_file, method, len(source), True, 0.0, key)
     log(f"calibration: {method} on {len(source)} samples")
     started = time.perf_counter()
-    from quant.calibration.streaming import collect_ranges  # imported late: it pulls in the calibrators
-
-    feeds = (f for _, f in checked_feeds(source, model_inputs))
     ranges = collect_ranges(
         model_path,
-        feeds,
+        SourceFeeds(source, model_inputs),
         method,
         percentile=percentile,
-        op_types_to_calibrate=op_types,
+        # The tensors quantize_static itself would calibrate for these op types.
+        op_types_to_calibrate=op_types or quantize_static_default_op_types(),
         work_dir=cache_dir / "calibration",
         progress=progress,
     )

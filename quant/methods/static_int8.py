@@ -59,7 +59,6 @@ def quantize_with_exclusions(options: StaticInt8Options, context: BuildContext, 
         nodes_to_exclude=excluded,
         calibrate_method=CALIBRATION_METHODS[options.calibrate],
         use_external_data_format=model_size(source) >= PROTOBUF_LIMIT,
-        extra_options={"CalibTensorRangeSymmetric": False},
     )
     details = {
         "prepared_model": str(source),
@@ -71,6 +70,6 @@ def quantize_with_exclusions(options: StaticInt8Options, context: BuildContext, 
 
 
 @register("static_int8")
-def build_static_int8(options: StaticInt8Options, context: BuildContext, out_path: Path) -> BuildResult:
-    return quantize_with_exclusions(options, context, out_path, [])
+def build_static_int8(options: StaticInt8Options, context: BuildContext, out_path: Path, extra_exclusions: list[str] | None = None) -> BuildResult:
+    return quantize_with_exclusions(options, context, out_path, extra_exclusions or [])
 

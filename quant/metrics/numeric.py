@@ -11,7 +11,9 @@ SNR_CAP_DB = 200.0
 
 
 def cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Cosine similarity of the flattened tensors; 0 when the candidate is not finite."""
+    """Cosine similarity of the flattened tensors; 0 when the candidate is not finite or differs in shape."""
+    if reference.shape != candidate.shape:
+        return 0.0
     ref = reference.astype(np.float64).ravel()
     cand = candidate.astype(np.float64).ravel()
     if not np.all(np.isfinite(cand)):
@@ -23,7 +25,9 @@ def cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
 
 
 def snr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """10·log10(signal power / error power); capped, and -cap for non-finite candidates."""
+    """10·log10(signal power / error power); capped, and -cap for non-finite or mis-shaped candidates."""
+    if reference.shape != candidate.shape:
+        return -SNR_CAP_DB
     ref = reference.astype(np.float64)
     cand = candidate.astype(np.float64)
     if not np.all(np.isfinite(cand)):

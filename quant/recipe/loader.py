@@ -121,15 +121,15 @@ def _load_document(path: Path, chain: tuple[Path, ...], extra_roots: list[Path])
     if not parent.is_file():
         raise RecipeError(f"extended recipe '{parent_ref}' not found", file=str(path), field="extends")
     base, _ = _load_document(parent, (*chain, path), extra_roots)
-    base = _rebase_paths(base, parent.parent, path.parent)
+    base = rebase_paths(base, parent.parent, path.parent)
     return deep_merge(base, document), path.parent
 
 
-def _rebase_paths(document: dict[str, Any], from_dir: Path, to_dir: Path) -> dict[str, Any]:
+def rebase_paths(document: dict[str, Any], from_dir: Path, to_dir: Path) -> dict[str, Any]:
     """Paths in an extended recipe stay relative to *its* folder, whoever extends it."""
-    if from_dir.resolve() == to_dir.resolve():
-        return document
     rebased = copy.deepcopy(document)
+    if from_dir.resolve() == to_dir.resolve():
+        return rebased
 
     def fix(section: Any, key: str) -> None:
         if isinstance(section, dict) and isinstance(section.get(key), str) and not Path(section[key]).is_absolute():

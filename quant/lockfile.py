@@ -1,0 +1,40 @@
+"""Lock files: a search's result written back as a plain recipe that rebuilds it without searching."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from quant.recipe.loader import LoadedRecipe, rebase_paths
+
+
+def lock_path(loaded: LoadedRecipe, out_dir: Path) -> Path:
+    return out_dir / f"{loaded.path.stem}.lock.yaml"
+
+
+def remove_stale_lock(loaded: LoadedRecipe, out_dir: Path) -> None:
+    """A lock describes one run: an older run's lock must not mix with this one's."""
+    lock_path(loaded, out_dir).unlink(missing_ok=True)
+
+
+def write_lock(loaded: LoadedRecipe, out_dir: Path, variant: str, excluded: list[str]) -> Path:
+    """Add `variant`'s resolved exclusion list to the run's lock file (fallback removed, paths rebased)."""
+    path = lock_path(loaded, out_dir)
+    if path.is_file():
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    else:
+        document = rebase_paths(loaded.resolved, loaded.base_dir, out_dir)
+    options = dict(document["variants"][variant])
+    options.pop("fallback", None)
+    options["exclude_nodes"] = list(dict.fromkeys(excluded))
+    document["variants"][variant] = options
+    header = (
+        f"# Lock file written by quant from {loaded.path.name}: the variants' node exclusions found by the fallback search.\n"
+        f"# `quantize --recipe {path.name}` rebuilds them without searching.\n"
+    )
+    staging = path.with_name(path.name + f".tmp{os.getpid()}")
+    staging.write_text(header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    os.replace(staging, path)
+    return path

@@ -1,0 +1,139 @@
+"""Automatic fallback for static INT8: keep the most sensitive nodes in float until every gate holds.
+
+Each attempt reuses the cached calibration ranges, so only quantization and judging are repeated.
+Keeping nodes in float costs speed, so the search stops as soon as the latency or size gate is
+what fails: more float nodes cannot help there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from quant.calibration.reader import checked_feeds
+from quant.errors import BuildError
+from quant.executor import build_isolated, run_isolated
+from quant.gates import VARIANT_METRICS
+from quant.lockfile import write_lock
+from quant.outcome import VariantOutcome
+from quant.recipe.schema import StaticInt8Options
+from quant.sensitivity import NodeSensitivity, rank_nodes
+
+if TYPE_CHECKING:
+    from quant.evaluate import Reference
+    from quant.runner import Prepared, RunOptions
+
+TRACKED = ("ctc_exact_match", "ctc_cer", "map_iou", "cosine", "snr_db")
+
+
+def default_steps(max_nodes: int) -> list[int]:
+    """1, 2, 4, 8, ... up to max_nodes (max_nodes itself always tried last)."""
+    steps, k = [], 1
+    while k < max_nodes:
+        steps.append(k)
+        k *= 2
+    return [*steps, max_nodes]
+
+
+def _accuracy_failed(outcome: VariantOutcome) -> bool:
+    return any(g.metric not in VARIANT_METRICS for g in outcome.failed_gates)
+
+
+def _attempt_record(outcome: VariantOutcome, excluded: list[str]) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "nodes_in_float": len(excluded),
+        "excluded": excluded,
+        "passed": outcome.passed,
+        "status": outcome.status,
+        "latency_ratio": outcome.latency.ratio if outcome.latency else None,
+        "size_ratio": outcome.size_ratio,
+        "failed_gates": [f"{g.metric}={g.observed:.4g}" if g.observed is not None else g.metric for g in outcome.failed_gates],
+    }
+    for metric in TRACKED:
+        values = [m[metric] for m in outcome.metrics.values() if metric in m]
+        if values:
+            record[metric] = max(values) if metric == "ctc_cer" else min(values)
+    if outcome.error:
+        record["error"] = outcome.error
+    return record
+
+
+def _rank_in_child(float_model: Path, qdq_model: Path, feeds: list[dict[str, Any]]) -> list[NodeSensitivity]:
+    return rank_nodes(float_model, qdq_model, feeds)
+
+
+def _ranking(name: str, variant: StaticInt8Options, prepared: "Prepared", options: "RunOptions", first: VariantOutcome) -> list[NodeSensitivity]:
+    """Rank on a QDQ build (the QOperator form has no per-tensor Q/DQ pairs to compare)."""
+    from quant.runner import build_context
+
+    qdq_path = first.model_path
+    float_model = Path(first.build["prepared_model"])
+    if variant.format != "QDQ" or qdq_path is None:
+        qdq_variant = variant.model_copy(update={"format": "QDQ", "fallback": None})
+        qdq_path = build_isolated(qdq_variant, build_context(prepared, options, name), options.out_dir / "work" / name / "ranking-qdq.onnx").path
+    feeds = [f for _, f in zip(range(variant.fallback.samples if variant.fallback else 8), (f for _, f in checked_feeds(prepared.evaluation, prepared.model.inputs)))]
+    ranking, stats = run_isolated(_rank_in_child, float_model, qdq_path, feeds)
+    options.log(f"{name}: ranked {len(ranking)} quantized nodes by added error in {stats['seconds']:.1f} s")
+    return ranking
+
+
+def search_fallback(name: str, prepared: "Prepared", reference: "Reference", options: "RunOptions", outcome: VariantOutcome) -> VariantOutcome:
+    """Build, judge, and if accuracy gates fail, retry with the most sensitive nodes in float."""
+    from quant.runner import build_context, judge_variant
+
+    variant = prepared.recipe.variants[name]
+    assert isinstance(variant, StaticInt8Options) and variant.fallback is not None
+    fallback = variant.fallback
+    attempts: list[dict[str, Any]] = []
+    judged: list[tuple[VariantOutcome, list[str]]] = []
+
+    def attempt(excluded: list[str]) -> VariantOutcome:
+        trial = VariantOutcome(name=name, method=outcome.method, options=outcome.options)
+        out_path = options.out_dir / "work" / name / f"fallback-{len(excluded):03d}.onnx"
+        try:
+            result = build_isolated(variant, build_context(prepared, options, name), out_path, extra_exclusions=excluded)
+            trial.build = result.details
+            judge_variant(name, result.path, prepared, reference, trial, options.log)
+        except BuildError as error:
+            trial.status, trial.error = "error", str(error)
+        attempts.append(_attempt_record(trial, excluded))
+        judged.append((trial, excluded))
+        options.log(f"{name}: {len(excluded)} node(s) in float -> {trial.status}")
+        return trial
+
+    first = attempt([])
+    ranking: list[NodeSensitivity] = []
+    conclusion = "passed without keeping any node in float"
+    if not first.passed and first.status != "error":
+        if not _accuracy_failed(first):
+            conclusion = "only speed/size gates failed; keeping nodes in float would make it slower, so no search"
+        else:
+            ranking = _ranking(name, variant, prepared, options, first)
+            for k in fallback.steps or default_steps(fallback.max_nodes):
+                k = min(k, len(ranking), fallback.max_nodes)
+                if k == 0 or k in (a["nodes_in_float"] for a in attempts):
+                    continue
+                trial = attempt([n.node for n in ranking[:k]])
+                if trial.passed:
+                    conclusion = f"passed with {k} node(s) in float"
+                    break
+                if trial.status != "error" and not _accuracy_failed(trial):
+                    conclusion = f"accuracy held with {k} node(s) in float, but {', '.join(g.metric for g in trial.failed_gates)} failed; more float nodes only cost more"
+                    break
+            else:
+                conclusion = f"no attempt passed within {fallback.max_nodes} node(s) in float"
+    chosen, excluded = next(((o, e) for o, e in judged if o.passed), None) or min(judged, key=lambda item: (len(item[0].failed_gates) if item[0].status != "error" else 99, len(item[1])))
+    chosen.search = {
+        "attempts": attempts,
+        "sensitivity": [n.to_dict() for n in ranking[:50]],
+        "metrics": [m for m in TRACKED if any(m in a for a in attempts)],
+        "chosen_nodes_in_float": len(excluded),
+        "conclusion": conclusion if chosen.passed else f"{conclusion}; best attempt kept {len(excluded)} node(s) in float and still failed {', '.join(g.metric for g in chosen.failed_gates) or chosen.error}",
+    }
+    if chosen.model_path is not None:
+        final = options.out_dir / "variants" / f"{name}.onnx"
+        final.parent.mkdir(parents=True, exist_ok=True)
+        final.write_bytes(chosen.model_path.read_bytes())
+        chosen.model_path = final
+        chosen.search["lock_file"] = str(write_lock(prepared.loaded, options.out_dir, name, [*variant.exclude_nodes, *excluded]))
+    return chosen

@@ -1,0 +1,85 @@
+"""Static INT8 on real quantized graphs, the sensitivity ranking, the fallback search and its lock file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import onnx
+import yaml
+
+from quant.sensitivity import rank_nodes
+from tests.conftest import base_recipe, run_cli, tiny_ctc_model, write_recipe
+
+GATES = [{"metric": "ctc_exact_match", "min": 0.9}, {"metric": "cosine", "min": 0.99}]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _op_types(path: Path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_static_qdq_and_qoperator_graphs(workspace: dict[str, Path]) -> None:
+    root = workspace["root"]
+    variants = {
+        "qdq": {"method": "static_int8", "format": "QDQ", "op_types": ["Conv", "MatMul"]},
+        "qop": {"method": "static_int8", "format": "QOperator", "op_types": ["Conv", "MatMul"], "calibrate": "percentile"},
+        "entropy": {"method": "static_int8", "calibrate": "entropy", "exclude_nodes": ["head"]},
+    }
+    path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants=variants))
+    done = run_cli("--recipe", str(path), "--out", str(root / "run"), cwd=root)
+    assert done.returncode == 0, done.stderr
+    variants_dir = root / "run" / "variants"
+    assert {"QuantizeLinear", "DequantizeLinear"} <= _op_types(variants_dir / "qdq.onnx")
+    assert "QLinearConv" in _op_types(variants_dir / "qop.onnx")
+    entropy = onnx.load(str(variants_dir / "entropy.onnx"))
+    head = next(n for n in entropy.graph.node if n.name == "head")
+    assert head.op_type == "MatMul" and not any(i.endswith("_DequantizeLinear_Output") for i in head.input)  # excluded: left in float
+    results = json.loads((root / "run" / "results.json").read_text())
+    calibrations = {name: v["build"]["calibration"] for name, v in results["variants"].items()}
+    assert calibrations["qdq"]["method"] == "minmax" and calibrations["entropy"]["method"] == "entropy"
+
+
+def test_sensitivity_ranks_the_broken_node_first(workspace: dict[str, Path]) -> None:
+    root = workspace["root"]
+    onnx.save(tiny_ctc_model(weight_outlier=True), str(workspace["model"]))
+    variants = {"s": {"method": "static_int8", "per_channel": False, "op_types": ["Conv", "MatMul"]}}
+    path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants=variants, gates=GATES))
+    assert run_cli("--recipe", str(path), "--out", str(root / "run"), cwd=root).returncode == 1
+    from quant.calibration.transforms import image_to_tensor
+    from quant.recipe.schema import ImageInput
+    from PIL import Image
+
+    spec = ImageInput.model_validate(base_recipe(workspace["model"], workspace["calib"], workspace["eval"])["inputs"]["x"])
+    feeds = [{"x": image_to_tensor(Image.open(p), spec)} for p in sorted(workspace["eval"].glob("*.png"))[:4]]
+    ranking = rank_nodes(workspace["model"], root / "run" / "variants" / "s.onnx", feeds)
+    assert ranking[0].node == "conv1" and ranking[0].added_error > 5 * max(n.added_error for n in ranking[1:])
+
+
+def test_fallback_finds_the_node_and_the_lock_rebuilds_the_same_model(workspace: dict[str, Path]) -> None:
+    root = workspace["root"]
+    onnx.save(tiny_ctc_model(weight_outlier=True), str(workspace["model"]))
+    variants = {"int8": {"method": "static_int8", "per_channel": False, "op_types": ["Conv", "MatMul"], "fallback": {"max_nodes": 2, "samples": 4}}}
+    path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants=variants, gates=GATES))
+    done = run_cli("--recipe", str(path), "--out", str(root / "run"), cwd=root)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((root / "run" / "results.json").read_text())
+    search = results["variants"]["int8"]["search"]
+    assert [a["nodes_in_float"] for a in search["attempts"]] == [0, 1]
+    assert [a["passed"] for a in search["attempts"]] == [False, True]
+    assert search["attempts"][1]["excluded"] == ["conv1"] and search["sensitivity"][0]["node"] == "conv1"
+    lock = root / "run" / "recipe.lock.yaml"
+    locked = yaml.safe_load(lock.read_text())
+    assert locked["variants"]["int8"]["exclude_nodes"] == ["conv1"] and "fallback" not in locked["variants"]["int8"]
+    # The lock rebuilds the promoted model without a search: same bytes, same gate results.
+    again = run_cli("--recipe", str(lock), "--out", str(root / "relock"), cwd=root)
+    assert again.returncode == 0, again.stderr
+    relocked = json.loads((root / "relock" / "results.json").read_text())
+    assert relocked["variants"]["int8"]["search"] is None
+    assert _sha(root / "relock" / "variants" / "int8.onnx") == _sha(root / "run" / "variants" / "int8.onnx")
+    strip = lambda gates: [{k: g[k] for k in ("metric", "observed", "passed")} for g in gates if g["metric"] != "latency_ratio"]  # noqa: E731
+    assert strip(relocked["variants"]["int8"]["gates"]) == strip(results["variants"]["int8"]["gates"])
