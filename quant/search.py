@@ -58,8 +58,8 @@ def _attempt_record(outcome: VariantOutcome, excluded: list[str]) -> dict[str, A
     return record
 
 
-def _rank_in_child(float_model: Path, qdq_model: Path, feeds: list[dict[str, Any]]) -> list[NodeSensitivity]:
-    return rank_nodes(float_model, qdq_model, feeds)
+def _rank_in_child(float_model: Path, qdq_model: Path, feeds: list[dict[str, Any]], op_types: list[str] | None) -> list[NodeSensitivity]:
+    return rank_nodes(float_model, qdq_model, feeds, op_types)
 
 
 def _ranking(name: str, variant: StaticInt8Options, prepared: "Prepared", options: "RunOptions", first: VariantOutcome) -> list[NodeSensitivity]:
@@ -72,7 +72,7 @@ def _ranking(name: str, variant: StaticInt8Options, prepared: "Prepared", option
         qdq_variant = variant.model_copy(update={"format": "QDQ", "fallback": None})
         qdq_path = build_isolated(qdq_variant, build_context(prepared, options, name), options.out_dir / "work" / name / "ranking-qdq.onnx").path
     feeds = [f for _, f in zip(range(variant.fallback.samples if variant.fallback else 8), (f for _, f in checked_feeds(prepared.evaluation, prepared.model.inputs)))]
-    ranking, stats = run_isolated(_rank_in_child, float_model, qdq_path, feeds)
+    ranking, stats = run_isolated(_rank_in_child, float_model, qdq_path, feeds, variant.op_types)
     options.log(f"{name}: ranked {len(ranking)} quantized nodes by added error in {stats['seconds']:.1f} s")
     return ranking
 

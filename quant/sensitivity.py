@@ -41,6 +41,13 @@ def quantized_node_names(qdq_model: onnx.ModelProto) -> set[str]:
     return {n.name for n in qdq_model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and any(i in dequantized for i in n.input)}
 
 
+def _float_tensors(model: onnx.ModelProto) -> set[str]:
+    """Names of float32 tensors, by ONNX shape inference (Shape/Cast outputs and the like are not activations)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    infos = [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
+    return {v.name for v in infos if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+
+
 def _with_outputs(model_path: Path, names: list[str], scratch: Path) -> Path:
     """The model with every named intermediate tensor exposed as a graph output."""
     model = onnx.load(str(model_path))
@@ -108,15 +115,19 @@ def _tensor_errors(float_model: Path, qdq_model: Path, names: list[str], feeds: 
     return {name: e.relative_error() for name, e in errors.items()}
 
 
-def rank_nodes(float_model: Path, qdq_model: Path, feeds: list[Feeds]) -> list[NodeSensitivity]:
-    """Quantized nodes of `qdq_model`, the ones adding most error first."""
+def rank_nodes(float_model: Path, qdq_model: Path, feeds: list[Feeds], op_types: list[str] | None = None) -> list[NodeSensitivity]:
+    """Quantized nodes of `qdq_model` (of `op_types` when given), the ones adding most error first.
+
+    Only nodes the quantizer was asked to quantize are candidates: a float op that merely reads a
+    dequantized tensor (a HardSigmoid after a quantized Conv) changes nothing when "excluded"."""
     quantized = onnx.load(str(qdq_model), load_external_data=False)
-    candidates = quantized_node_names(quantized)
+    candidates = {n.name for n in quantized.graph.node if n.name in quantized_node_names(quantized) and (not op_types or n.op_type in op_types)}
     qdq_tensors = {o for n in quantized.graph.node for o in n.output}
-    float_graph = onnx.load(str(float_model), load_external_data=False).graph
+    float_proto = onnx.load(str(float_model), load_external_data=False)
+    float_graph = float_proto.graph
     graph_inputs = {i.name for i in float_graph.input}
-    # Tensors both graphs compute under the same name: every float node's outputs that survived quantization.
-    names = sorted({o for n in float_graph.node for o in n.output if o in qdq_tensors})
+    # Tensors both graphs compute under the same name: float outputs of float nodes that survived quantization.
+    names = sorted(set(_float_tensors(float_proto)) & {o for n in float_graph.node for o in n.output} & qdq_tensors)
     errors = {**{name: 0.0 for name in graph_inputs}, **_tensor_errors(float_model, qdq_model, names, feeds)}
     ranking = []
     for node in float_graph.node:

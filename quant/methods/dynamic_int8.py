@@ -6,7 +6,7 @@ from pathlib import Path
 
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from quant.methods.base import BuildContext, BuildResult, register
+from quant.methods.base import BuildContext, BuildResult, quantized_op_counts, register
 from quant.methods.prepare import prepared_model
 from quant.model import PROTOBUF_LIMIT, model_size
 from quant.recipe.schema import DynamicInt8Options
@@ -29,4 +29,4 @@ def build_dynamic_int8(options: DynamicInt8Options, context: BuildContext, out_p
         # Past the protobuf limit the weights must go to an external data file.
         use_external_data_format=model_size(source) >= PROTOBUF_LIMIT,
     )
-    return BuildResult(out_path, {"prepared_model": str(source)})
+    return BuildResult(out_path, {"prepared_model": str(source), "quantized_ops": quantized_op_counts(out_path)})

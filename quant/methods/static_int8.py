@@ -9,7 +9,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 
 from quant.calibration.ranges import calibration_ranges
 from quant.errors import BuildError
-from quant.methods.base import BuildContext, BuildResult, register
+from quant.methods.base import BuildContext, BuildResult, quantized_op_counts, register
 from quant.methods.prepare import prepared_model
 from quant.model import PROTOBUF_LIMIT, file_sha256, model_size
 from quant.recipe.schema import StaticInt8Options
@@ -65,6 +65,7 @@ def quantize_with_exclusions(options: StaticInt8Options, context: BuildContext, 
         "calibration": ranges.describe(),
         "calibration_seconds": round(calibration_seconds, 3),
         "excluded_nodes": excluded,
+        "quantized_ops": quantized_op_counts(out_path),
     }
     return BuildResult(out_path, details)
 
