@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from quant.errors import InputError, QuantError
+from quant.errors import WRITE_ERRNOS, InputError, OutputError, QuantError
 from quant.progress import Progress
 from quant.recipe.loader import load_recipe
 from quant.recipe.schema import recipe_json_schema
@@ -73,6 +73,12 @@ def main(
         _fail(str(error), EXIT_BAD_INPUT)
     except QuantError as error:
         _fail(str(error), EXIT_INTERNAL)
+    except OSError as error:
+        if error.errno not in WRITE_ERRNOS:
+            _internal_error(error)
+        where = error.filename or out_dir or "the run folder"
+        field = next((flag for flag, path in (("--json", json_path), ("--junit", junit_path), ("--cache", cache_dir)) if path and error.filename and Path(error.filename).is_relative_to(path)), "--out")
+        _fail(str(OutputError(f"cannot write: {error.strerror}", file=str(where), field=field)), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         _fail("interrupted; nothing was released", 130)
     except Exception as error:  # a bug: say where the traceback went
@@ -92,12 +98,16 @@ def _run_all(
     allow_extends_from: list[Path],
     quiet: bool,
 ) -> int:
+    loaded = [load_recipe(r, allow_extends_from=allow_extends_from) for r in recipes]  # all recipes checked before any work
+    if not validate:
+        for path, flag in ((json_path, "--json"), (junit_path, "--junit")):
+            _check_report_path(path, flag)
+
     from quant.report.html import render_html
     from quant.runner import RunOptions, log_stderr, run
 
     Progress.quiet = quiet
     log = (lambda message: None) if quiet else log_stderr
-    loaded = [load_recipe(r, allow_extends_from=allow_extends_from) for r in recipes]  # all recipes checked before any work
     worst = EXIT_PASS
     documents = []
     for recipe in loaded:
@@ -124,6 +134,18 @@ def _run_all(
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2) + "\n", encoding="utf-8")
     return worst
+
+
+def _check_report_path(path: Path | None, flag: str) -> None:
+    """A report file that cannot be written is bad input found before the run, not after the release."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create its folder: {error.strerror}", file=str(error.filename or path.parent), field=flag) from None
+    if path.is_dir():
+        raise OutputError("is a folder, not a file", file=str(path), field=flag)
 
 
 def _junit_all(documents: list[dict]) -> str:

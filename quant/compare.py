@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -16,7 +17,7 @@ NUMERIC = ("cosine", "cosine_min", "max_abs", "mean_abs", "snr_db", "snr_db_min"
 KIND_METRICS: dict[str, tuple[str, ...]] = {
     "tensor": NUMERIC,
     "classes": (*NUMERIC, "top1_agreement"),
-    "ctc": (*NUMERIC, "top1_agreement", "ctc_exact_match", "ctc_cer", "label_cer", "label_cer_delta"),
+    "ctc": (*NUMERIC, "top1_agreement", "ctc_exact_match", "ctc_cer", "ctc_exact_match_norm", "ctc_cer_norm", "label_cer", "label_cer_delta"),
     "prob_map": (*NUMERIC, "map_iou", "map_iou_min"),
 }
 
@@ -46,11 +47,21 @@ class OutputComparison:
     ctc_sequences: int = 0
     ctc_edits: int = 0
     ctc_reference_length: int = 0
+    norm_exact: int = 0
+    norm_edits: int = 0
+    norm_reference_length: int = 0
     label_edits_variant: int = 0
     label_edits_reference: int = 0
     label_length: int = 0
     ious: list[float] = field(default_factory=list)
     mismatches: list[dict[str, str]] = field(default_factory=list)  # a few examples for the report
+
+    @cached_property
+    def ignored(self) -> frozenset[int]:
+        """Class indices of the spec's ignore_chars."""
+        if not self.spec.ignore_chars or not self.charset:
+            return frozenset()
+        return frozenset(i for i, c in enumerate(self.charset) if c in self.spec.ignore_chars)
 
     def add(self, sample_id: str, reference: np.ndarray, candidate: np.ndarray, label: str | None = None) -> None:
         self.cosines.append(cosine(reference, candidate))
@@ -78,6 +89,12 @@ class OutputComparison:
             self.ctc_exact += ref_seq == cand_seq
             self.ctc_edits += edit_distance(ref_seq, cand_seq)
             self.ctc_reference_length += max(len(ref_seq), 1)
+            if self.ignored:
+                ref_norm = tuple(t for t in ref_seq if t not in self.ignored)
+                cand_norm = tuple(t for t in cand_seq if t not in self.ignored)
+                self.norm_exact += ref_norm == cand_norm
+                self.norm_edits += edit_distance(ref_norm, cand_norm)
+                self.norm_reference_length += max(len(ref_norm), 1)
             if ref_seq != cand_seq and len(self.mismatches) < 10:
                 decode = (lambda s: to_text(s, self.charset)) if self.charset else (lambda s: " ".join(map(str, s)))
                 self.mismatches.append({"sample": sample_id, "fp32": decode(ref_seq), "variant": decode(cand_seq)})
@@ -101,6 +118,9 @@ class OutputComparison:
         if self.ctc_sequences:
             values["ctc_exact_match"] = self.ctc_exact / self.ctc_sequences
             values["ctc_cer"] = self.ctc_edits / self.ctc_reference_length
+            if self.ignored:
+                values["ctc_exact_match_norm"] = self.norm_exact / self.ctc_sequences
+                values["ctc_cer_norm"] = self.norm_edits / self.norm_reference_length
         if self.label_length:
             values["label_cer"] = self.label_edits_variant / self.label_length
             values["label_cer_reference"] = self.label_edits_reference / self.label_length

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+
+# OS errors that mean "the output place cannot take this write" (disk full, quota, file too large, read-only),
+# reported as bad input (exit 2) naming the folder, not as a bug.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
 
 class QuantError(Exception):
     """Base of every error the tool raises on purpose."""
@@ -19,7 +25,9 @@ class InputError(QuantError):
         self.field = field
         self.detail = message
         where = ", ".join(part for part in (file, f"field '{field}'" if field else None) if part)
-        super().__init__(f"{where}: {message}" if where else message)
+        text = f"{where}: {message}" if where else message
+        # One line, always: values echoed from a recipe or a file name may hold line breaks.
+        super().__init__(text.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class RecipeError(InputError):

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from quant.calibration.reader import Dims, checked_feeds
 from quant.calibration.sources import SampleSource
 from quant.compare import OutputComparison
-from quant.errors import BuildError
+from quant.errors import BuildError, DataError, ModelError
 from quant.model import session
+from quant.promote import _alive as process_alive
+from quant.testpoint import pause_point
 from quant.recipe.schema import OutputSpec
 
 
@@ -45,22 +49,35 @@ def run_reference(
 ) -> Reference:
     """FP32 outputs for every evaluation sample, computed once and kept on disk (bounded memory)."""
     folder = cache_dir / "reference" / _reference_key(model_sha256, source, inputs_signature)
-    fp32 = session(model_path, threads=threads)
+    try:
+        fp32 = session(model_path, threads=threads)
+    except Exception as error:  # onnxruntime's own exception types: the model passed the checker but cannot run
+        raise ModelError(f"onnxruntime cannot load the model: {str(error).strip().splitlines()[0][:300]}", file=str(model_path), field="model.path") from None
     names = [o.name for o in fp32.get_outputs()]
     if (folder / "complete").is_file():
         return Reference(folder, names, 0.0, True)
+    for stale in folder.parent.glob(f"{folder.name}.tmp*"):  # left by a killed run: never complete, never used
+        pid = stale.name.rsplit(".tmp", 1)[-1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     scratch = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    quiet_run = ort.RunOptions()
+    quiet_run.log_severity_level = 4  # a failing sample is reported once, as a DataError, not also in onnxruntime's log
     scratch.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     for index, (sample, feeds) in enumerate(checked_feeds(source, model_inputs)):
-        outputs = fp32.run(names, feeds)
+        try:
+            outputs = fp32.run(names, feeds, quiet_run)
+        except Exception as error:  # fits the declared dims, but the graph cannot run it (e.g. a Reshape)
+            detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+            raise DataError(f"the FP32 model fails on sample '{sample.id}': {detail}", file=source.where, field=f"{source.field}.source") from None
         np.savez(scratch / f"{index:06d}.npz", **{f"o{i}": o for i, o in enumerate(outputs)})
         if progress:
             progress(index + 1)
+        if index == 0:
+            pause_point("reference")
     (scratch / "complete").write_text(source.fingerprint)
     if folder.exists():  # another run finished first; theirs is as good as ours
-        import shutil
-
         shutil.rmtree(scratch, ignore_errors=True)
     else:
         os.replace(scratch, folder)
@@ -103,4 +120,6 @@ def compare_variant(
             comparisons[name].add(sample.id, expected, actual, sample.label)
         if progress:
             progress(index + 1)
+        if index == 0:
+            pause_point("evaluation")
     return comparisons

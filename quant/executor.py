@@ -16,7 +16,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from quant.errors import BuildError, QuantError
+from quant.errors import WRITE_ERRNOS, BuildError, OutputError, QuantError
 from quant.methods.base import BuildContext, BuildResult, builder_for
 
 T = TypeVar("T")
@@ -26,9 +26,21 @@ def log_to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def log_silent(message: str) -> None:
+    """The build log under --quiet (a top-level function: it must pickle into the build process)."""
+
+
 def _peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM belongs to this process's own address space. ru_maxrss survives exec, so in a spawned
+    # child it starts at the parent's RSS when it forked (GBs with a big model loaded): not the build's peak.
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 class _DropAdvice(logging.Filter):
@@ -46,6 +58,8 @@ def _call(function: Callable[..., T], args: tuple[Any, ...]) -> tuple[T | None, 
     except QuantError as error:
         return None, error, time.perf_counter() - started, _peak_rss_mb()
     except Exception as error:  # a quantizer bug: reported on the variant, with where it happened
+        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:  # disk full, read-only: the whole run stops (exit 2)
+            return None, OutputError(f"cannot write: {error.strerror}", file=str(error.filename or "the run folder"), field="--out"), time.perf_counter() - started, _peak_rss_mb()
         tail = " | ".join(line.strip() for line in traceback.format_exc().strip().splitlines()[-3:])
         return None, BuildError(f"{type(error).__name__}: {str(error)[:300]} ({tail})"), time.perf_counter() - started, _peak_rss_mb()
 
@@ -71,7 +85,10 @@ def _build(options: Any, context: BuildContext, out_path: Path, extra: dict[str,
 
 def build_isolated(options: Any, context: BuildContext, out_path: Path, **extra: Any) -> BuildResult:
     """Run a method's build in a child process and record its time and peak memory."""
-    child_context = BuildContext(**{**context.__dict__, "log": log_to_stderr})
+    from quant.progress import Progress
+
+    # The child cannot see the parent's --quiet (it is a fresh interpreter): pass it as its log function.
+    child_context = BuildContext(**{**context.__dict__, "log": log_silent if Progress.quiet else log_to_stderr})
     result, stats = run_isolated(_build, options, child_context, out_path, extra)
     result.details.update({"build_seconds": stats["seconds"], "build_peak_rss_mb": stats["peak_rss_mb"]})
     return result

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import onnx
 import onnxruntime as ort
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 
 from quant.errors import ModelError
 from quant.recipe.schema import ModelSource, resolve
 
 # ONNX's own limit for a single protobuf file; larger models must use external data.
 PROTOBUF_LIMIT = 2**31 - 1
+# onnxruntime only guarantees opset 7 and later for the default domain (it cannot run e.g. Relu-1 or Add-6).
+MIN_OPSET = 7
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,10 @@ class ModelInfo:
 def locate(source: ModelSource, base_dir: Path) -> Path:
     """The model file a recipe names: a path, or a path inside an installed package."""
     if source.package:
-        spec = importlib.util.find_spec(source.package)
+        try:
+            spec = importlib.util.find_spec(source.package)
+        except (ImportError, ValueError):  # e.g. "..x" or "missing_parent.child"
+            spec = None
         if spec is None or not spec.submodule_search_locations:
             raise ModelError(f"package '{source.package}' is not installed (pip install it)", field="model.package")
         root = Path(list(spec.submodule_search_locations)[0])
@@ -83,26 +88,31 @@ def check_external_locations(model: onnx.ModelProto, model_path: Path) -> None:
     folder = model_path.parent.resolve()
     for location in external_data_files(model):
         if os.path.isabs(location) or Path(location).drive:
-            raise ModelError(f"external data location '{location}' is an absolute path; refused", file=str(model_path))
+            raise ModelError(f"external data location '{location}' is an absolute path; refused", file=str(model_path), field="model.path")
         target = (folder / location).resolve()
         if folder not in target.parents:
-            raise ModelError(f"external data location '{location}' escapes the model's folder; refused", file=str(model_path))
+            raise ModelError(f"external data location '{location}' escapes the model's folder; refused", file=str(model_path), field="model.path")
         if not target.is_file():
-            raise ModelError(f"external data file '{location}' is missing", file=str(model_path))
+            raise ModelError(f"external data file '{location}' is missing", file=str(model_path), field="model.path")
 
 
 def load_proto(path: Path, *, load_external: bool = True) -> onnx.ModelProto:
     """Parse a model file with a clear error for empty, truncated or non-ONNX files."""
-    if path.stat().st_size == 0:
-        raise ModelError("the model file is empty", file=str(path))
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelError("the model file is empty", file=str(path), field="model.path")
+    if size > PROTOBUF_LIMIT:  # refused before reading gigabytes that protobuf cannot parse anyway
+        raise ModelError(
+            f"the .onnx file is {size / 2**30:.1f} GiB, over the 2 GB protobuf limit; save the weights as external data", file=str(path), field="model.path"
+        )
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeWarning, ValueError, OSError) as error:
-        raise ModelError(f"not a readable ONNX model ({type(error).__name__}: {str(error)[:120]})", file=str(path)) from None
+        raise ModelError(f"not a readable ONNX model ({type(error).__name__}: {str(error)[:120]})", file=str(path), field="model.path") from None
     except Exception as error:  # protobuf raises several undocumented types on garbage
-        raise ModelError(f"not a readable ONNX model ({type(error).__name__})", file=str(path)) from None
+        raise ModelError(f"not a readable ONNX model ({type(error).__name__})", file=str(path), field="model.path") from None
     if not model.graph.node and not model.graph.output:
-        raise ModelError("not an ONNX model (no graph)", file=str(path))
+        raise ModelError("not an ONNX model (no graph)", file=str(path), field="model.path")
     check_external_locations(model, path)
     if load_external and external_data_files(model):
         onnx.load_external_data_for_model(model, str(path.parent))
@@ -116,11 +126,15 @@ def inspect_model(path: Path) -> ModelInfo:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else "invalid model"
-        raise ModelError(f"fails onnx.checker: {first_line[:200]}", file=str(path)) from None
+        raise ModelError(f"fails onnx.checker: {first_line[:200]}", file=str(path), field="model.path") from None
     except Exception as error:
-        raise ModelError(f"fails onnx.checker ({type(error).__name__}: {str(error)[:160]})", file=str(path)) from None
+        raise ModelError(f"fails onnx.checker ({type(error).__name__}: {str(error)[:160]})", file=str(path), field="model.path") from None
     initializer_names = {t.name for t in model.graph.initializer}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if 0 < opset < MIN_OPSET:  # 0: no default-domain ops at all
+        raise ModelError(
+            f"opset {opset} is too old: onnxruntime needs opset {MIN_OPSET} or later (convert it with onnx.version_converter)", file=str(path), field="model.path"
+        )
     externals = external_data_files(model)
     size = path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in externals)
     return ModelInfo(
@@ -144,7 +158,11 @@ def model_size(path: Path) -> int:
 def save_model(model: onnx.ModelProto, path: Path) -> None:
     """Save as one file when it fits in a protobuf, else with one external data file beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if model.ByteSize() < PROTOBUF_LIMIT:
+    try:
+        fits = model.ByteSize() < PROTOBUF_LIMIT
+    except EncodeError:  # protobuf cannot even size a message over 2 GB
+        fits = False
+    if fits:
         onnx.save(model, str(path))
     else:
         onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data")

@@ -14,6 +14,7 @@ import onnx
 
 from quant.errors import OutputError
 from quant.model import external_data_files, file_sha256
+from quant.testpoint import pause_point
 
 VERSION_PATTERN = re.compile(r"^v(\d+)$")
 STAGING_PREFIX = ".staging-"
@@ -108,10 +109,10 @@ def promote(
     remove_stale_staging(release_dir)
     version = version or next_version(release_dir)
     if not VERSION_PATTERN.match(version):
-        raise OutputError(f"version '{version}' must look like v1, v2, ...", field="--version")
+        raise OutputError(f"version '{version}' must look like v1, v2, ...", field="--release-version")
     target = release_dir / version
     if target.exists():
-        raise OutputError(f"release {version} already exists and is never overwritten", file=str(target), field="--version")
+        raise OutputError(f"release {version} already exists and is never overwritten", file=str(target), field="--release-version")
     staging = release_dir / f"{STAGING_PREFIX}{version}-{os.getpid()}"
     try:
         staging.mkdir()
@@ -124,6 +125,7 @@ def promote(
         sums = [f"{f.sha256}  {f.file}" for f in promoted] + [f"{file_sha256(staging / 'manifest.json')}  manifest.json"]
         (staging / "SHA256SUMS").write_text("\n".join(sums) + "\n", encoding="utf-8")
         _fsync_tree(staging)
+        pause_point("promotion")  # staged in full, not yet in place
         os.rename(staging, target)
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)

@@ -16,7 +16,7 @@ from quant.bench import latency_ratio
 from quant.calibration.reader import checked_feeds
 from quant.calibration.sources import SampleSource, check_disjoint, open_source
 from quant.compare import KIND_METRICS
-from quant.errors import BuildError, ModelError, OutputError, QuantError, RecipeError
+from quant.errors import BuildError, InputError, ModelError, OutputError, QuantError, RecipeError
 from quant.evaluate import Reference, compare_variant, run_reference
 from quant.executor import build_isolated
 from quant.lockfile import remove_stale_lock
@@ -26,7 +26,7 @@ from quant.metrics.ctc import charset_from_metadata
 from quant.model import ModelInfo, file_sha256, inspect_model, locate, model_size
 from quant.outcome import VariantOutcome, json_number
 from quant.progress import Progress
-from quant.promote import promote
+from quant.promote import VERSION_PATTERN, promote
 from quant.provenance import environment
 from quant.recipe.loader import LoadedRecipe
 from quant.recipe.schema import Recipe, resolve
@@ -92,6 +92,10 @@ def _check_recipe_against_model(recipe: Recipe, model: ModelInfo, file: str) -> 
             raise ModelError(f"the model has no output '{name}'; its outputs are {list(model.outputs)}", file=file, field=f"outputs.{name}")
         if spec.charset_metadata and spec.charset_metadata not in model.metadata:
             raise ModelError(f"the model has no metadata key '{spec.charset_metadata}'", file=file, field=f"outputs.{name}.charset_metadata")
+        charset = set(charset_from_metadata(model.metadata, spec.charset_metadata) or []) if spec.charset_metadata else set()
+        unknown = [c for c in spec.ignore_chars if c not in charset]
+        if unknown:
+            raise RecipeError(f"characters {unknown} are not in the model's character list", file=file, field=f"outputs.{name}.ignore_chars")
     all_gates = [("gates", i, g) for i, g in enumerate(recipe.gates)]
     all_gates += [(f"variants.{v}.gates", i, g) for v, o in recipe.variants.items() for i, g in enumerate(o.gates)]
     for where, index, gate in all_gates:
@@ -108,6 +112,15 @@ def _check_recipe_against_model(recipe: Recipe, model: ModelInfo, file: str) -> 
 
 def prepare(loaded: LoadedRecipe, options: RunOptions) -> Prepared:
     """Check the recipe, model and data; nothing is built and nothing is written."""
+    try:
+        return _prepare(loaded, options)
+    except InputError as error:
+        if error.file is None:  # every bad-input line names a file: the recipe, when nothing closer is known
+            raise type(error)(error.detail, file=str(loaded.path), field=error.field) from None
+        raise
+
+
+def _prepare(loaded: LoadedRecipe, options: RunOptions) -> Prepared:
     recipe = loaded.recipe
     file = str(loaded.path)
     unknown = [v for v in options.only if v not in recipe.variants]
@@ -129,7 +142,13 @@ def prepare(loaded: LoadedRecipe, options: RunOptions) -> Prepared:
     charset_keys = [s.charset_metadata for s in recipe.outputs.values() if s.charset_metadata]
     charset = charset_from_metadata(model.metadata, charset_keys[0]) if charset_keys else None
     variants = options.only or tuple(recipe.variants)
-    previous = last_release(resolve(loaded.base_dir, recipe.promotion.to) / recipe.name)
+    release_dir = resolve(loaded.base_dir, recipe.promotion.to) / recipe.name
+    if options.version is not None:  # checked now, not after every variant is built
+        if not VERSION_PATTERN.match(options.version):
+            raise OutputError(f"version '{options.version}' must look like v1, v2, ...", field="--release-version")
+        if (release_dir / options.version).exists():
+            raise OutputError(f"release {options.version} already exists and is never overwritten", file=str(release_dir / options.version), field="--release-version")
+    previous = last_release(release_dir)
     return Prepared(recipe, loaded, model, evaluation, calibration, tuple(variants), charset, previous)
 
 
@@ -257,14 +276,15 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
     recipe = prepared.recipe
     if options.validate_only:
         return RunResult(0, f"recipe, model and data are valid ({len(prepared.variants)} variant(s); nothing built)")
-    try:
-        for folder in (options.out_dir, options.cache_dir):
+    for folder, flag in ((options.out_dir, "--out"), (options.cache_dir, "--cache")):
+        try:
             folder.mkdir(parents=True, exist_ok=True)
             probe = folder / f".write-test-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
-    except OSError as error:
-        raise OutputError(f"cannot write the run folder: {error.strerror or error}", file=str(error.filename or options.out_dir), field="--out") from None
+        except OSError as error:
+            raise OutputError(f"cannot write the {'run' if flag == '--out' else 'cache'} folder: {error.strerror or error}", file=str(error.filename or folder), field=flag) from None
+    _check_can_create(resolve(loaded.base_dir, recipe.promotion.to), "promotion.to")  # before hours of building, not after
 
     with Progress("FP32 reference", len(prepared.evaluation)) as bar:
         reference = run_reference(
@@ -311,6 +331,17 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
         }
     )
     return RunResult(0 if policy_met else 1, verdict, outcomes, results, summary, release)
+
+
+def _check_can_create(path: Path, field: str) -> None:
+    """`path` may not exist yet: its nearest existing ancestor must be a writable folder. Creates nothing."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError("is a file, not a folder: the release folder cannot be created", file=str(existing), field=field)
+    if not os.access(existing, os.W_OK | os.X_OK):  # also False on a read-only file system, even for root
+        raise OutputError("the folder is not writable", file=str(existing), field=field)
 
 
 def _traceability(prepared: Prepared, outcome: VariantOutcome) -> dict[str, str]:

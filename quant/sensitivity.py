@@ -5,8 +5,8 @@ Error accumulates through the network, so a node is ranked by the error it *adds
 error of its output minus the worst relative error of its activation inputs. Ranking by the
 accumulated error alone would blame the last nodes for what the first ones did.
 
-The relative error is averaged over channels: one large (often dead) channel must not hide
-that every other channel of a tensor was destroyed.
+The relative error is averaged over channels: one large channel must not hide that every other
+channel of a tensor was destroyed, and one near-empty channel must not drown the rest.
 """
 
 from __future__ import annotations
@@ -86,14 +86,17 @@ class _ChannelErrors:
             self.noise += noise
 
     def relative_error(self) -> float:
-        """Mean over channels of ||ref - cand|| / ||ref||; channels zero in both count as exact."""
+        """Mean over channels of ||ref - cand|| / ||ref||.
+
+        A channel's norm is floored at a tenth of the median channel's: near-dead channels would
+        otherwise turn rounding noise into huge relative errors."""
         if self.mismatched:
             return math.inf
         if self.signal is None or self.noise is None:
             return 0.0
         signal, noise = np.sqrt(self.signal), np.sqrt(self.noise)
-        per_channel = np.where(signal > 1e-12, noise / np.maximum(signal, 1e-12), np.where(noise > 1e-12, 1.0, 0.0))
-        return float(per_channel.mean())
+        floor = max(0.1 * float(np.median(signal)), 1e-12)
+        return float((noise / np.maximum(signal, floor)).mean())
 
 
 def _tensor_errors(float_model: Path, qdq_model: Path, names: list[str], feeds: list[Feeds]) -> dict[str, float]:

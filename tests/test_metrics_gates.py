@@ -120,3 +120,17 @@ def test_a_variant_output_of_another_shape_scores_worst() -> None:
     assert snr_db(reference, candidate) == -SNR_CAP_DB
     assert abs_errors(reference, candidate) == (math.inf, math.inf)
     assert nonfinite_count(reference, candidate) == candidate.size
+
+
+def test_normalised_ctc_metrics_ignore_the_declared_characters() -> None:
+    charset = ["<blank>", *"abcde", " "]
+    comparison = OutputComparison(OutputSpec(kind="ctc", charset_metadata="character", ignore_chars=[" "]), charset=charset)
+    comparison.add("space only", one_hot([1, 0, 6, 0, 2], classes=7), one_hot([1, 0, 0, 0, 2], classes=7))
+    comparison.add("real change", one_hot([1, 0, 2], classes=7), one_hot([1, 0, 3], classes=7))
+    summary = comparison.summary()
+    assert summary["ctc_exact_match"] == 0.0
+    assert summary["ctc_exact_match_norm"] == 0.5
+    assert summary["ctc_cer_norm"] == pytest.approx(1 / 4)
+    plain = OutputComparison(OutputSpec(kind="ctc"), charset=None)
+    plain.add("s", one_hot([1, 2]), one_hot([1, 2]))
+    assert "ctc_exact_match_norm" not in plain.summary()

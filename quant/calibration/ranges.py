@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +21,8 @@ from onnxruntime.quantization.calibrate import save_tensors_data
 from quant.calibration.reader import Dims, checked_feeds
 from quant.calibration.sources import Feeds, SampleSource
 from quant.calibration.streaming import collect_ranges, quantize_static_default_op_types
+from quant.promote import _alive as process_alive
+from quant.testpoint import pause_point
 
 CACHE_FORMAT = 1
 
@@ -30,7 +35,10 @@ class SourceFeeds:
         self.model_inputs = model_inputs
 
     def __iter__(self) -> Iterator[Feeds]:
-        return (feeds for _, feeds in checked_feeds(self.source, self.model_inputs))
+        for index, (_, feeds) in enumerate(checked_feeds(self.source, self.model_inputs)):
+            if index == 1:
+                pause_point("calibration")  # one sample in: a crash here must leave no cache entry
+            yield feeds
 
 
 @dataclass(frozen=True)
@@ -78,16 +86,24 @@ def calibration_ranges(
         return CalibrationRanges(cache_file, method, len(source), True, 0.0, key)
     log(f"calibration: {method} on {len(source)} samples")
     started = time.perf_counter()
-    ranges = collect_ranges(
-        model_path,
-        SourceFeeds(source, model_inputs),
-        method,
-        percentile=percentile,
-        # The tensors quantize_static itself would calibrate for these op types.
-        op_types_to_calibrate=op_types or quantize_static_default_op_types(),
-        work_dir=cache_dir / "calibration",
-        progress=progress,
-    )
+    work_root = cache_dir / "calibration"
+    work_root.mkdir(parents=True, exist_ok=True)
+    for stale in work_root.glob(".work-*"):  # scratch of a killed run
+        pid = stale.name.split("-")[1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    # A private scratch folder: runs sharing a cache never overwrite each other's augmented model, and it goes away.
+    with tempfile.TemporaryDirectory(dir=work_root, prefix=f".work-{os.getpid()}-") as work_dir:
+        ranges = collect_ranges(
+            model_path,
+            SourceFeeds(source, model_inputs),
+            method,
+            percentile=percentile,
+            # The tensors quantize_static itself would calibrate for these op types.
+            op_types_to_calibrate=op_types or quantize_static_default_op_types(),
+            work_dir=Path(work_dir),
+            progress=progress,
+        )
     # save_tensors_data writes to a temporary file and renames it: a crash never leaves half a cache.
     save_tensors_data(ranges, cache_file)
     return CalibrationRanges(cache_file, method, len(source), False, time.perf_counter() - started, key)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -98,13 +99,14 @@ def _read_labels(path: Path, field: str) -> dict[str, str]:
     return labels
 
 
-def _open_image(path: Path) -> Image.Image:
+def _open_image(path: Path, field: str | None = None) -> Image.Image:
     try:
         with Image.open(path) as image:
             image.load()
-            return image.copy()
+            # Converted here so a mode PIL cannot turn into RGB (e.g. "La") is a data error too.
+            return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-        raise DataError(f"unreadable image ({type(error).__name__})", file=str(path)) from None
+        raise DataError(f"unreadable image ({type(error).__name__})", file=str(path), field=field) from None
 
 
 class ImageFolder(SampleSource):
@@ -129,7 +131,7 @@ class ImageFolder(SampleSource):
         self.inputs = inputs
 
     def feeds(self, sample: Sample) -> Feeds:
-        image = _open_image(self.folder / sample.id)
+        image = _open_image(self.folder / sample.id, f"{self.field}.source.images")
         return {name: image_to_tensor(image, spec) for name, spec in self.inputs.items()}
 
 
@@ -154,7 +156,7 @@ class NpzTensors(SampleSource):
                 if missing:
                     raise DataError(f"no array for model input(s) {missing}; arrays present: {names}", file=str(path), field=f"{field}.source.npz")
                 self._arrays = {n: archive[n] for n in input_names}
-        except (OSError, ValueError, EOFError) as error:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise DataError(f"not a readable .npz ({error})", file=str(path), field=f"{field}.source.npz") from None
         counts = {n: int(a.shape[0]) if a.ndim else 0 for n, a in self._arrays.items()}
         if len(set(counts.values())) != 1 or 0 in counts.values():

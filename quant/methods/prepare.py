@@ -69,6 +69,8 @@ def _preprocess(source: Path, out: Path, scratch: Path) -> Path:
 
     # Symbolic shape inference fails on models with data-dependent shapes (both PP-OCRv4 models);
     # ONNX shape inference plus the optimiser's BN folding is what static INT8 needs.
+    # Absolute paths: the cwd changes below, and --out/--cache may be relative.
+    source, out = source.resolve(), out.resolve()
     with working_directory(scratch):
         try:
             quant_pre_process(str(source), str(out), skip_symbolic_shape=True)

@@ -21,6 +21,69 @@ PRESETS_DIR = PACKAGE_ROOT / "presets"
 ENV_PATTERN = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+MAX_YAML_VALUES = 100_000  # a recipe has hundreds of values; more means an alias bomb ("billion laughs")
+
+
+class _RecipeYamlError(yaml.YAMLError):
+    """A YAML document that parses but must still be refused; carries the field it is about."""
+
+    def __init__(self, message: str, field: str | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader (plain data only: no Python tags, nothing runs) that also refuses duplicate
+    mapping keys (safe_load silently keeps the last one), self-referencing aliases and alias bombs."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_tree(node)
+        return super().construct_document(node)
+
+
+def _check_tree(root: yaml.Node) -> None:
+    sizes: dict[int, int] = {}  # expanded size of each node, so shared (aliased) nodes are counted once per use
+    open_nodes: set[int] = set()
+
+    def visit(node: yaml.Node, field: str) -> int:
+        if id(node) in open_nodes:
+            raise _RecipeYamlError(f"an alias at line {node.start_mark.line + 1} refers to itself (a recursive structure)", field or None)
+        if id(node) in sizes:
+            return sizes[id(node)]
+        open_nodes.add(id(node))
+        size = 1
+        if isinstance(node, yaml.MappingNode):
+            first_seen: dict[tuple[str, str], int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    size += visit(value_node, field)
+                    continue
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                child = f"{field}.{key}" if field else str(key)
+                line = key_node.start_mark.line + 1
+                if isinstance(key_node, yaml.ScalarNode):
+                    if (key_node.tag, key) in first_seen:
+                        raise _RecipeYamlError(
+                            f"duplicate key '{key}' at line {line} (first at line {first_seen[(key_node.tag, key)]}); YAML would silently keep the last one",
+                            child,
+                        )
+                    first_seen[(key_node.tag, key)] = line
+                size += visit(key_node, child) + visit(value_node, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                size += visit(item, f"{field}[{index}]")
+        elif "\x00" in str(node.value):  # never valid in a path or a name; os calls raise on it
+            raise _RecipeYamlError(f"a NUL character (line {node.start_mark.line + 1}) is not allowed", field or None)
+        open_nodes.discard(id(node))
+        sizes[id(node)] = size
+        if size > MAX_YAML_VALUES:
+            raise _RecipeYamlError(f"the document expands to more than {MAX_YAML_VALUES} values (an alias bomb?)", field or None)
+        return size
+
+    visit(root, "")
+
+
 @dataclass(frozen=True)
 class LoadedRecipe:
     """A validated recipe with where it came from."""
@@ -50,8 +113,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as error:
         raise RecipeError(f"cannot read: {error}", file=str(path)) from None
     try:
-        # safe_load: a recipe is data and must never construct Python objects.
-        document = yaml.safe_load(text)
+        # A safe loader: a recipe is data and must never construct Python objects.
+        document = yaml.load(text, Loader=RecipeLoader)  # noqa: S506 (RecipeLoader is a SafeLoader)
+    except _RecipeYamlError as error:
+        raise RecipeError(error.message, file=str(path), field=error.field) from None
+    except RecursionError:
+        raise RecipeError("the YAML is nested too deeply", file=str(path)) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -187,8 +254,8 @@ def _field_path(loc: tuple[Any, ...], document: Any) -> str:
         if isinstance(node, dict) and item in node:
             node = node[item]
             parts.append(str(item))
-        elif isinstance(node, list) and isinstance(item, int) and item < len(node):
-            node = node[item]
+        elif isinstance(node, list) and isinstance(item, int):
+            node = node[item] if item < len(node) else None
             parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
         else:
             parts.append(str(item))

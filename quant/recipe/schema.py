@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -197,6 +197,17 @@ class OutputSpec(Strict):
         default=None, description="ONNX metadata key holding the CTC character list (one per line), to decode text for label CER."
     )
     threshold: float = Field(default=0.3, description="Binarisation threshold for `prob_map`.")
+    ignore_chars: list[str] = Field(
+        default_factory=list,
+        description="For `ctc`: characters dropped from both decodings before the `_norm` metrics compare them "
+        "(e.g. [' '] where spaces are not part of the release criterion). Needs `charset_metadata`.",
+    )
+
+    @model_validator(mode="after")
+    def _ignore_needs_charset(self) -> "OutputSpec":
+        if self.ignore_chars and not self.charset_metadata:
+            raise ValueError("ignore_chars needs charset_metadata (to know which classes those characters are)")
+        return self
 
 
 METRICS: dict[str, str] = {
@@ -210,6 +221,8 @@ METRICS: dict[str, str] = {
     "top1_agreement": "fraction of positions whose argmax along `axis` equals FP32's (classes and ctc outputs)",
     "ctc_exact_match": "fraction of samples whose greedy CTC decoding equals FP32's exactly",
     "ctc_cer": "character (token) error rate of the greedy CTC decoding vs FP32's",
+    "ctc_exact_match_norm": "ctc_exact_match after dropping the output's `ignore_chars` from both decodings",
+    "ctc_cer_norm": "ctc_cer after dropping the output's `ignore_chars` from both decodings",
     "label_cer": "character error rate vs the ground-truth labels (needs labels and charset_metadata)",
     "label_cer_delta": "label_cer of the variant minus label_cer of FP32",
     "map_iou": "mean IoU of the binarised probability map vs FP32's",
@@ -219,7 +232,7 @@ METRICS: dict[str, str] = {
 }
 
 
-LOWER_IS_BETTER = frozenset({"max_abs", "mean_abs", "nonfinite", "ctc_cer", "label_cer", "label_cer_delta", "size_ratio", "latency_ratio"})
+LOWER_IS_BETTER = frozenset({"max_abs", "mean_abs", "nonfinite", "ctc_cer", "ctc_cer_norm", "label_cer", "label_cer_delta", "size_ratio", "latency_ratio"})
 
 
 class Gate(Strict):
@@ -403,12 +416,14 @@ class Recipe(Strict):
                 raise ValueError(f"variant name '{name}' must be letters, digits, '.', '_' or '-'")
         return value
 
-    @model_validator(mode="after")
-    def _calibration_when_needed(self) -> "Recipe":
-        needing = [name for name, v in self.variants.items() if v.method in ("static_int8", "inc")]
-        if needing and self.calibration is None:
+    @field_validator("variants")
+    @classmethod
+    def _calibration_when_needed(cls, value: dict[str, object], info: ValidationInfo) -> dict[str, object]:
+        # A field validator (not a model validator) so the error names a field; `calibration` is validated first.
+        needing = [name for name, v in value.items() if getattr(v, "method", None) in ("static_int8", "inc")]
+        if needing and "calibration" in info.data and info.data["calibration"] is None:
             raise ValueError(f"variants {needing} need a 'calibration' data set")
-        return self
+        return value
 
 
 def recipe_json_schema() -> dict[str, object]:

@@ -1,0 +1,26 @@
+"""A test hook for crash-safety tests: stop the run at a named point so a test can kill it there.
+
+With QUANT_TEST_PAUSE_AT=<point> (reference, calibration, evaluation or promotion) the process that
+reaches that point writes its pid to the file QUANT_TEST_PAUSE_FILE and sleeps until it is killed
+(at most 10 minutes, then it carries on). Without the variable this is one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def pause_point(point: str) -> None:
+    """Called where a crash must leave nothing half-done: inside the FP32 reference run, inside
+    calibration, inside the evaluation of a variant, and in promotion with the release staged
+    but not yet renamed into place."""
+    if os.environ.get("QUANT_TEST_PAUSE_AT") != point:
+        return
+    marker = os.environ.get("QUANT_TEST_PAUSE_FILE", f"quant-paused-at-{point}")
+    with open(marker + ".tmp", "w", encoding="utf-8") as handle:
+        handle.write(str(os.getpid()))
+    os.replace(marker + ".tmp", marker)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
