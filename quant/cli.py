@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 import os
 import sys
 import tempfile
@@ -68,7 +69,7 @@ def main(
         click.echo(ctx.get_help())
         _fail("--recipe is required", EXIT_BAD_INPUT)
     try:
-        code = _run_all(recipes, out_dir, cache_dir, only, validate, json_path, junit_path, release_version, list(allow_extends_from), quiet)
+        code = _run_all(Invocation(recipes, out_dir, cache_dir, only, validate, json_path, junit_path, release_version, list(allow_extends_from), quiet))
     except InputError as error:
         _fail(str(error), EXIT_BAD_INPUT)
     except QuantError as error:
@@ -86,35 +87,40 @@ def main(
     sys.exit(code)
 
 
-def _run_all(
-    recipes: tuple[str, ...],
-    out_dir: Path | None,
-    cache_dir: Path | None,
-    only: tuple[str, ...],
-    validate: bool,
-    json_path: Path | None,
-    junit_path: Path | None,
-    release_version: str | None,
-    allow_extends_from: list[Path],
-    quiet: bool,
-) -> int:
-    loaded = [load_recipe(r, allow_extends_from=allow_extends_from) for r in recipes]  # all recipes checked before any work
-    if not validate:
-        for path, flag in ((json_path, "--json"), (junit_path, "--junit")):
+@dataclass(frozen=True)
+class Invocation:
+    """The command line, as typed values."""
+
+    recipes: tuple[str, ...]
+    out_dir: Path | None
+    cache_dir: Path | None
+    only: tuple[str, ...]
+    validate: bool
+    json_path: Path | None
+    junit_path: Path | None
+    release_version: str | None
+    allow_extends_from: list[Path]
+    quiet: bool
+
+
+def _run_all(call: Invocation) -> int:
+    loaded = [load_recipe(r, allow_extends_from=call.allow_extends_from) for r in call.recipes]  # all recipes checked before any work
+    if not call.validate:
+        for path, flag in ((call.json_path, "--json"), (call.junit_path, "--junit")):
             _check_report_path(path, flag)
 
     from quant.report.html import render_html
     from quant.runner import RunOptions, log_stderr, run
 
-    Progress.quiet = quiet
-    log = (lambda message: None) if quiet else log_stderr
+    Progress.quiet = call.quiet
+    log = (lambda message: None) if call.quiet else log_stderr
     worst = EXIT_PASS
     documents = []
     for recipe in loaded:
-        run_dir = (out_dir / recipe.recipe.name if len(loaded) > 1 else out_dir) if out_dir else Path("runs") / recipe.recipe.name
-        options = RunOptions(out_dir=run_dir, cache_dir=cache_dir or run_dir / "cache", only=only, validate_only=validate, version=release_version, log=log)
+        run_dir = (call.out_dir / recipe.recipe.name if len(loaded) > 1 else call.out_dir) if call.out_dir else Path("runs") / recipe.recipe.name
+        options = RunOptions(out_dir=run_dir, cache_dir=call.cache_dir or run_dir / "cache", only=call.only, validate_only=call.validate, version=call.release_version, log=log)
         result = run(recipe, options)
-        if validate:
+        if call.validate:
             click.echo(f"{recipe.path}: {result.verdict}")
             continue
         (run_dir / "results.json").write_text(json.dumps(result.results, indent=2) + "\n", encoding="utf-8")
@@ -127,12 +133,12 @@ def _run_all(
         click.echo(result.summary)
         documents.append(result.results)
         worst = max(worst, result.exit_code)
-    if junit_path and documents:
-        junit_path.parent.mkdir(parents=True, exist_ok=True)
-        junit_path.write_text(_junit_all(documents), encoding="utf-8")
-    if json_path and documents:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2) + "\n", encoding="utf-8")
+    if call.junit_path and documents:
+        call.junit_path.parent.mkdir(parents=True, exist_ok=True)
+        call.junit_path.write_text(_junit_all(documents), encoding="utf-8")
+    if call.json_path and documents:
+        call.json_path.parent.mkdir(parents=True, exist_ok=True)
+        call.json_path.write_text(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2) + "\n", encoding="utf-8")
     return worst
 
 
