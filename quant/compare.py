@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
 
@@ -56,12 +56,17 @@ class OutputComparison:
     ious: list[float] = field(default_factory=list)
     mismatches: list[dict[str, str]] = field(default_factory=list)  # a few examples for the report
 
-    @cached_property
-    def ignored(self) -> frozenset[int]:
-        """Class indices of the spec's ignore_chars."""
-        if not self.spec.ignore_chars or not self.charset:
-            return frozenset()
-        return frozenset(i for i, c in enumerate(self.charset) if c in self.spec.ignore_chars)
+    @property
+    def normalises(self) -> bool:
+        return bool(self.charset and (self.spec.ignore_chars or self.spec.normalize))
+
+    def normalised_text(self, sequence: tuple[int, ...]) -> str:
+        """The decoded text as the `_norm` metrics compare it: normalised, ignored characters dropped."""
+        assert self.charset is not None
+        text = to_text(sequence, self.charset)
+        if self.spec.normalize:
+            text = unicodedata.normalize(self.spec.normalize, text)
+        return "".join(c for c in text if c not in self.spec.ignore_chars)
 
     def add(self, sample_id: str, reference: np.ndarray, candidate: np.ndarray, label: str | None = None) -> None:
         self.cosines.append(cosine(reference, candidate))
@@ -89,9 +94,8 @@ class OutputComparison:
             self.ctc_exact += ref_seq == cand_seq
             self.ctc_edits += edit_distance(ref_seq, cand_seq)
             self.ctc_reference_length += max(len(ref_seq), 1)
-            if self.ignored:
-                ref_norm = tuple(t for t in ref_seq if t not in self.ignored)
-                cand_norm = tuple(t for t in cand_seq if t not in self.ignored)
+            if self.normalises:
+                ref_norm, cand_norm = self.normalised_text(ref_seq), self.normalised_text(cand_seq)
                 self.norm_exact += ref_norm == cand_norm
                 self.norm_edits += edit_distance(ref_norm, cand_norm)
                 self.norm_reference_length += max(len(ref_norm), 1)
@@ -118,7 +122,7 @@ class OutputComparison:
         if self.ctc_sequences:
             values["ctc_exact_match"] = self.ctc_exact / self.ctc_sequences
             values["ctc_cer"] = self.ctc_edits / self.ctc_reference_length
-            if self.ignored:
+            if self.normalises:
                 values["ctc_exact_match_norm"] = self.norm_exact / self.ctc_sequences
                 values["ctc_cer_norm"] = self.norm_edits / self.norm_reference_length
         if self.label_length:

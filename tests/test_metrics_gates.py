@@ -134,3 +134,12 @@ def test_normalised_ctc_metrics_ignore_the_declared_characters() -> None:
     plain = OutputComparison(OutputSpec(kind="ctc"), charset=None)
     plain.add("s", one_hot([1, 2]), one_hot([1, 2]))
     assert "ctc_exact_match_norm" not in plain.summary()
+
+
+def test_nfkc_normalisation_equates_full_and_half_width_punctuation() -> None:
+    charset = ["<blank>", "a", "：", ":", " "]
+    spec = OutputSpec(kind="ctc", charset_metadata="character", normalize="NFKC", ignore_chars=[" "])
+    comparison = OutputComparison(spec, charset=charset)
+    comparison.add("width", one_hot([1, 0, 2], classes=5), one_hot([1, 0, 3], classes=5))
+    summary = comparison.summary()
+    assert summary["ctc_exact_match"] == 0.0 and summary["ctc_exact_match_norm"] == 1.0

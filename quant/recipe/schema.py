@@ -203,10 +203,16 @@ class OutputSpec(Strict):
         "(e.g. [' '] where spaces are not part of the release criterion). Needs `charset_metadata`.",
     )
 
+    normalize: Literal["NFKC"] | None = Field(
+        default=None,
+        description="For `ctc`: Unicode normalisation applied to both decodings before the `_norm` metrics "
+        "(NFKC makes full-width and half-width punctuation equal, e.g. '：' and ':'). Needs `charset_metadata`.",
+    )
+
     @model_validator(mode="after")
-    def _ignore_needs_charset(self) -> "OutputSpec":
-        if self.ignore_chars and not self.charset_metadata:
-            raise ValueError("ignore_chars needs charset_metadata (to know which classes those characters are)")
+    def _norm_needs_charset(self) -> "OutputSpec":
+        if (self.ignore_chars or self.normalize) and not self.charset_metadata:
+            raise ValueError("ignore_chars and normalize need charset_metadata (to turn classes into text)")
         return self
 
 
@@ -221,8 +227,8 @@ METRICS: dict[str, str] = {
     "top1_agreement": "fraction of positions whose argmax along `axis` equals FP32's (classes and ctc outputs)",
     "ctc_exact_match": "fraction of samples whose greedy CTC decoding equals FP32's exactly",
     "ctc_cer": "character (token) error rate of the greedy CTC decoding vs FP32's",
-    "ctc_exact_match_norm": "ctc_exact_match after dropping the output's `ignore_chars` from both decodings",
-    "ctc_cer_norm": "ctc_cer after dropping the output's `ignore_chars` from both decodings",
+    "ctc_exact_match_norm": "ctc_exact_match of the decoded texts after the output's `normalize` and `ignore_chars`",
+    "ctc_cer_norm": "character error rate of the decoded texts after the output's `normalize` and `ignore_chars`",
     "label_cer": "character error rate vs the ground-truth labels (needs labels and charset_metadata)",
     "label_cer_delta": "label_cer of the variant minus label_cer of FP32",
     "map_iou": "mean IoU of the binarised probability map vs FP32's",
