@@ -16,14 +16,14 @@ from quant.executor import build_isolated, run_isolated
 from quant.gates import VARIANT_METRICS
 from quant.lockfile import write_lock
 from quant.outcome import VariantOutcome
-from quant.recipe.schema import StaticInt8Options
+from quant.recipe.schema import LOWER_IS_BETTER, StaticInt8Options
 from quant.sensitivity import NodeSensitivity, rank_nodes
 
 if TYPE_CHECKING:
     from quant.evaluate import Reference
     from quant.runner import Prepared, RunOptions
 
-TRACKED = ("ctc_exact_match", "ctc_cer", "map_iou", "cosine", "snr_db")
+TRACKED = ("ctc_exact_match_norm", "ctc_cer_norm", "ctc_exact_match", "ctc_cer", "map_iou", "cosine", "snr_db")
 
 
 def default_steps(max_nodes: int) -> list[int]:
@@ -52,7 +52,7 @@ def _attempt_record(outcome: VariantOutcome, excluded: list[str]) -> dict[str, A
     for metric in TRACKED:
         values = [m[metric] for m in outcome.metrics.values() if metric in m]
         if values:
-            record[metric] = max(values) if metric == "ctc_cer" else min(values)
+            record[metric] = max(values) if metric in LOWER_IS_BETTER else min(values)
     if outcome.error:
         record["error"] = outcome.error
     return record

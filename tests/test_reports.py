@@ -94,9 +94,6 @@ def test_html_report_renders_in_headless_chromium(two_runs: dict[str, Path]) -> 
     assert "CONSOLE" not in shot.stderr and "Uncaught" not in shot.stderr
     dom = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120).stdout
     assert "quant report: tiny" in dom and "<table>" in dom and dom.count("<img") >= 2
-    docs_copy = REPO / "docs" / "report-screenshot.png"
-    if os.environ.get("QUANT_UPDATE_SCREENSHOT"):
-        shutil.copyfile(screenshot, docs_copy)
 
 
 def test_committed_schema_is_up_to_date() -> None:

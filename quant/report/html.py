@@ -8,7 +8,7 @@ import io
 import json
 from typing import Any
 
-ACCURACY_PREFERENCE = ("ctc_exact_match", "map_iou", "top1_agreement", "cosine")
+ACCURACY_PREFERENCE = ("ctc_exact_match_norm", "ctc_exact_match", "map_iou", "top1_agreement", "cosine")
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;max-width:1400px}

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from quant.outcome import VariantOutcome
+from quant.recipe.schema import LOWER_IS_BETTER
 
-HEADLINE_METRICS = ("ctc_exact_match", "ctc_cer", "map_iou", "cosine", "snr_db")
+HEADLINE_METRICS = ("ctc_exact_match_norm", "ctc_exact_match", "ctc_cer", "map_iou", "cosine", "snr_db")
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
@@ -16,7 +17,7 @@ def _headline(outcome: VariantOutcome) -> str:
     for metric in HEADLINE_METRICS:
         values = [m[metric] for m in outcome.metrics.values() if metric in m]
         if values:
-            worst = max(values) if metric == "ctc_cer" else min(values)
+            worst = max(values) if metric in LOWER_IS_BETTER else min(values)
             parts.append(f"{metric} {worst:.4g}")
     return ", ".join(parts[:3]) or "—"
 
