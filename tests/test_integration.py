@@ -1,0 +1,36 @@
+"""Integration: the default recipe's machinery on the real PP-OCRv4 recognition model, a few images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+from tests.conftest import REPO, run_cli
+
+
+@pytest.mark.integration
+def test_real_rec_model_static_int8_is_quantized_and_judged(tmp_path: Path) -> None:
+    recipe = tmp_path / "rec-small.yaml"
+    recipe.write_text(
+        f"extends: {REPO / 'recipes' / 'edge-cpu.yaml'}\n"
+        "name: rec-small\n"
+        "calibration: {samples: 8}\n"
+        "evaluation: {samples: 8}\n"
+        "variants:\n"
+        "  int8-static: {method: static_int8, calibrate: minmax, fallback: null}\n"
+        "bench: {samples: 1, rounds: 3, warmup: 1}\n"
+        f"promotion: {{to: {tmp_path / 'releases'}}}\n"
+    )
+    done = run_cli("--recipe", str(recipe), "--out", str(tmp_path / "run"), "--only", "fp16", "--only", "int8-static", cwd=tmp_path)
+    assert done.returncode in (0, 1), done.stderr
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    static, fp16 = results["variants"]["int8-static"], results["variants"]["fp16"]
+    assert static["status"] != "error" and fp16["status"] != "error"
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "run" / "variants" / "int8-static.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert static["size_ratio"] < 0.4  # weights really are 8-bit
+    assert fp16["metrics"]["softmax_11.tmp_0"]["ctc_exact_match_norm"] >= 0.85  # FP16 keeps rec's text
+    assert {g["metric"] for g in static["gates"]} >= {"ctc_exact_match_norm", "latency_ratio"}
