@@ -142,7 +142,7 @@ def _prepare(loaded: LoadedRecipe, options: RunOptions) -> Prepared:
     charset_keys = [s.charset_metadata for s in recipe.outputs.values() if s.charset_metadata]
     charset = charset_from_metadata(model.metadata, charset_keys[0]) if charset_keys else None
     variants = options.only or tuple(recipe.variants)
-    release_dir = resolve(loaded.base_dir, recipe.promotion.to) / recipe.name
+    release_dir = resolve(loaded.base_dir, recipe.promotion.to).resolve() / recipe.name
     if options.version is not None:  # checked now, not after every variant is built
         if not VERSION_PATTERN.match(options.version):
             raise OutputError(f"version '{options.version}' must look like v1, v2, ...", field="--release-version")
@@ -284,7 +284,7 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
             probe.unlink()
         except OSError as error:
             raise OutputError(f"cannot write the {'run' if flag == '--out' else 'cache'} folder: {error.strerror or error}", file=str(error.filename or folder), field=flag) from None
-    _check_can_create(resolve(loaded.base_dir, recipe.promotion.to), "promotion.to")  # before hours of building, not after
+    _check_can_create(resolve(loaded.base_dir, recipe.promotion.to).resolve(), "promotion.to")  # before hours of building, not after
 
     with Progress("FP32 reference", len(prepared.evaluation)) as bar:
         reference = run_reference(
@@ -299,7 +299,7 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
     release: Path | None = None
     if policy_met and to_release:
         release = promote(
-            resolve(loaded.base_dir, recipe.promotion.to),
+            resolve(loaded.base_dir, recipe.promotion.to).resolve(),
             recipe.name,
             {o.name: o.model_path for o in to_release if o.model_path},
             _manifest(prepared, to_release, started),
