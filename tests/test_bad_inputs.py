@@ -654,32 +654,36 @@ def d_labels_malformed(ctx: Ctx) -> Path:
 # --------------------------------------------------------------------------- environment cases (real runs)
 
 
-def e_out_under_file(ctx: Ctx) -> Path:
+def _blocking_file(ctx: Ctx) -> Path:
+    """A real run whose target folder would have to live under a regular file."""
     _one_real_variant(ctx)
-    (ctx.root / "a_file").write_text("not a folder")
-    ctx.args = ["--out", str(ctx.root / "a_file" / "run")]
-    return ctx.root / "a_file"
+    blocker = ctx.root / "a_file"
+    blocker.write_text("not a folder")
+    return blocker
+
+
+def e_out_under_file(ctx: Ctx) -> Path:
+    blocker = _blocking_file(ctx)
+    ctx.args = ["--out", str(blocker / "run")]
+    return blocker
 
 
 def e_cache_under_file(ctx: Ctx) -> Path:
-    _one_real_variant(ctx)
-    (ctx.root / "a_file").write_text("not a folder")
-    ctx.args = ["--cache", str(ctx.root / "a_file" / "cache")]
-    return ctx.root / "a_file"
+    blocker = _blocking_file(ctx)
+    ctx.args = ["--cache", str(blocker / "cache")]
+    return blocker
 
 
 def e_release_under_file(ctx: Ctx) -> Path:
-    _one_real_variant(ctx)
-    (ctx.root / "a_file").write_text("not a folder")
-    ctx.recipe["promotion"]["to"] = str(ctx.root / "a_file" / "releases")  # type: ignore[index]
-    return ctx.root / "a_file"
+    blocker = _blocking_file(ctx)
+    ctx.recipe["promotion"]["to"] = str(blocker / "releases")  # type: ignore[index]
+    return blocker
 
 
 def e_json_under_file(ctx: Ctx) -> Path:
-    _one_real_variant(ctx)
-    (ctx.root / "a_file").write_text("not a folder")
-    ctx.args = ["--json", str(ctx.root / "a_file" / "out.json")]
-    return ctx.root / "a_file"
+    blocker = _blocking_file(ctx)
+    ctx.args = ["--json", str(blocker / "out.json")]
+    return blocker
 
 
 def e_out_read_only(ctx: Ctx) -> Path:
