@@ -18,7 +18,7 @@ from quant.calibration.sources import SampleSource
 from quant.compare import OutputComparison
 from quant.errors import BuildError, DataError, ModelError
 from quant.model import session
-from quant.promote import _alive as process_alive
+from quant.promote import alive as process_alive
 from quant.testpoint import pause_point
 from quant.recipe.schema import OutputSpec
 

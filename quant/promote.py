@@ -21,6 +21,14 @@ STAGING_PREFIX = ".staging-"
 
 
 @dataclass(frozen=True)
+class Published:
+    """Where a promotion went (for people) and what was written (for results.json)."""
+
+    where: str
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class PromotedFile:
     variant: str
     file: str
@@ -47,14 +55,14 @@ def remove_stale_staging(release_dir: Path) -> list[str]:
         return removed
     for staging in release_dir.glob(f"{STAGING_PREFIX}*"):
         pid = staging.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and alive(int(pid)):
             continue
         shutil.rmtree(staging, ignore_errors=True)
         removed.append(staging.name)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -64,7 +72,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _copy_with_metadata(source: Path, target: Path, metadata: dict[str, str]) -> list[Path]:
+def copy_with_metadata(source: Path, target: Path, metadata: dict[str, str]) -> list[Path]:
     """Write the model with traceability metadata; external data files are copied beside it unchanged."""
     model = onnx.load(str(source), load_external_data=False)
     kept = {p.key: p.value for p in model.metadata_props if not p.key.startswith("quant.")}
@@ -77,6 +85,17 @@ def _copy_with_metadata(source: Path, target: Path, metadata: dict[str, str]) ->
         shutil.copyfile(source.parent / location, target.parent / location)
         written.append(target.parent / location)
     return written
+
+
+def check_can_create(path: Path, field: str) -> None:
+    """`path` may not exist yet: its nearest existing ancestor must be a writable folder. Creates nothing."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError("is a file, not a folder: the release folder cannot be created", file=str(existing), field=field)
+    if not os.access(existing, os.W_OK | os.X_OK):  # also False on a read-only file system, even for root
+        raise OutputError("the folder is not writable", file=str(existing), field=field)
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -118,7 +137,7 @@ def promote(
         staging.mkdir()
         promoted: list[PromotedFile] = []
         for variant, path in models.items():
-            for written in _copy_with_metadata(path, staging / f"{variant}.onnx", metadata[variant]):
+            for written in copy_with_metadata(path, staging / f"{variant}.onnx", metadata[variant]):
                 promoted.append(PromotedFile(variant, written.name, file_sha256(written)))
         manifest = {**manifest, "version": version, "files": [f.__dict__ for f in promoted]}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")

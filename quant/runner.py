@@ -16,7 +16,7 @@ from quant.bench import latency_ratio
 from quant.calibration.reader import checked_feeds
 from quant.calibration.sources import SampleSource, check_disjoint, open_source
 from quant.compare import KIND_METRICS
-from quant.errors import BuildError, InputError, ModelError, OutputError, QuantError, RecipeError
+from quant.errors import BuildError, InputError, ModelError, OutputError, RecipeError
 from quant.evaluate import Reference, compare_variant, run_reference
 from quant.executor import build_isolated
 from quant.lockfile import remove_stale_lock
@@ -26,11 +26,12 @@ from quant.metrics.ctc import charset_from_metadata
 from quant.model import ModelInfo, file_sha256, inspect_model, locate, model_size
 from quant.outcome import VariantOutcome, json_number
 from quant.progress import Progress
-from quant.promote import VERSION_PATTERN, promote
+from quant.destination import Destination, destination_for
+from quant.promote import Published
 from quant.provenance import environment
 from quant.recipe.loader import LoadedRecipe
-from quant.recipe.schema import Recipe, resolve
-from quant.regression import PreviousRelease, compare_with_release, last_release, metric_table
+from quant.recipe.schema import Recipe
+from quant.regression import PreviousRelease, compare_with_release, metric_table
 from quant.report.summary import summary_markdown
 
 SCHEMA_VERSION = 1
@@ -49,6 +50,7 @@ class RunOptions:
     validate_only: bool = False
     version: str | None = None
     log: Log = log_stderr
+    detail: Log = lambda message: None  # --verbose: every gate and build figure, not just the verdict
 
 
 @dataclass
@@ -58,7 +60,7 @@ class RunResult:
     outcomes: list[VariantOutcome] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
-    release: Path | None = None
+    release: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class Prepared:
     variants: tuple[str, ...]
     charset: list[str] | None
     previous: PreviousRelease | None  # the last release of this recipe, for regression gates and the comparison
+    destination: Destination
 
 
 # --------------------------------------------------------------------------- checks
@@ -142,14 +145,8 @@ def _prepare(loaded: LoadedRecipe, options: RunOptions) -> Prepared:
     charset_keys = [s.charset_metadata for s in recipe.outputs.values() if s.charset_metadata]
     charset = charset_from_metadata(model.metadata, charset_keys[0]) if charset_keys else None
     variants = options.only or tuple(recipe.variants)
-    release_dir = resolve(loaded.base_dir, recipe.promotion.to).resolve() / recipe.name
-    if options.version is not None:  # checked now, not after every variant is built
-        if not VERSION_PATTERN.match(options.version):
-            raise OutputError(f"version '{options.version}' must look like v1, v2, ...", field="--release-version")
-        if (release_dir / options.version).exists():
-            raise OutputError(f"release {options.version} already exists and is never overwritten", file=str(release_dir / options.version), field="--release-version")
-    previous = last_release(release_dir)
-    return Prepared(recipe, loaded, model, evaluation, calibration, tuple(variants), charset, previous)
+    destination = destination_for(recipe.promotion, loaded.base_dir, recipe.name, tuple(recipe.variants), options.version)
+    return Prepared(recipe, loaded, model, evaluation, calibration, tuple(variants), charset, destination.previous(), destination)
 
 
 # --------------------------------------------------------------------------- one variant
@@ -162,6 +159,7 @@ def judge_variant(
     reference: Reference,
     outcome: VariantOutcome,
     log: Log,
+    detail: Log = lambda message: None,
 ) -> VariantOutcome:
     """Compare, measure and gate one built model file; fills and returns `outcome`."""
     recipe = prepared.recipe
@@ -180,6 +178,8 @@ def judge_variant(
     earlier = prepared.previous.metrics_of(name) if prepared.previous else None
     outcome.gates = judge_all(gates, outcome.metrics, variant_metrics, recipe.outputs, earlier)
     outcome.status = "passed" if all(g.passed for g in outcome.gates) else "failed"
+    for gate in outcome.gates:
+        detail(f"{name}:   {'pass' if gate.passed else 'FAIL'} {gate.describe()}")
     log(f"{name}: {outcome.status.upper()} (size x{outcome.size_ratio:.2f}, latency x{outcome.latency.ratio:.2f})")
     return outcome
 
@@ -210,7 +210,8 @@ def run_variant(name: str, prepared: Prepared, reference: Reference, options: Ru
             return search_fallback(name, prepared, reference, options, outcome)
         result = build_isolated(variant, build_context(prepared, options, name), out_path)
         outcome.build = result.details
-        return judge_variant(name, result.path, prepared, reference, outcome, options.log)
+        options.detail(f"{name}: built {json.dumps(result.details, default=str)[:2000]}")
+        return judge_variant(name, result.path, prepared, reference, outcome, options.log, options.detail)
     except BuildError as error:
         outcome.status, outcome.error = "error", str(error)
         options.log(f"{name}: ERROR {error}")
@@ -230,9 +231,18 @@ def _select_for_release(recipe: Recipe, outcomes: list[VariantOutcome]) -> tuple
     if policy == "best":
         if not passing:
             return [], False
-        key = (lambda o: o.latency.ratio if o.latency else float("inf")) if recipe.promotion.rank_by == "latency_ratio" else (lambda o: o.size_ratio or float("inf"))
-        return [min(passing, key=key)], True
+        return [min(passing, key=_rank_key(recipe))], True
     return passing, bool(passing)
+
+
+def _rank_key(recipe: Recipe) -> Callable[[VariantOutcome], float]:
+    if recipe.promotion.rank_by == "latency_ratio":
+        return lambda o: o.latency.ratio if o.latency else float("inf")
+    return lambda o: o.size_ratio or float("inf")
+
+
+def _variant_metrics(outcome: VariantOutcome) -> dict[str, dict[str, float]]:
+    return metric_table(outcome.metrics, {"size_ratio": outcome.size_ratio, "latency_ratio": outcome.latency.ratio if outcome.latency else None})
 
 
 def _manifest(prepared: Prepared, promoted: list[VariantOutcome], started: str) -> dict[str, Any]:
@@ -255,7 +265,7 @@ def _manifest(prepared: Prepared, promoted: list[VariantOutcome], started: str) 
                     "file": f"{o.name}.onnx",
                     "size_ratio": o.size_ratio,
                     "latency_ratio": o.latency.ratio if o.latency else None,
-                    "metrics": metric_table(o.metrics, {"size_ratio": o.size_ratio, "latency_ratio": o.latency.ratio if o.latency else None}),
+                    "metrics": _variant_metrics(o),
                     "gates": [g.to_dict() for g in o.gates],
                 }
                 for o in promoted
@@ -284,7 +294,7 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
             probe.unlink()
         except OSError as error:
             raise OutputError(f"cannot write the {'run' if flag == '--out' else 'cache'} folder: {error.strerror or error}", file=str(error.filename or folder), field=flag) from None
-    _check_can_create(resolve(loaded.base_dir, recipe.promotion.to).resolve(), "promotion.to")  # before hours of building, not after
+    prepared.destination.check_writable()  # before hours of building, not after
 
     with Progress("FP32 reference", len(prepared.evaluation)) as bar:
         reference = run_reference(
@@ -296,22 +306,23 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
     outcomes = [run_variant(name, prepared, reference, options) for name in prepared.variants]
 
     to_release, policy_met = _select_for_release(recipe, outcomes)
-    release: Path | None = None
+    published: Published | None = None
     if policy_met and to_release:
-        release = promote(
-            resolve(loaded.base_dir, recipe.promotion.to).resolve(),
-            recipe.name,
+        published = prepared.destination.publish(
             {o.name: o.model_path for o in to_release if o.model_path},
             _manifest(prepared, to_release, started),
             {o.name: _traceability(prepared, o) for o in to_release},
-            options.version,
+            {o.name: _variant_metrics(o) for o in to_release},
+            [o.name for o in sorted(to_release, key=_rank_key(recipe))],
+            all(o.passed for o in outcomes),
         )
+    release = published.where if published else None
     failing = [o.name for o in outcomes if not o.passed]
     if policy_met:
         verdict = f"PASS: promoted {', '.join(o.name for o in to_release)}" + (f"; did not pass: {', '.join(failing)}" if failing else "")
     else:
         verdict = f"FAIL: promotion policy '{recipe.promotion.policy}' not met; did not pass: {', '.join(failing)}"
-    summary = summary_markdown(recipe.name, outcomes, prepared.model.size_bytes, str(release) if release else None, verdict)
+    summary = summary_markdown(recipe.name, outcomes, prepared.model.size_bytes, release, verdict)
     results = json_number(
         {
             "schema_version": SCHEMA_VERSION,
@@ -325,23 +336,12 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
             "reference": {"seconds": round(reference.seconds, 3), "cache_hit": reference.cache_hit},
             "variants": {o.name: o.to_dict() for o in outcomes},
             "regression": compare_with_release(prepared.previous, {o.name: metric_table(o.metrics, {"size_ratio": o.size_ratio, "latency_ratio": o.latency.ratio}) for o in outcomes if o.latency}) if prepared.previous else None,
-            "promotion": {"policy": recipe.promotion.policy, "met": policy_met, "promoted": [o.name for o in to_release] if release else [], "release": str(release) if release else None},
+            "promotion": {"policy": recipe.promotion.policy, "met": policy_met, "promoted": [o.name for o in to_release] if release else [], "release": release, **(published.record if published else {})},
             "verdict": verdict,
             "exit_code": 0 if policy_met else 1,
         }
     )
     return RunResult(0 if policy_met else 1, verdict, outcomes, results, summary, release)
-
-
-def _check_can_create(path: Path, field: str) -> None:
-    """`path` may not exist yet: its nearest existing ancestor must be a writable folder. Creates nothing."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OutputError("is a file, not a folder: the release folder cannot be created", file=str(existing), field=field)
-    if not os.access(existing, os.W_OK | os.X_OK):  # also False on a read-only file system, even for root
-        raise OutputError("the folder is not writable", file=str(existing), field=field)
 
 
 def _traceability(prepared: Prepared, outcome: VariantOutcome) -> dict[str, str]:

@@ -21,7 +21,7 @@ from onnxruntime.quantization.calibrate import save_tensors_data
 from quant.calibration.reader import Dims, checked_feeds
 from quant.calibration.sources import Feeds, SampleSource
 from quant.calibration.streaming import collect_ranges, quantize_static_default_op_types
-from quant.promote import _alive as process_alive
+from quant.promote import alive as process_alive
 from quant.testpoint import pause_point
 
 CACHE_FORMAT = 1

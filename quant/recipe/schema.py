@@ -385,16 +385,64 @@ class Bench(Strict):
     threads: int = Field(default=2, ge=1, description="onnxruntime intra-op threads.")
 
 
-class Promotion(Strict):
-    """Which variants go into the release folder."""
+MLFLOW = "mlflow"
+MLFLOW_FIELDS = ("tracking_uri", "model_name", "alias", "experiment", "artifact_location")
 
-    to: str = Field(default="releases", description="Release root; relative to the recipe's folder. Versions go to <to>/<name>/<version>/.")
+
+class Promotion(Strict):
+    """Where the variants that pass go: a versioned release folder (default) or an MLflow model registry."""
+
+    to: str = Field(
+        default="releases",
+        description="Release root folder, relative to the recipe's folder; versions go to <to>/<name>/<version>/. "
+        "`mlflow` registers the promoted variants in an MLflow model registry instead (optional extra: pip install 'quant[mlflow]').",
+    )
     policy: Literal["all_passing", "all_or_nothing", "best"] = Field(
         default="all_passing",
         description="all_passing: promote every passing variant (success when at least one passes); "
         "all_or_nothing: promote only when every variant passes; best: promote the passing variant with the lowest `rank_by`.",
     )
-    rank_by: Literal["latency_ratio", "size_ratio"] = Field(default="latency_ratio", description="Ordering for policy `best`.")
+    rank_by: Literal["latency_ratio", "size_ratio"] = Field(default="latency_ratio", description="Ordering for policy `best`, and for which version gets the MLflow alias.")
+    tracking_uri: str | None = Field(
+        default=None,
+        description="to: mlflow only. Tracking and registry URI, e.g. sqlite:///mlflow.db (a relative SQLite path is from the recipe's folder) or http://host:5000.",
+    )
+    model_name: str | None = Field(
+        default=None,
+        description="to: mlflow only. Registered model name; `{variant}` and `{recipe}` are replaced, so `ocr-rec-{variant}` gives one registered model per variant. "
+        "Without `{variant}` every promoted variant becomes a version of the one model (tagged quant.variant).",
+    )
+    alias: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{1,255}$",
+        description="to: mlflow only. Alias (e.g. champion) moved to the new version(s) only when every gate of every variant in the run passed; "
+        "otherwise it stays where it was. One model name for several variants: the version ranked first by `rank_by` gets it.",
+    )
+    experiment: str | None = Field(default=None, description="to: mlflow only. Experiment the registration runs are logged in [default: quant/<recipe name>].")
+    artifact_location: str | None = Field(
+        default=None,
+        description="to: mlflow only. Artifact root for a new experiment [default: mlartifacts/ beside an SQLite database; the server's default otherwise]; relative to the recipe's folder.",
+    )
+
+    @property
+    def to_mlflow(self) -> bool:
+        return self.to == MLFLOW
+
+    @model_validator(mode="after")
+    def _registry_fields(self) -> "Promotion":
+        given = [name for name in MLFLOW_FIELDS if getattr(self, name) is not None]
+        if not self.to_mlflow and given:
+            raise ValueError(f"{', '.join(given)} only apply with 'to: mlflow' (to is '{self.to}', a release folder)")
+        if self.to_mlflow:
+            missing = [name for name in ("tracking_uri", "model_name") if getattr(self, name) is None]
+            if missing:
+                raise ValueError(f"'to: mlflow' needs {' and '.join(missing)}")
+            if self.alias is not None and (self.alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", self.alias)):
+                raise ValueError(f"alias '{self.alias}' is reserved by MLflow (latest, v<number>)")
+            unknown = set(re.findall(r"{([^}]*)}", self.model_name or "")) - {"variant", "recipe"}
+            if unknown:
+                raise ValueError(f"model_name may use {{variant}} and {{recipe}} only, not {sorted(unknown)}")
+        return self
 
 
 class Recipe(Strict):
