@@ -25,10 +25,13 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def _internal_error(error: BaseException) -> None:
+def _internal_error(error: BaseException, verbose: bool = False) -> None:
     handle, path = tempfile.mkstemp(prefix="quant-traceback-", suffix=".txt")
+    text = "".join(traceback.format_exception(error))
     with os.fdopen(handle, "w") as out:
-        out.write("".join(traceback.format_exception(error)))
+        out.write(text)
+    if verbose:
+        print(text, file=sys.stderr, end="")
     _fail(f"internal error ({type(error).__name__}: {str(error)[:200]}); traceback written to {path}", EXIT_INTERNAL)
 
 
@@ -43,6 +46,7 @@ def _internal_error(error: BaseException) -> None:
 @click.option("--release-version", "release_version", default=None, metavar="vN", help="Release version to create [default: the next free vN]. Never overwrites.")
 @click.option("--allow-extends-from", multiple=True, type=click.Path(path_type=Path), help="Extra folder that 'extends:' may read from.")
 @click.option("--quiet", is_flag=True, help="No progress or log lines on stderr; errors and the summary only.")
+@click.option("--verbose", is_flag=True, help="Also log every gate (observed value, threshold, verdict) and each build's figures; tracebacks on stderr.")
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -56,6 +60,7 @@ def main(
     release_version: str | None,
     allow_extends_from: tuple[Path, ...],
     quiet: bool,
+    verbose: bool,
 ) -> None:
     """Quantize an FP32 ONNX model into the variants a recipe names, judge each against FP32
     with accuracy and speed gates, and promote the passing ones into a release folder.
@@ -68,8 +73,10 @@ def main(
     if not recipes:
         click.echo(ctx.get_help())
         _fail("--recipe is required", EXIT_BAD_INPUT)
+    if quiet and verbose:
+        _fail("--quiet and --verbose contradict each other; choose one", EXIT_BAD_INPUT)
     try:
-        code = _run_all(Invocation(recipes, out_dir, cache_dir, only, validate, json_path, junit_path, release_version, list(allow_extends_from), quiet))
+        code = _run_all(Invocation(recipes, out_dir, cache_dir, only, validate, json_path, junit_path, release_version, list(allow_extends_from), quiet, verbose))
     except InputError as error:
         _fail(str(error), EXIT_BAD_INPUT)
     except QuantError as error:
@@ -83,7 +90,7 @@ def main(
     except KeyboardInterrupt:
         _fail("interrupted; nothing was released", 130)
     except Exception as error:  # a bug: say where the traceback went
-        _internal_error(error)
+        _internal_error(error, verbose)
     sys.exit(code)
 
 
@@ -101,6 +108,7 @@ class Invocation:
     release_version: str | None
     allow_extends_from: list[Path]
     quiet: bool
+    verbose: bool = False
 
 
 def _run_all(call: Invocation) -> int:
@@ -118,7 +126,7 @@ def _run_all(call: Invocation) -> int:
     documents = []
     for recipe in loaded:
         run_dir = (call.out_dir / recipe.recipe.name if len(loaded) > 1 else call.out_dir) if call.out_dir else Path("runs") / recipe.recipe.name
-        options = RunOptions(out_dir=run_dir, cache_dir=call.cache_dir or run_dir / "cache", only=call.only, validate_only=call.validate, version=call.release_version, log=log)
+        options = RunOptions(out_dir=run_dir, cache_dir=call.cache_dir or run_dir / "cache", only=call.only, validate_only=call.validate, version=call.release_version, log=log, detail=log_stderr if call.verbose else (lambda message: None))
         result = run(recipe, options)
         if call.validate:
             click.echo(f"{recipe.path}: {result.verdict}")

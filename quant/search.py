@@ -93,7 +93,7 @@ def search_fallback(name: str, prepared: "Prepared", reference: "Reference", opt
         try:
             result = build_isolated(variant, build_context(prepared, options, name), out_path, extra_exclusions=excluded)
             trial.build = result.details
-            judge_variant(name, result.path, prepared, reference, trial, options.log)
+            judge_variant(name, result.path, prepared, reference, trial, options.log, options.detail)
         except BuildError as error:
             trial.status, trial.error = "error", str(error)
         attempts.append(_attempt_record(trial, excluded))

@@ -128,3 +128,21 @@ def test_schema_command_prints_the_json_schema(tmp_path: Path) -> None:
     done = run_cli("schema", cwd=tmp_path)
     schema = json.loads(done.stdout)
     assert done.returncode == 0 and "variants" in schema["properties"]
+
+
+def test_verbose_logs_every_gate_on_stderr_and_quiet_logs_nothing(workspace: dict[str, Path]) -> None:
+    root = workspace["root"]
+    gates = [{"metric": "cosine", "min": 0.9}, {"metric": "size_ratio", "max": 0.01}]
+    path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], gates=gates))
+    verbose = run_cli("--recipe", str(path), "--out", str(root / "run"), "--verbose", cwd=root)
+    assert verbose.returncode == 1, verbose.stderr
+    gate_lines = [line for line in verbose.stderr.splitlines() if line.startswith("fp16:   ")]
+    assert any(line.startswith("fp16:   pass cosine") for line in gate_lines), verbose.stderr
+    assert any(line.startswith("fp16:   FAIL size_ratio") and "<= 0.01" in line for line in gate_lines), verbose.stderr
+    assert "fp16:   " not in verbose.stdout and "| fp16 | fp16 | FAIL |" in verbose.stdout  # logs on stderr, the summary on stdout
+    normal = run_cli("--recipe", str(path), "--out", str(root / "run2"), cwd=root)
+    assert "fp16: FAILED" in normal.stderr and "fp16:   " not in normal.stderr
+    quiet = run_cli("--recipe", str(path), "--out", str(root / "run3"), "--quiet", cwd=root)
+    assert quiet.stderr == "" and "| fp16 | fp16 | FAIL |" in quiet.stdout
+    both = run_cli("--recipe", str(path), "--quiet", "--verbose", cwd=root)
+    assert both.returncode == 2 and "--quiet and --verbose" in both.stderr
