@@ -10,6 +10,8 @@ host deletes them, so the registry never shows a half release.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -238,9 +240,10 @@ class MlflowRegistry:
                 save_as_external_data=model.ByteSize() >= TWO_GB,
                 metadata={"quant": tags},
             )
-            version = mlflow.register_model(
-                info.model_uri, self.name_for(variant), tags={**tags, "quant.gates": "passed", RELEASE_TAG: "incomplete", WRITER_TAG: _writer()}
-            )
+            with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints "Successfully registered ..." itself; the summary says it
+                version = mlflow.register_model(
+                    info.model_uri, self.name_for(variant), tags={**tags, "quant.gates": "passed", RELEASE_TAG: "incomplete", WRITER_TAG: _writer()}
+                )
         return version.name, str(version.version)
 
     def _move_alias(self, client: Any, versions: dict[str, tuple[str, str]], ranked: list[str]) -> dict[str, str]:

@@ -52,6 +52,8 @@ def test_each_promoted_variant_becomes_a_version_with_metrics_manifest_and_alias
     recipe = _recipe(workspace, {"fp16": {"method": "fp16"}, "dyn": {"method": "dynamic_int8", "op_types": ["MatMul"]}})
     done, results = _run(root, recipe, "run1")
     assert done.returncode == 0, done.stderr
+    assert done.stderr == "", "--quiet: MLflow's own chatter must not reach stderr either"
+    assert "alias 'champion' -> tiny-fp16 v1, tiny-dyn v1" in done.stdout or "alias 'champion' -> tiny-dyn v1, tiny-fp16 v1" in done.stdout
     assert not (root / "releases").exists() and not (root / "mlruns").exists(), "the registry is the only target"
     assert (root / "registry" / "mlartifacts").is_dir(), "artifacts beside the database, not in the working folder"
 
@@ -79,13 +81,14 @@ def test_each_promoted_variant_becomes_a_version_with_metrics_manifest_and_alias
     registry = results["promotion"]
     assert registry["versions"]["fp16"] == {"model_name": "tiny-fp16", "version": "1", "model_uri": "models:/tiny-fp16/1"}
     assert registry["alias_moved_to"] == {"tiny-fp16": "1", "tiny-dyn": "1"}
+    assert "tiny-fp16 v1 (fp16)" in (root / "run1" / "report.html").read_text(), "the report names where the release went"
 
     # The second run makes version 2, moves the alias, and compares with the last registered release.
     again, results = _run(root, recipe, "run2", "--only", "fp16")
     assert again.returncode == 0, again.stderr
     assert client.get_model_version_by_alias("tiny-fp16", "champion").version == 2
     assert client.get_model_version_by_alias("tiny-dyn", "champion").version == 1
-    assert results["regression"]["previous_version"] == "tiny-dyn v1" or results["regression"]["previous_version"] == "tiny-fp16 v1"
+    assert results["regression"]["previous_version"] in {"tiny-dyn v1", "tiny-fp16 v1"}  # both carry run 1's manifest
     assert "cosine" in results["regression"]["variants"]["fp16"]
 
 

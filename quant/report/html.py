@@ -171,6 +171,7 @@ def render_html(results: dict[str, Any]) -> str:
         "cpu": json.dumps(environment.get("cpu", {})),
         "libraries": ", ".join(f"{k} {v}" for k, v in environment.get("libraries", {}).items()),
         "run": f"{results['started']} → {results['finished']}",
+        "released to": (results.get("promotion") or {}).get("release") or "nothing released",
     }
     provenance_rows = "".join(f"<tr><th>{_escape(k)}</th><td>{_escape(v)}</td></tr>" for k, v in provenance.items())
     return (
