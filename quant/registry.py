@@ -139,7 +139,8 @@ class MlflowRegistry:
         database = _sqlite_file(self.tracking_uri)
         if database is not None:
             check_can_create(database.parent, "promotion.tracking_uri")
-            return
+            if not database.exists():
+                return  # created on first registration
         try:
             mlflow.MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri).search_experiments(max_results=1)
         except Exception as error:  # any transport or store error means: the registry cannot be used
@@ -151,9 +152,9 @@ class MlflowRegistry:
         if database is not None and not database.exists():
             return None  # nothing registered yet, and --validate must not create the database
         mlflow = _mlflow()
-        client = mlflow.MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)
         names = {self.name_for(v) for v in self.variants}
         try:
+            client = mlflow.MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)
             versions = client.search_model_versions(f"tags.`quant.recipe` = '{self.recipe}'", order_by=["creation_timestamp DESC"])
             for version in versions:
                 if version.name not in names or not version.run_id or version.tags.get(RELEASE_TAG) != "complete":

@@ -154,13 +154,16 @@ def test_a_killed_registration_is_never_aliased_and_the_next_run_removes_it(work
         ({"to": "mlflow", "tracking_uri": TRACKING, "model_name": "m-{varaint}"}, None, "{variant} and {recipe} only"),
         ({"to": "mlflow", "tracking_uri": TRACKING, "model_name": "m"}, "--release-version", "numbers its own"),
         ({"to": "mlflow", "tracking_uri": "sqlite:///blocker/db/mlflow.db", "model_name": "m"}, None, "is a file"),
+        ({"to": "mlflow", "tracking_uri": "sqlite:///corrupt.db", "model_name": "m"}, None, "file is not a database"),
     ],
 )
 def test_bad_registry_settings_exit_2_naming_the_field_and_register_nothing(workspace: dict[str, Path], promotion: dict[str, Any], flag: str | None, words: str) -> None:
     root = workspace["root"]
     (root / "blocker").write_text("a file where a folder is needed")
+    (root / "corrupt.db").write_text("not an SQLite database")
     recipe = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], promotion=promotion))
     done = run_cli("--recipe", str(recipe), "--out", str(root / "run"), *([flag, "v1"] if flag else []), cwd=root)
     assert done.returncode == 2, done.stderr
     assert words in done.stderr and ("promotion" in done.stderr or "--release-version" in done.stderr), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, "one clear line"
     assert not (root / "registry").exists() and not (root / "releases").exists()
