@@ -4,6 +4,8 @@ memory of each build can be measured on its own."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import multiprocessing
 import resource
@@ -54,7 +56,9 @@ def _call(function: Callable[..., T], args: tuple[Any, ...]) -> tuple[T | None, 
     logging.getLogger().addFilter(_DropAdvice())
     started = time.perf_counter()
     try:
-        return function(*args), None, time.perf_counter() - started, _peak_rss_mb()
+        # onnxruntime's histogram calibrators print() their settings; the run's stdout is the summary alone.
+        with contextlib.redirect_stdout(io.StringIO()):
+            return function(*args), None, time.perf_counter() - started, _peak_rss_mb()
     except QuantError as error:
         return None, error, time.perf_counter() - started, _peak_rss_mb()
     except Exception as error:  # a quantizer bug: reported on the variant, with where it happened

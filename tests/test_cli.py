@@ -146,3 +146,14 @@ def test_verbose_logs_every_gate_on_stderr_and_quiet_logs_nothing(workspace: dic
     assert quiet.stderr == "" and "| fp16 | fp16 | FAIL |" in quiet.stdout
     both = run_cli("--recipe", str(path), "--quiet", "--verbose", cwd=root)
     assert both.returncode == 2 and "--quiet and --verbose" in both.stderr
+
+
+def test_stdout_holds_the_summary_alone_even_when_onnxruntime_prints(workspace: dict[str, Path]) -> None:
+    # onnxruntime's Entropy calibrator print()s its settings ("Number of tensors : ...") from inside the build.
+    root = workspace["root"]
+    variants = {"entropy": {"method": "static_int8", "calibrate": "entropy"}}
+    path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants=variants))
+    done = run_cli("--recipe", str(path), "--out", str(root / "run"), "--quiet", cwd=root)
+    assert done.returncode in (0, 1), done.stderr
+    assert done.stdout.startswith("## quant: tiny") and done.stdout.strip() == (root / "run" / "summary.md").read_text().strip()
+    assert "Number of" not in done.stdout + done.stderr
