@@ -13,6 +13,7 @@ import onnx
 from onnx import version_converter
 
 from quant.errors import BuildError
+from quant.methods.fold import HARDSWISH_OPSET, fuse_exact
 from quant.model import load_proto, save_model
 from quant.recipe.schema import Prepare
 
@@ -30,7 +31,7 @@ def working_directory(path: Path) -> Iterator[None]:
 
 def prepared_model(model_path: Path, model_sha256: str, prepare: Prepare, cache_dir: Path) -> Path:
     """The model after the requested preparation; cached by the exact source bytes and settings."""
-    if prepare.opset is None and not prepare.preprocess:
+    if prepare.opset is None and not prepare.preprocess and not prepare.fuse:
         return model_path
     key = hashlib.sha256(f"{model_sha256}|{prepare.model_dump_json()}".encode()).hexdigest()[:20]
     target = cache_dir / "prepared" / f"{key}.onnx"
@@ -44,6 +45,8 @@ def prepared_model(model_path: Path, model_sha256: str, prepare: Prepare, cache_
             current = _upgrade_opset(current, prepare.opset, scratch / "opset.onnx")
         if prepare.preprocess:
             current = _preprocess(current, scratch / "pre.onnx", scratch)
+        if prepare.fuse:
+            current = _fuse(_upgrade_opset(current, HARDSWISH_OPSET, scratch / "opset14.onnx"), scratch / "fused.onnx")
         # Rename into place last, so a half-written file is never taken for a cached one.
         if current == model_path:
             return model_path
@@ -61,6 +64,16 @@ def _upgrade_opset(source: Path, opset: int, out: Path) -> Path:
     except Exception as error:  # the converter raises bare RuntimeErrors for unsupported ops
         raise BuildError(f"cannot convert the model from opset {current} to {opset}: {str(error)[:200]}") from None
     save_model(converted, out)
+    return out
+
+
+def _fuse(source: Path, out: Path) -> Path:
+    model, _ = fuse_exact(load_proto(source))
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as error:
+        raise BuildError(f"the fused model does not check: {str(error)[:200]}") from None
+    save_model(model, out)
     return out
 
 

@@ -282,6 +282,11 @@ class Prepare(Strict):
 
     opset: int | None = Field(default=None, ge=7, description="Convert the model to at least this opset first (QDQ per-channel needs 13).")
     preprocess: bool = Field(default=False, description="Run onnxruntime's quant_pre_process (shape inference, BN folding) first.")
+    fuse: bool = Field(
+        default=False,
+        description="Exact FP32 rewrites after that: x*Clip(x+3,0,6)/6 into HardSwish (raises the opset to 14) and constant "
+        "per-channel Mul/Add beside a Conv folded into its weights. For networks with these patterns (PP-LCNet, MobileNetV3).",
+    )
 
 
 class Fp16Options(Strict):
