@@ -183,6 +183,8 @@ class MlflowRegistry:
         mlflow.set_registry_uri(self.tracking_uri)
         client = mlflow.MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)
         created: list[tuple[str, str]] = []
+        earlier_aliases: dict[str, str | None] = {}  # where the alias pointed before this run moved it
+        aliased: dict[str, str] = {}
         try:
             self._remove_abandoned(client, {self.name_for(v) for v in models})
             experiment_id = self._experiment_id(client)
@@ -196,17 +198,19 @@ class MlflowRegistry:
                 for variant in models:
                     created.append(self._register(mlflow, experiment_id, variant, files[variant][0], manifest, metadata[variant], metrics[variant]))
                     pause_point("registration")  # a version is registered, the release is not complete
-            aliased = self._move_alias(client, dict(zip(models, created)), ranked) if all_gates_passed and self.alias else {}
+            if all_gates_passed and self.alias:
+                earlier_aliases = self._aliases(client, {name for name, _ in created})
+                aliased = self._move_alias(client, dict(zip(models, created)), ranked)
             for name, number in created:
                 client.set_model_version_tag(name, number, RELEASE_TAG, "complete")
         except OutputError:
-            self._roll_back(client, created)
+            self._roll_back(client, created, earlier_aliases)
             raise
         except Exception as error:
-            self._roll_back(client, created)
+            self._roll_back(client, created, earlier_aliases)
             raise OutputError(f"cannot register in the MLflow registry: {error}", file=self.tracking_uri, field="promotion.tracking_uri") from None
         except BaseException:
-            self._roll_back(client, created)
+            self._roll_back(client, created, earlier_aliases)
             raise
         versions = {variant: {"model_name": name, "version": number, "model_uri": f"models:/{name}/{number}"} for variant, (name, number) in zip(models, created)}
         where = f"{self.tracking_uri}: " + ", ".join(f"{v['model_name']} v{v['version']} ({variant})" for variant, v in versions.items())
@@ -267,8 +271,18 @@ class MlflowRegistry:
                 if writer_host == host and pid.isdigit() and not alive(int(pid)):
                     client.delete_model_version(name, version.version)
 
-    @staticmethod
-    def _roll_back(client: Any, created: list[tuple[str, str]]) -> None:
+    def _aliases(self, client: Any, names: set[str]) -> dict[str, str | None]:
+        found = {name: client.get_registered_model(name).aliases.get(self.alias) for name in names}
+        return {name: None if number is None else str(number) for name, number in found.items()}
+
+    def _roll_back(self, client: Any, created: list[tuple[str, str]], earlier_aliases: dict[str, str | None]) -> None:
+        """Best effort: the alias back where it was, then this run's versions deleted."""
+        for name, number in earlier_aliases.items():
+            try:
+                if number is not None:
+                    client.set_registered_model_alias(name, self.alias, number)
+            except Exception:
+                pass
         for name, number in created:
             try:
                 client.delete_model_version(name, number)
