@@ -67,7 +67,16 @@ class ReleaseFolder:
     def previous(self) -> PreviousRelease | None:
         return last_release(self.folder)
 
-    def publish(self, models, manifest, metadata, metrics, ranked, all_gates_passed) -> Published:  # type: ignore[no-untyped-def]
+    def publish(
+        self,
+        models: dict[str, Path],
+        manifest: dict[str, Any],
+        metadata: dict[str, dict[str, str]],
+        metrics: dict[str, dict[str, dict[str, float]]],
+        ranked: list[str],
+        all_gates_passed: bool,
+    ) -> Published:
+        """Metrics, ranking and the all-passed flag are in the manifest already; a folder has no alias to move."""
         release = promote(self.root, self.recipe, models, manifest, metadata, self.version)
         return Published(str(release), {"release": str(release)})
 

@@ -335,7 +335,7 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
             "data": {"calibration": _samples_record(prepared.calibration), "evaluation": _samples_record(prepared.evaluation)},
             "reference": {"seconds": round(reference.seconds, 3), "cache_hit": reference.cache_hit},
             "variants": {o.name: o.to_dict() for o in outcomes},
-            "regression": compare_with_release(prepared.previous, {o.name: metric_table(o.metrics, {"size_ratio": o.size_ratio, "latency_ratio": o.latency.ratio}) for o in outcomes if o.latency}) if prepared.previous else None,
+            "regression": compare_with_release(prepared.previous, {o.name: _variant_metrics(o) for o in outcomes if o.latency}) if prepared.previous else None,
             "promotion": {"policy": recipe.promotion.policy, "met": policy_met, "promoted": [o.name for o in to_release] if release else [], "release": release, **(published.record if published else {})},
             "verdict": verdict,
             "exit_code": 0 if policy_met else 1,
