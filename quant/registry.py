@@ -34,6 +34,7 @@ from quant.testpoint import pause_point
 # MLflow 3 sends usage telemetry by default; machines here have no internet and a release tool should not phone home.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # logs and progress are ours (and --quiet means quiet)
 
 SQLITE_PREFIX = "sqlite:///"
 METRIC_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_.\- /]")

@@ -86,6 +86,7 @@ def test_each_promoted_variant_becomes_a_version_with_metrics_manifest_and_alias
     # The second run makes version 2, moves the alias, and compares with the last registered release.
     again, results = _run(root, recipe, "run2", "--only", "fp16")
     assert again.returncode == 0, again.stderr
+    assert again.stderr == "", "--quiet: no MLflow progress bar while reading the last release either"
     assert client.get_model_version_by_alias("tiny-fp16", "champion").version == 2
     assert client.get_model_version_by_alias("tiny-dyn", "champion").version == 1
     assert results["regression"]["previous_version"] in {"tiny-dyn v1", "tiny-fp16 v1"}  # both carry run 1's manifest
