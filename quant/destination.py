@@ -9,33 +9,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from quant.errors import OutputError
-from quant.promote import VERSION_PATTERN, Published, check_can_create, promote
+from quant.promote import VERSION_PATTERN, Published, Release, check_can_create, promote
 from quant.recipe.schema import Promotion, resolve
 from quant.regression import PreviousRelease, last_release
 from quant.registry import MlflowRegistry  # imports mlflow itself only when a recipe asks for it
 
 
 class Destination(Protocol):
-    def describe(self) -> str: ...
-
     def check_version(self, version: str | None) -> None: ...
 
     def check_writable(self) -> None: ...
 
     def previous(self) -> PreviousRelease | None: ...
 
-    def publish(
-        self,
-        models: dict[str, Path],
-        manifest: dict[str, Any],
-        metadata: dict[str, dict[str, str]],
-        metrics: dict[str, dict[str, dict[str, float]]],
-        ranked: list[str],
-        all_gates_passed: bool,
-    ) -> Published: ...
+    def publish(self, release: Release) -> Published: ...
 
 
 @dataclass(frozen=True)
@@ -49,9 +39,6 @@ class ReleaseFolder:
     @property
     def folder(self) -> Path:
         return self.root / self.recipe
-
-    def describe(self) -> str:
-        return str(self.folder)
 
     def check_version(self, version: str | None) -> None:
         if version is None:
@@ -67,18 +54,10 @@ class ReleaseFolder:
     def previous(self) -> PreviousRelease | None:
         return last_release(self.folder)
 
-    def publish(
-        self,
-        models: dict[str, Path],
-        manifest: dict[str, Any],
-        metadata: dict[str, dict[str, str]],
-        metrics: dict[str, dict[str, dict[str, float]]],
-        ranked: list[str],
-        all_gates_passed: bool,
-    ) -> Published:
+    def publish(self, release: Release) -> Published:
         """Metrics, ranking and the all-passed flag are in the manifest already; a folder has no alias to move."""
-        release = promote(self.root, self.recipe, models, manifest, metadata, self.version)
-        return Published(str(release), {"release": str(release)})
+        folder = promote(self.root, self.recipe, release.models, release.manifest, release.metadata, self.version)
+        return Published(str(folder), {"release": str(folder)})
 
 
 def destination_for(promotion: Promotion, base_dir: Path, recipe: str, variants: tuple[str, ...], version: str | None) -> Destination:

@@ -21,6 +21,18 @@ STAGING_PREFIX = ".staging-"
 
 
 @dataclass(frozen=True)
+class Release:
+    """What a run promotes, whichever destination takes it."""
+
+    models: dict[str, Path]  # variant -> built model file
+    manifest: dict[str, Any]
+    metadata: dict[str, dict[str, str]]  # variant -> quant.* traceability written into the model
+    metrics: dict[str, dict[str, dict[str, float]]]  # variant -> output -> metric -> value
+    ranked: list[str]  # variants, best first by promotion.rank_by
+    all_gates_passed: bool  # every gate of every variant in the run, not only the promoted ones
+
+
+@dataclass(frozen=True)
 class Published:
     """Where a promotion went (for people) and what was written (for results.json)."""
 

@@ -26,7 +26,7 @@ import onnx
 
 from quant.errors import OutputError
 from quant.model import file_sha256
-from quant.promote import Published, alive, check_can_create, copy_with_metadata
+from quant.promote import Published, Release, alive, check_can_create, copy_with_metadata
 from quant.recipe.schema import Promotion, resolve
 from quant.regression import PreviousRelease
 from quant.testpoint import pause_point
@@ -125,9 +125,6 @@ class MlflowRegistry:
     def one_model_per_variant(self) -> bool:
         return "{variant}" in self.model_name
 
-    def describe(self) -> str:
-        return f"MLflow registry {self.tracking_uri} (model {self.model_name})"
-
     # ------------------------------------------------------------------ before building
 
     def check_version(self, version: str | None) -> None:
@@ -170,15 +167,8 @@ class MlflowRegistry:
 
     # ------------------------------------------------------------------ promotion
 
-    def publish(
-        self,
-        models: dict[str, Path],
-        manifest: dict[str, Any],
-        metadata: dict[str, dict[str, str]],
-        metrics: dict[str, dict[str, dict[str, float]]],
-        ranked: list[str],
-        all_gates_passed: bool,
-    ) -> Published:
+    def publish(self, release: Release) -> Published:
+        models, metadata = release.models, release.metadata
         mlflow = _mlflow()
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
@@ -194,14 +184,14 @@ class MlflowRegistry:
                 for variant, path in models.items():
                     (Path(folder) / variant).mkdir()  # one folder each: external data files keep their names
                     files[variant] = copy_with_metadata(path, Path(folder) / variant / f"{variant}.onnx", metadata[variant])
-                manifest = {**manifest, "registry": {"tracking_uri": self.tracking_uri, "experiment": self.experiment, "model_name": self.model_name},
+                manifest = {**release.manifest, "registry": {"tracking_uri": self.tracking_uri, "experiment": self.experiment, "model_name": self.model_name},
                             "files": [{"variant": v, "file": p.name, "sha256": file_sha256(p)} for v, written in files.items() for p in written]}
                 for variant in models:
-                    created.append(self._register(mlflow, experiment_id, variant, files[variant][0], manifest, metadata[variant], metrics[variant]))
+                    created.append(self._register(mlflow, experiment_id, variant, files[variant][0], manifest, metadata[variant], release.metrics[variant]))
                     pause_point("registration")  # a version is registered, the release is not complete
-            if all_gates_passed and self.alias:
+            if release.all_gates_passed and self.alias:
                 earlier_aliases = self._aliases(client, {name for name, _ in created})
-                aliased = self._move_alias(client, dict(zip(models, created)), ranked)
+                aliased = self._move_alias(client, dict(zip(models, created)), release.ranked)
             for name, number in created:
                 client.set_model_version_tag(name, number, RELEASE_TAG, "complete")
         except OutputError:

@@ -27,7 +27,7 @@ from quant.model import ModelInfo, file_sha256, inspect_model, locate, model_siz
 from quant.outcome import VariantOutcome, json_number
 from quant.progress import Progress
 from quant.destination import Destination, destination_for
-from quant.promote import Published
+from quant.promote import Published, Release
 from quant.provenance import environment
 from quant.recipe.loader import LoadedRecipe
 from quant.recipe.schema import Recipe
@@ -309,12 +309,14 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
     published: Published | None = None
     if policy_met and to_release:
         published = prepared.destination.publish(
-            {o.name: o.model_path for o in to_release if o.model_path},
-            _manifest(prepared, to_release, started),
-            {o.name: _traceability(prepared, o) for o in to_release},
-            {o.name: _variant_metrics(o) for o in to_release},
-            [o.name for o in sorted(to_release, key=_rank_key(recipe))],
-            all(o.passed for o in outcomes),
+            Release(
+                models={o.name: o.model_path for o in to_release if o.model_path},
+                manifest=_manifest(prepared, to_release, started),
+                metadata={o.name: _traceability(prepared, o) for o in to_release},
+                metrics={o.name: _variant_metrics(o) for o in to_release},
+                ranked=[o.name for o in sorted(to_release, key=_rank_key(recipe))],
+                all_gates_passed=all(o.passed for o in outcomes),
+            )
         )
     release = published.where if published else None
     failing = [o.name for o in outcomes if not o.passed]
