@@ -1,16 +1,44 @@
-"""Size and speed against FP32. Latency is a ratio measured in one process: interleaved rounds, medians."""
+"""Size and speed against FP32. Latency is a ratio measured in one process: interleaved rounds, medians.
+
+The ratio carries a 95 % interval (a bootstrap over the paired rounds). When that interval straddles
+a latency gate's threshold, more rounds are measured, within a budget; what is still undecided then
+is reported as such (the gate says "inconclusive"), never settled by a coin flip of the noise.
+"""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from quant.intervals import Interval, paired_statistic_interval
 from quant.model import session
+
+Bounds = tuple[float | None, float | None]  # (min, max) of one latency gate
+RoundPair = Callable[[int], tuple[float, float]]  # round index -> (FP32 seconds, variant seconds)
+
+
+@dataclass(frozen=True)
+class MachineLoad:
+    """What else the machine was doing: 1-minute load averages around the measurement, and its CPUs."""
+
+    cpus: int
+    load_before: float
+    load_after: float
+
+    @classmethod
+    def now(cls, before: float | None = None) -> MachineLoad:
+        load = os.getloadavg()[0]
+        return cls(os.cpu_count() or 1, load if before is None else before, load)
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"cpus": self.cpus, "load_1m_before": round(self.load_before, 2), "load_1m_after": round(self.load_after, 2)}
 
 
 @dataclass(frozen=True)
@@ -22,9 +50,73 @@ class LatencyResult:
     samples: int
     threads: int
     spread: float  # (p75 - p25) / median of the per-round ratios: how noisy this measurement was
+    interval: Interval | None = None  # 95 % interval of `ratio` over the rounds
+    decided: bool = True  # False: the interval still straddled a latency threshold when the budget ran out
+    extra_rounds: int = 0  # rounds measured beyond bench.rounds because the interval straddled a threshold
+    load: MachineLoad | None = None
 
-    def to_dict(self) -> dict[str, float | int]:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+    def to_dict(self) -> dict[str, object]:
+        data: dict[str, object] = {
+            k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items() if k not in ("interval", "load")
+        }
+        data["interval"] = self.interval.to_dict() if self.interval else None
+        data["load"] = self.load.to_dict() if self.load else None
+        return data
+
+
+def ratio_of_medians(reference: np.ndarray, variant: np.ndarray) -> np.ndarray:
+    """median(variant) / median(reference) along the last axis (one value per bootstrap row)."""
+    return np.median(variant, axis=-1) / np.median(reference, axis=-1)
+
+
+def ratio_interval(reference_times: Sequence[float], variant_times: Sequence[float], seed: int = 0) -> Interval:
+    """95 % interval of the latency ratio, resampling rounds as pairs (one round's FP32 and variant together)."""
+    return paired_statistic_interval(reference_times, variant_times, ratio_of_medians, seed=seed)
+
+
+def undecided(interval: Interval, bounds: Sequence[Bounds]) -> bool:
+    return any(interval.straddles(low, high) for low, high in bounds)
+
+
+@dataclass
+class Rounds:
+    """Timed rounds so far, and the rule for measuring more."""
+
+    reference: list[float] = field(default_factory=list)
+    variant: list[float] = field(default_factory=list)
+
+    def interval(self) -> Interval:
+        return ratio_interval(self.reference, self.variant)
+
+
+def measure_rounds(
+    time_pair: RoundPair,
+    *,
+    rounds: int,
+    bounds: Sequence[Bounds] = (),
+    max_rounds: int | None = None,
+    max_seconds: float = 0.0,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[Rounds, bool]:
+    """Measure `rounds` pairs; while the ratio's interval straddles a bound, measure `rounds` more,
+    until `max_rounds` pairs or `max_seconds` of extra measuring. Returns (rounds, decided)."""
+    measured = Rounds()
+
+    def one_batch(count: int) -> None:
+        for _ in range(count):
+            ref, var = time_pair(len(measured.reference))
+            measured.reference.append(ref)
+            measured.variant.append(var)
+
+    one_batch(rounds)
+    limit = max(max_rounds or rounds, rounds)
+    started = clock()
+    while undecided(measured.interval(), bounds):
+        room = limit - len(measured.reference)
+        if room <= 0 or clock() - started > max_seconds:
+            return measured, False
+        one_batch(min(rounds, room))
+    return measured, True
 
 
 def _time_round(model: ort.InferenceSession, names: list[str], feeds: list[dict[str, np.ndarray]]) -> float:
@@ -34,7 +126,18 @@ def _time_round(model: ort.InferenceSession, names: list[str], feeds: list[dict[
     return time.perf_counter() - started
 
 
-def latency_ratio(reference_path: Path, variant_path: Path, feeds: list[dict[str, np.ndarray]], *, rounds: int, warmup: int, threads: int) -> LatencyResult:
+def latency_ratio(
+    reference_path: Path,
+    variant_path: Path,
+    feeds: list[dict[str, np.ndarray]],
+    *,
+    rounds: int,
+    warmup: int,
+    threads: int,
+    bounds: Sequence[Bounds] = (),
+    max_rounds: int | None = None,
+    max_seconds: float = 0.0,
+) -> LatencyResult:
     """Time FP32 and the variant in alternating order (ABBA) so drift and load hit both alike."""
     reference = session(reference_path, threads=threads)
     variant = session(variant_path, threads=threads)
@@ -43,25 +146,30 @@ def latency_ratio(reference_path: Path, variant_path: Path, feeds: list[dict[str
     for _ in range(warmup):
         _time_round(reference, ref_names, feeds)
         _time_round(variant, var_names, feeds)
-    ref_times: list[float] = []
-    var_times: list[float] = []
-    for index in range(rounds):
+
+    def time_pair(index: int) -> tuple[float, float]:
         if index % 2 == 0:
-            ref_times.append(_time_round(reference, ref_names, feeds))
-            var_times.append(_time_round(variant, var_names, feeds))
-        else:
-            var_times.append(_time_round(variant, var_names, feeds))
-            ref_times.append(_time_round(reference, ref_names, feeds))
-    ratios = sorted(v / r for v, r in zip(var_times, ref_times))
+            ref = _time_round(reference, ref_names, feeds)
+            return ref, _time_round(variant, var_names, feeds)
+        var = _time_round(variant, var_names, feeds)
+        return _time_round(reference, ref_names, feeds), var
+
+    load_before = os.getloadavg()[0]
+    measured, decided = measure_rounds(time_pair, rounds=rounds, bounds=bounds, max_rounds=max_rounds, max_seconds=max_seconds)
+    ratios = sorted(v / r for v, r in zip(measured.variant, measured.reference))
     quartiles = statistics.quantiles(ratios, n=4)
-    ref_median = statistics.median(ref_times)
-    var_median = statistics.median(var_times)
+    ref_median = statistics.median(measured.reference)
+    var_median = statistics.median(measured.variant)
     return LatencyResult(
         reference_ms=ref_median * 1000,
         variant_ms=var_median * 1000,
         ratio=var_median / ref_median,
-        rounds=rounds,
+        rounds=len(measured.reference),
         samples=len(feeds),
         threads=threads,
         spread=(quartiles[2] - quartiles[0]) / statistics.median(ratios),
+        interval=measured.interval(),
+        decided=decided,
+        extra_rounds=len(measured.reference) - rounds,
+        load=MachineLoad.now(before=load_before),
     )
