@@ -14,7 +14,7 @@ from typing import Any
 from quant import __version__
 from quant.bench import latency_ratio
 from quant.calibration.reader import checked_feeds
-from quant.calibration.sources import SampleSource, check_disjoint, open_source
+from quant.calibration.sources import SampleSource, check_disjoint, inputs_signature, open_source
 from quant.compare import KIND_METRICS
 from quant.errors import BuildError, InputError, ModelError, OutputError, RecipeError
 from quant.evaluate import Reference, compare_variant, run_reference
@@ -299,7 +299,7 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
     with Progress("FP32 reference", len(prepared.evaluation)) as bar:
         reference = run_reference(
             prepared.model.path, prepared.model.sha256, prepared.evaluation, prepared.model.inputs,
-            json.dumps({k: v.model_dump(mode="json") for k, v in recipe.inputs.items()}, sort_keys=True),
+            inputs_signature(recipe.inputs),
             options.cache_dir, recipe.bench.threads, progress=bar.update,
         )
     remove_stale_lock(loaded, options.out_dir)

@@ -1,33 +1,61 @@
-"""The calibration cache: keyed by model bytes, sample contents and settings; reused, and invalidated by any change."""
+"""The calibration cache: keyed by everything that changes the ranges; reused, and invalidated by any change."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import onnx
+import pytest
+import yaml
 from PIL import Image
 
-from quant.calibration.ranges import calibration_ranges
+from quant.calibration.ranges import CalibrationRanges, calibration_ranges
 from quant.calibration.sources import open_source
+from quant.methods.base import BuildContext
+from quant.methods.static_int8 import quantize_with_exclusions
 from quant.model import file_sha256
-from quant.recipe.schema import DataSet, ImageInput
-from tests.conftest import HEIGHT, tiny_ctc_model, write_images
+from quant.recipe.schema import DataSet, ImageInput, StaticInt8Options
+from tests.conftest import (
+    HEIGHT,
+    base_recipe,
+    run_cli,
+    tiny_ctc_model,
+    write_images,
+    write_recipe,
+)
 
-SPEC = {"x": ImageInput.model_validate({"resize": {"mode": "height", "height": HEIGHT, "min_width": 16}})}
+X = {"resize": {"mode": "height", "height": HEIGHT, "min_width": 16}}
 INPUTS = {"x": [1, 3, HEIGHT, "W"]}
 
 
-def _ranges(model: Path, folder: Path, cache: Path, method: str = "minmax", percentile: float = 99.999) -> object:
-    source = open_source(DataSet.model_validate({"source": {"images": str(folder)}}), Path("."), SPEC, ["x"], "calibration")
-    return calibration_ranges(model, file_sha256(model), source, INPUTS, method=method, percentile=percentile, op_types=None, cache_dir=cache, log=lambda _: None)
+def _source(folder: Path, x: dict[str, Any] | None = None, samples: int | None = None) -> Any:
+    spec = {"x": ImageInput.model_validate(x or X)}
+    return open_source(DataSet.model_validate({"source": {"images": str(folder)}, "samples": samples}), Path("."), spec, ["x"], "calibration")
 
 
-def test_cache_is_reused_and_invalidated_by_data_model_and_settings(tmp_path: Path) -> None:
+def _ranges(model: Path, folder: Path, cache: Path, *, x: dict[str, Any] | None = None, samples: int | None = None, **settings: Any) -> CalibrationRanges:
+    chosen = {"method": "minmax", "percentile": 99.999, "op_types": None, **settings}
+    return calibration_ranges(model, file_sha256(model), _source(folder, x, samples), INPUTS, cache_dir=cache, log=lambda _: None, **chosen)
+
+
+def _stored(ranges: CalibrationRanges) -> dict[str, Any]:
+    """The cached ranges, tensor name -> {lowest, highest} (onnxruntime's calibration-cache format)."""
+    return json.loads(ranges.cache_file.read_text())["data"]
+
+
+@pytest.fixture
+def calibration_setup(tmp_path: Path) -> tuple[Path, Path, Path]:
     model = tmp_path / "m.onnx"
     onnx.save(tiny_ctc_model(), str(model))
     images = tmp_path / "calib"
     write_images(images, 6, seed=0)
-    cache = tmp_path / "cache"
+    return model, images, tmp_path / "cache"
+
+
+def test_cache_is_reused_and_invalidated_by_data_model_and_settings(calibration_setup: tuple[Path, Path, Path]) -> None:
+    model, images, cache = calibration_setup
     first = _ranges(model, images, cache)
     assert not first.cache_hit and first.cache_file.is_file()
     second = _ranges(model, images, cache)
@@ -40,3 +68,89 @@ def test_cache_is_reused_and_invalidated_by_data_model_and_settings(tmp_path: Pa
     onnx.save(tiny_ctc_model(seed=1), str(model))  # other weights, same graph and tensor names
     assert not _ranges(model, images, cache).cache_hit
     assert len(list((cache / "calibration").glob("*.json"))) == 5
+
+
+# Each change of pre-processing gives the model other tensors, so other ranges: a cached entry must not be reused.
+PREPROCESSING_CHANGES = {
+    "resize": {**X, "resize": {"mode": "height", "height": HEIGHT, "min_width": 8, "max_width": 12}},
+    "scale": {**X, "scale": 1.0},
+    "mean": {**X, "mean": [0.5, 0.5, 0.5]},
+    "std": {**X, "std": [0.25, 0.25, 0.25]},
+    "color": {**X, "color": "BGR"},
+    "pad_value": {**X, "resize": {"mode": "height", "height": HEIGHT, "min_width": 40}, "pad_value": -1.0},
+}
+
+
+@pytest.mark.parametrize("field", sorted(PREPROCESSING_CHANGES))
+def test_a_change_of_pre_processing_recomputes_the_ranges(calibration_setup: tuple[Path, Path, Path], field: str) -> None:
+    model, images, cache = calibration_setup
+    before = _ranges(model, images, cache)
+    after = _ranges(model, images, cache, x=PREPROCESSING_CHANGES[field])
+    assert not after.cache_hit and after.key != before.key
+    assert _stored(after) != _stored(before)  # the ranges really differ: reusing them would have been wrong
+
+
+def test_the_layout_is_part_of_the_key(tmp_path: Path) -> None:
+    """NHWC vs NCHW cannot feed one model, so the key is checked directly against the source's signature."""
+    images = tmp_path / "calib"
+    write_images(images, 2, seed=0)
+    nchw, nhwc = _source(images), _source(images, {**X, "layout": "NHWC"})
+    assert nchw.fingerprint == nhwc.fingerprint  # same files ...
+    assert nchw.feeds_signature != nhwc.feeds_signature  # ... other tensors
+
+
+def test_op_types_are_honoured_and_in_the_key(calibration_setup: tuple[Path, Path, Path]) -> None:
+    model, images, cache = calibration_setup
+    conv = _ranges(model, images, cache, op_types=["Conv"])
+    matmul = _ranges(model, images, cache, op_types=["MatMul"])
+    assert not matmul.cache_hit and matmul.key != conv.key
+    # The ranges observed are those of the op types asked for: 't' feeds the MatMul head only, 'x' the first Conv only.
+    assert "t" in _stored(matmul) and "t" not in _stored(conv)
+    assert "x" in _stored(conv) and "x" not in _stored(matmul)
+    assert _ranges(model, images, cache, op_types=["MatMul"]).cache_hit
+    assert _ranges(model, images, cache, op_types=["MatMul", "Conv"]).key == _ranges(model, images, cache, op_types=["Conv", "MatMul"]).key
+
+
+def test_the_number_of_samples_is_in_the_key(calibration_setup: tuple[Path, Path, Path]) -> None:
+    model, images, cache = calibration_setup
+    every = _ranges(model, images, cache)
+    fewer = _ranges(model, images, cache, samples=2)
+    assert not fewer.cache_hit and fewer.samples == 2 and fewer.key != every.key
+
+
+def test_the_model_calibrated_is_the_prepared_one(calibration_setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """`prepare` (opset, pre-processing) changes the graph calibrated, so the ranges are keyed on the prepared bytes."""
+    model, images, cache = calibration_setup
+    keys = {}
+    for opset in (13, 17):
+        options = StaticInt8Options.model_validate({"method": "static_int8", "prepare": {"opset": opset, "preprocess": False}})
+        context = BuildContext(model, file_sha256(model), INPUTS, tmp_path / "work", cache, calibration=_source(images), log=lambda _: None)
+        built = quantize_with_exclusions(options, context, tmp_path / f"int8-{opset}.onnx", [])
+        assert max(o.version for o in onnx.load(str(built.path)).opset_import if o.domain in ("", "ai.onnx")) == opset
+        keys[opset] = built.details["calibration"]
+        assert not keys[opset]["cache_hit"]
+    assert keys[13]["key"] != keys[17]["key"]
+
+
+def test_changing_the_mean_in_a_recipe_recomputes_the_ranges(workspace: dict[str, Path]) -> None:
+    root = workspace["root"]
+    variants = {"int8": {"method": "static_int8", "op_types": ["Conv", "MatMul"]}}
+    recipe = base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants=variants, gates=[{"metric": "nonfinite", "max": 0}])
+    cache = root / "cache"
+
+    def calibration_of_a_run(out: str) -> dict[str, Any]:
+        path = write_recipe(root, recipe)
+        done = run_cli("--recipe", str(path), "--out", str(root / out), "--cache", str(cache), cwd=root)
+        assert done.returncode == 0, done.stderr
+        return json.loads((root / out / "results.json").read_text())["variants"]["int8"]["build"]["calibration"]
+
+    first = calibration_of_a_run("run1")
+    assert not first["cache_hit"]
+    assert calibration_of_a_run("run2")["cache_hit"]  # nothing changed: reused
+    recipe["inputs"]["x"]["mean"] = [0.25, 0.25, 0.25]
+    third = calibration_of_a_run("run3")
+    assert not third["cache_hit"] and third["key"] != first["key"]
+    ranges = {p.stem: json.loads(p.read_text()) for p in (cache / "calibration").glob("*.json")}
+    low_before, low_after = (ranges[run["key"]]["data"]["x"]["lowest"]["data"][0] for run in (first, third))
+    assert low_after > low_before  # a smaller mean gives larger inputs: the new ranges are of the new tensors
+    assert yaml.safe_load((root / "recipe.yaml").read_text())["inputs"]["x"]["mean"] == [0.25, 0.25, 0.25]

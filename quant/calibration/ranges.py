@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnxruntime
 from onnxruntime.quantization.calibrate import save_tensors_data
 
 from quant.calibration.reader import Dims, checked_feeds
@@ -60,9 +61,22 @@ class CalibrationRanges:
         }
 
 
-def cache_key(model_sha256: str, data_fingerprint: str, method: str, percentile: float, op_types: list[str] | None) -> str:
-    """Every input that changes the ranges is in the key: model bytes, sample contents, settings."""
-    settings = json.dumps({"format": CACHE_FORMAT, "method": method, "percentile": percentile if method == "percentile" else None, "op_types": sorted(op_types) if op_types else None}, sort_keys=True)
+def cache_key(model_sha256: str, data_fingerprint: str, feeds_signature: str, method: str, percentile: float, op_types: list[str] | None) -> str:
+    """Every input that changes the ranges is in the key: the bytes of the model calibrated (after
+    `prepare`), the chosen samples' contents, how a sample becomes feeds (resize, scale, mean/std,
+    colour, layout), the method and its percentile, the op types observed, and the onnxruntime
+    version (its histogram code and default op types)."""
+    settings = json.dumps(
+        {
+            "format": CACHE_FORMAT,
+            "onnxruntime": onnxruntime.__version__,
+            "feeds": feeds_signature,
+            "method": method,
+            "percentile": percentile if method == "percentile" else None,
+            "op_types": sorted(op_types) if op_types else None,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(f"{model_sha256}|{data_fingerprint}|{settings}".encode()).hexdigest()[:32]
 
 
@@ -79,7 +93,7 @@ def calibration_ranges(
     log: Callable[[str], None],
     progress: Callable[[int], None] | None = None,
 ) -> CalibrationRanges:
-    key = cache_key(model_sha256, source.fingerprint, method, percentile, op_types)
+    key = cache_key(model_sha256, source.fingerprint, source.feeds_signature, method, percentile, op_types)
     cache_file = cache_dir / "calibration" / f"{key}.json"
     if cache_file.is_file():
         log(f"calibration: reusing cached {method} ranges ({cache_file.name})")

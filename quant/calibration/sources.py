@@ -6,6 +6,7 @@ A source never holds every sample in memory: it lists references, and loads one 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import zipfile
 from abc import ABC, abstractmethod
@@ -62,6 +63,11 @@ class SampleSource(ABC):
         """Hash of the chosen samples' contents: changes when any image or tensor changes."""
         return _sha256("\n".join(f"{s.id}:{s.fingerprint}" for s in self.samples).encode())
 
+    @property
+    @abstractmethod
+    def feeds_signature(self) -> str:
+        """How a sample becomes feeds (pre-processing, arrays read): a cache over the feeds keys on it."""
+
     def subset(self, count: int | None) -> "SampleSource":
         """The first `count` samples (already in seeded order) as a source of the same kind."""
         if count is None or count >= len(self.samples):
@@ -70,6 +76,11 @@ class SampleSource(ABC):
         clone.__dict__.update(self.__dict__)
         clone.samples = self.samples[:count]
         return clone
+
+
+def inputs_signature(inputs: dict[str, ImageInput]) -> str:
+    """Every pre-processing field of every input (resize, scale, mean/std, colour, layout, padding)."""
+    return json.dumps({name: spec.model_dump(mode="json") for name, spec in inputs.items()}, sort_keys=True)
 
 
 def _choose(refs: list[Any], count: int | None, seed: int) -> list[Any]:
@@ -130,6 +141,10 @@ class ImageFolder(SampleSource):
         self.folder = folder
         self.inputs = inputs
 
+    @property
+    def feeds_signature(self) -> str:
+        return inputs_signature(self.inputs)
+
     def feeds(self, sample: Sample) -> Feeds:
         image = _open_image(self.folder / sample.id, f"{self.field}.source.images")
         return {name: image_to_tensor(image, spec) for name, spec in self.inputs.items()}
@@ -180,6 +195,10 @@ class NpzTensors(SampleSource):
             digest.update(np.ascontiguousarray(self._array(name)[index]).tobytes())
         return digest.hexdigest()
 
+    @property
+    def feeds_signature(self) -> str:
+        return json.dumps({"npz": self.input_names})
+
     def feeds(self, sample: Sample) -> Feeds:
         index = int(sample.id.rsplit("[", 1)[1].rstrip("]"))
         return {name: np.ascontiguousarray(self._array(name)[index : index + 1]) for name in self.input_names}
@@ -229,6 +248,10 @@ class HFDataset(SampleSource):
         if not isinstance(value, Image.Image):
             raise DataError(f"row {index}: column '{self.spec.image_column}' is not an image", file=where, field=f"{self.field}.source.image_column")
         return value
+
+    @property
+    def feeds_signature(self) -> str:
+        return inputs_signature(self.inputs)
 
     def feeds(self, sample: Sample) -> Feeds:
         index = int(sample.id.removeprefix("row"))
