@@ -10,7 +10,8 @@ from typing import Any, Literal
 from quant.bench import LatencyResult
 from quant.gates import GateResult
 
-Status = Literal["passed", "failed", "error"]
+# nothing_quantized: the method left the model an FP32 copy; it is neither judged nor promoted.
+Status = Literal["passed", "failed", "error", "nothing_quantized"]
 
 
 def json_number(value: Any) -> Any:
@@ -31,6 +32,7 @@ class VariantOutcome:
     options: dict[str, Any]
     status: Status = "error"
     error: str | None = None
+    note: str | None = None  # why a variant is `nothing_quantized`: what was asked and the op types the model has
     model_path: Path | None = None
     model_sha256: str | None = None
     size_bytes: int | None = None
@@ -59,6 +61,7 @@ class VariantOutcome:
                 "options": self.options,
                 "status": self.status,
                 "error": self.error,
+                "note": self.note,
                 "model_file": self.model_path.name if self.model_path else None,
                 "model_sha256": self.model_sha256,
                 "size_bytes": self.size_bytes,

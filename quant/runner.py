@@ -25,6 +25,7 @@ from quant.methods.base import BuildContext
 from quant.metrics.ctc import charset_from_metadata
 from quant.model import ModelInfo, file_sha256, inspect_model, locate, model_size
 from quant.outcome import VariantOutcome, json_number
+from quant.precision import nothing_quantized
 from quant.progress import Progress
 from quant.destination import Destination, destination_for
 from quant.promote import Published, Release
@@ -163,6 +164,14 @@ def judge_variant(
 ) -> VariantOutcome:
     """Compare, measure and gate one built model file; fills and returns `outcome`."""
     recipe = prepared.recipe
+    variant = recipe.variants[name]
+    unchanged = nothing_quantized(variant.method, prepared.model.path, candidate, getattr(variant, "op_types", None))
+    if unchanged is not None:  # an FP32 copy: nothing to judge, never promoted
+        outcome.status, outcome.note, outcome.model_path = "nothing_quantized", unchanged, candidate
+        outcome.size_bytes = model_size(candidate)
+        outcome.size_ratio = outcome.size_bytes / prepared.model.size_bytes
+        log(f"{name}: NOTHING QUANTIZED: {unchanged}")
+        return outcome
     comparisons = compare_variant(candidate, reference, prepared.evaluation, prepared.model.inputs, recipe.outputs, prepared.charset, recipe.bench.threads)
     outcome.metrics = {out: c.summary() for out, c in comparisons.items()}
     outcome.distributions = {out: c.distributions() for out, c in comparisons.items()}
@@ -319,7 +328,7 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
             )
         )
     release = published.where if published else None
-    failing = [o.name for o in outcomes if not o.passed]
+    failing = [o.name + (" (nothing quantized)" if o.status == "nothing_quantized" else "") for o in outcomes if not o.passed]
     if policy_met:
         verdict = f"PASS: promoted {', '.join(o.name for o in to_release)}" + (f"; did not pass: {', '.join(failing)}" if failing else "")
     else:

@@ -55,6 +55,8 @@ def _attempt_record(outcome: VariantOutcome, excluded: list[str]) -> dict[str, A
             record[metric] = max(values) if metric in LOWER_IS_BETTER else min(values)
     if outcome.error:
         record["error"] = outcome.error
+    if outcome.note:
+        record["note"] = outcome.note
     return record
 
 
@@ -75,6 +77,23 @@ def _ranking(name: str, variant: StaticInt8Options, prepared: "Prepared", option
     ranking, stats = run_isolated(_rank_in_child, float_model, qdq_path, feeds, variant.op_types)
     options.log(f"{name}: ranked {len(ranking)} quantized nodes by added error in {stats['seconds']:.1f} s")
     return ranking
+
+
+def _choose(judged: list[tuple[VariantOutcome, list[str]]]) -> tuple[int, str]:
+    """Which attempt becomes the variant, and why: the first that passed; else the quantized one that
+    failed the fewest gates with the fewest nodes in float. An FP32 copy is chosen only when every attempt was one."""
+    for index, (trial, excluded) in enumerate(judged):
+        if trial.passed:
+            return index, f"the first attempt that passed every gate ({len(excluded)} node(s) in float)"
+    rank = {"failed": 0, "error": 1, "nothing_quantized": 2}
+    index = min(range(len(judged)), key=lambda i: (rank[judged[i][0].status], len(judged[i][0].failed_gates), len(judged[i][1])))
+    trial = judged[index][0]
+    if trial.status == "failed":
+        failed = ", ".join(g.metric for g in trial.failed_gates)
+        return index, f"no attempt passed; this one failed the fewest gates ({failed}) with the fewest nodes in float"
+    if trial.status == "error":
+        return index, f"every attempt that quantized anything failed to build or run ({trial.error})"
+    return index, "no attempt quantized any node"
 
 
 def search_fallback(name: str, prepared: "Prepared", reference: "Reference", options: "RunOptions", outcome: VariantOutcome) -> VariantOutcome:
@@ -104,7 +123,9 @@ def search_fallback(name: str, prepared: "Prepared", reference: "Reference", opt
     first = attempt([])
     ranking: list[NodeSensitivity] = []
     conclusion = "passed without keeping any node in float"
-    if not first.passed and first.status != "error":
+    if first.status == "nothing_quantized":
+        conclusion = "nothing was quantized even with every node allowed; keeping nodes in float cannot change that, so no search"
+    elif not first.passed and first.status != "error":
         if not _accuracy_failed(first):
             conclusion = "only speed/size gates failed; keeping nodes in float would make it slower, so no search"
         else:
@@ -117,18 +138,24 @@ def search_fallback(name: str, prepared: "Prepared", reference: "Reference", opt
                 if trial.passed:
                     conclusion = f"passed with {k} node(s) in float"
                     break
+                if trial.status == "nothing_quantized":
+                    conclusion = f"with {k} node(s) in float nothing was quantized any more; an FP32 copy is not an INT8 variant"
+                    break
                 if trial.status != "error" and not _accuracy_failed(trial):
                     conclusion = f"accuracy held with {k} node(s) in float, but {', '.join(g.metric for g in trial.failed_gates)} failed; more float nodes only cost more"
                     break
             else:
                 conclusion = f"no attempt passed within {fallback.max_nodes} node(s) in float"
-    chosen, excluded = next(((o, e) for o, e in judged if o.passed), None) or min(judged, key=lambda item: (len(item[0].failed_gates) if item[0].status != "error" else 99, len(item[1])))
+    index, why = _choose(judged)
+    chosen, excluded = judged[index]
     chosen.search = {
         "attempts": attempts,
         "sensitivity": [n.to_dict() for n in ranking[:50]],
         "metrics": [m for m in TRACKED if any(m in a for a in attempts)],
+        "chosen_attempt": index,
         "chosen_nodes_in_float": len(excluded),
-        "conclusion": conclusion if chosen.passed else f"{conclusion}; best attempt kept {len(excluded)} node(s) in float and still failed {', '.join(g.metric for g in chosen.failed_gates) or chosen.error}",
+        "chosen_because": why,
+        "conclusion": conclusion if chosen.passed else f"{conclusion}; the chosen attempt kept {len(excluded)} node(s) in float: {why}",
     }
     if chosen.model_path is not None:
         final = options.out_dir / "variants" / f"{name}.onnx"

@@ -80,7 +80,7 @@ def test_static_build_is_one_int8_file_that_agrees_with_fp32(inc: None, workspac
     model = onnx.load(str(result.path), load_external_data=False)
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
     assert {n.op_type for n in model.graph.node} >= {"QLinearConv", "QLinearMatMul", "QuantizeLinear"}
-    assert result.details["quantized_nodes"]["QLinearConv"] == 2 and result.details["calibration_samples"] == 12
+    assert result.details["quantized_ops"]["QLinearConv"] == 2 and result.details["calibration_samples"] == 12
     assert {p.key: p.value for p in model.metadata_props}["character"] == "\n".join("abcde")
     assert _agreement(context, result.path) > 0.99
     assert list(cwd.iterdir()) == [] and list(context.work_dir.iterdir()) == []  # INC's temp dirs went under work_dir, then away
@@ -108,7 +108,7 @@ def test_qdq_per_channel_below_opset_13_is_refused_not_silently_per_tensor(inc: 
     with pytest.raises(BuildError, match="opset 13"):
         _build(workspace, path, format="QDQ", per_channel=True, prepare={"opset": None})
     result, _ = _build(workspace, path, format="QDQ", per_channel=False, prepare={"opset": None})
-    assert result.details["quantized_nodes"]["QuantizeLinear"] > 0
+    assert result.details["quantized_ops"]["QuantizeLinear"] > 0
 
 
 @pytest.mark.parametrize(
@@ -126,7 +126,7 @@ def test_tuning_records_every_trial_and_keeps_the_best(
     tuning = result.details["tuning"]
     scores = [t["score"] for t in tuning["trials"]]
     assert len(scores) == trials and tuning["baseline"] == pytest.approx(1.0, abs=1e-4)
-    assert all(t["op_types"] and t["quantized_nodes"] for t in tuning["trials"])
+    assert all(t["op_types"] and t["quantized_ops"] for t in tuning["trials"])
     assert len({tuple(t["op_types"]) for t in tuning["trials"]}) == trials  # distinct configs, labelled in order
     assert (tuning["autotune_returned"] is not None) == returned
     assert tuning["goal_met"] == (tolerable_loss > 0)
@@ -158,7 +158,7 @@ def test_cli_builds_and_judges_an_inc_variant(inc: None, workspace: dict[str, Pa
     done = run_cli("--recipe", str(write_recipe(root, recipe)), "--out", str(root / "run"), cwd=root)
     assert done.returncode in (0, 1), done.stderr
     variant = _judged(json.loads((root / "run" / "results.json").read_text()), done.stderr)
-    assert variant["build"]["quantized_nodes"]["QLinearConv"] == 2
+    assert variant["build"]["quantized_ops"]["QLinearConv"] == 2
 
 
 @pytest.mark.integration
@@ -191,6 +191,6 @@ def test_ppocrv4_rec_inc_variant_builds_and_is_judged(inc: None, tmp_path: Path)
     variant = _judged(json.loads((tmp_path / "run" / "results.json").read_text()), done.stderr)
     build = variant["build"]
     # The opset-13 upgrade leaves unnamed nodes: without renaming INC fails with KeyError 'Shape'.
-    assert build["renamed_nodes"] > 0 and build["quantized_nodes"]["QLinearConv"] == 38
+    assert build["renamed_nodes"] > 0 and build["quantized_ops"]["QLinearConv"] == 38
     assert build["build_peak_rss_mb"] < 3000
     assert sorted(p.name for p in (tmp_path / "run" / "variants").iterdir()) == ["inc.onnx"]

@@ -57,17 +57,3 @@ def builder_for(options: BaseModel) -> Builder:
     if method not in _REGISTRY:
         raise KeyError(f"no builder registered for method '{method}'")
     return _REGISTRY[method]
-
-
-QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "QGemm")
-
-
-def quantized_op_counts(path: Path) -> dict[str, int]:
-    """How many quantization ops a built model has: a 'quantized' model with none is not one."""
-    import onnx
-
-    counts: dict[str, int] = {}
-    for node in onnx.load(str(path), load_external_data=False).graph.node:
-        if node.op_type in QUANTIZED_OPS or node.op_type.startswith("QLinear"):
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from quant.methods.base import BuildContext, BuildResult, quantized_op_counts, register
+from quant.methods.base import BuildContext, BuildResult, register
 from quant.methods.prepare import prepared_model
 from quant.model import PROTOBUF_LIMIT, model_size
+from quant.precision import quantized_op_counts
 from quant.recipe.schema import DynamicInt8Options
 
 QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}

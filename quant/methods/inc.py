@@ -12,7 +12,6 @@ import math
 import os
 import tempfile
 import warnings
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -30,12 +29,12 @@ from quant.methods.base import BuildContext, BuildResult, register
 from quant.methods.prepare import prepared_model
 from quant.metrics.numeric import cosine
 from quant.model import save_model, session
+from quant.precision import quantized_op_counts
 from quant.recipe.schema import IncOptions
 
 INSTALL_HINT = 'pip install -e ".[inc]" && pip install --no-deps onnx-neural-compressor==1.0'
 EVAL_SAMPLES = 16  # enough to rank tuning candidates; the gates judge the chosen model on the full evaluation set
 PROVIDER = "CPUExecutionProvider"
-QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "QGemm", "QAttention", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger")
 # Tuning narrows the quantized op types step by step: element-wise ops first (hard-swish and SE blocks
 # lose most accuracy there), then everything but the weighted ops, then convolutions or matmuls alone.
 ELEMENTWISE = {"Add", "Mul"}
@@ -149,13 +148,6 @@ def _optimized_op_types(source: Path, scratch: Path) -> set[str]:
     return {node.op_type for node in model.graph.node}
 
 
-def quantized_nodes(model_path: Path) -> dict[str, int]:
-    """Count of quantization nodes (QLinear*, Q/DQ, ...) in a model: what INT8 it really has."""
-    model = onnx.load(str(model_path), load_external_data=False)
-    counts = Counter(n.op_type for n in model.graph.node if n.op_type.startswith("QLinear") or n.op_type in QUANT_OPS)
-    return dict(sorted(counts.items()))
-
-
 def _single_file(model: onnx.ModelProto | Path, out_path: Path) -> None:
     """INC writes `<out>_data` beside anything >= 1 KB; the variant is one file (external data inline)."""
     save_model(model if isinstance(model, onnx.ModelProto) else onnx.load(str(model)), out_path)
@@ -226,7 +218,7 @@ class TrialLog:
             return score
         number = len(self.trials) + 1
         label = self.labels[number - 1] if number <= len(self.labels) else {}
-        record: dict[str, Any] = {"trial": number, **label, "score": round(score, 6), "quantized_nodes": quantized_nodes(Path(model_path))}
+        record: dict[str, Any] = {"trial": number, **label, "score": round(score, 6), "quantized_ops": quantized_op_counts(Path(model_path))}
         if error:
             record["error"] = error
         self.trials.append(record)
@@ -325,5 +317,5 @@ def build_inc(options: IncOptions, context: BuildContext, out_path: Path) -> Bui
         else:
             context.log(f"inc: quantizing ({options.format}, {len(calibration)} calibration samples)")
             _quantize_static(options, source, reader, scratch, out_path)
-    details["quantized_nodes"] = quantized_nodes(out_path)
+    details["quantized_ops"] = quantized_op_counts(out_path)
     return BuildResult(out_path, details)

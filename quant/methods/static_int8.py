@@ -9,9 +9,10 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 
 from quant.calibration.ranges import calibration_ranges
 from quant.errors import BuildError
-from quant.methods.base import BuildContext, BuildResult, quantized_op_counts, register
+from quant.methods.base import BuildContext, BuildResult, register
 from quant.methods.prepare import prepared_model
 from quant.model import PROTOBUF_LIMIT, file_sha256, model_size
+from quant.precision import quantized_op_counts
 from quant.recipe.schema import StaticInt8Options
 
 QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}

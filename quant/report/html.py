@@ -112,10 +112,10 @@ def _variant_table(results: dict[str, Any]) -> str:
     for name, v in results["variants"].items():
         css = {"passed": "pass", "failed": "fail"}.get(v["status"], "error")
         latency = v.get("latency") or {}
-        gates = "".join(_gate_cell(g) for g in v.get("gates", [])) or f"<td class=error>{_escape(v.get('error') or '')}</td>"
+        gates = "".join(_gate_cell(g) for g in v.get("gates", [])) or f"<td class=error>{_escape(v.get('error') or v.get('note') or '')}</td>"
         size = f"{v['size_bytes'] / 1e6:.2f} MB ({v['size_ratio']:.2f}×)" if v.get("size_bytes") else "—"
         rows.append(
-            f"<tr><td><b>{_escape(name)}</b><br><span class=muted>{_escape(v['method'])}</span></td><td class={css}>{v['status'].upper()}</td>"
+            f"<tr><td><b>{_escape(name)}</b><br><span class=muted>{_escape(v['method'])}</span></td><td class={css}>{v['status'].replace('_', ' ').upper()}</td>"
             f"<td>{size}</td><td>{_number(latency.get('ratio'), 3)}× <span class=muted>({_number(latency.get('variant_ms'), 3)} vs {_number(latency.get('reference_ms'), 3)} ms)</span></td>{gates}</tr>"
         )
     return "<table><tr><th>variant</th><th>verdict</th><th>size</th><th>latency vs FP32</th><th colspan=20>gates (observed, threshold)</th></tr>" + "".join(rows) + "</table>"

@@ -34,8 +34,8 @@ def summary_markdown(recipe_name: str, outcomes: list[VariantOutcome], reference
     for o in outcomes:
         size = f"{o.size_bytes / 1e6:.2f} ({o.size_ratio:.2f})" if o.size_bytes and o.size_ratio else "—"
         latency = _fmt(o.latency.ratio if o.latency else None)
-        verdict_cell = {"passed": "PASS", "failed": "FAIL", "error": "ERROR"}[o.status]
-        failed = "; ".join(g.describe() for g in o.failed_gates) if o.status == "failed" else (o.error or "")
+        verdict_cell = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "nothing_quantized": "NOTHING QUANTIZED"}[o.status]
+        failed = "; ".join(g.describe() for g in o.failed_gates) if o.status == "failed" else (o.error or o.note or "")
         lines.append(f"| {o.name} | {o.method} | {verdict_cell} | {size} | {latency} | {_headline(o)} | {failed.replace('|', '/')} |")
     lines += ["", f"Result: {verdict}"]
     if promoted:

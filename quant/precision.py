@@ -1,0 +1,71 @@
+"""What a built variant really changed: its quantized ops, its float16 tensors, and the verdict for a
+variant that changed nothing (an FP32 copy must never be judged, or promoted, as an INT8 variant)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import onnx
+
+# Ops that onnxruntime's quantizers (and Neural Compressor) emit; anything QLinear*/DynamicQuantize* too,
+# and the com.microsoft Q-ops (QGemm, QAttention, QEmbedLayerNormalization, QOrdered*).
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat"})
+QUANTIZED_PREFIXES = ("QLinear", "DynamicQuantize")
+SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
+INT8_METHODS = frozenset({"dynamic_int8", "static_int8", "inc"})
+
+
+def _is_quantized(node: onnx.NodeProto) -> bool:
+    if node.op_type in QUANTIZED_OPS or node.op_type.startswith(QUANTIZED_PREFIXES):
+        return True
+    microsoft_q_op = node.domain == "com.microsoft" and len(node.op_type) > 1 and node.op_type[0] == "Q" and node.op_type[1].isupper()
+    return microsoft_q_op  # QGemm, QAttention, ... but not QuickGelu
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    return onnx.load(str(path), load_external_data=False)
+
+
+def quantized_op_counts(path: Path) -> dict[str, int]:
+    """How many quantization ops of each type a built model has (top-level graph): none means nothing was quantized."""
+    counts = Counter(n.op_type for n in _load(path).graph.node if _is_quantized(n))
+    return dict(sorted(counts.items()))
+
+
+def float16_tensor_count(path: Path) -> int:
+    """Float16 initializers plus Casts to float16: what an FP16 conversion leaves behind."""
+    graph = _load(path).graph
+    initializers = sum(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
+    casts = sum(
+        n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute) for n in graph.node
+    )
+    return initializers + casts
+
+
+def op_type_counts(path: Path) -> dict[str, int]:
+    """The model's own op types (top-level graph), most frequent first."""
+    return dict(Counter(n.op_type for n in _load(path).graph.node).most_common())
+
+
+def nothing_quantized(method: str, source: Path, built: Path, op_types: list[str] | None = None) -> str | None:
+    """Why the built model is an unchanged FP32 copy, or None when the method changed something."""
+    if method in INT8_METHODS:
+        if quantized_op_counts(built):
+            return None
+        asked = f"op_types {op_types}" if op_types else "every op type it supports"
+    elif method == "fp16":
+        if float16_tensor_count(built):
+            return None
+        asked = "op_block_list/node_block_list"
+    else:
+        return None
+    present = op_type_counts(source)
+    listed = ", ".join(f"{op} x{count}" for op, count in present.items())
+    hint = ""
+    nested = sorted(SUBGRAPH_OPS & set(present))
+    if nested:
+        hint = f"; the graph sits under {'/'.join(nested)}, whose subgraphs are not quantized"
+    elif op_types and not set(op_types) & set(present):
+        hint = f"; the model has none of {op_types}"
+    return f"{method} quantized no node ({asked}); the model's op types: {listed}{hint}"
