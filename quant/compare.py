@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quant.metrics.ctc import edit_distance, greedy_decode, to_text
+from quant.metrics.ctc import confidence_margins, edit_distance, greedy_decode, to_text
 from quant.metrics.numeric import abs_errors, cosine, nonfinite_count, snr_db, top1_agreement
+from quant.metrics.samples import Estimate, SampleParts, by_slice, estimates
 from quant.recipe.schema import OutputSpec
 
 # Which metrics each output kind produces (numeric ones apply to every kind).
@@ -17,7 +18,7 @@ NUMERIC = ("cosine", "cosine_min", "max_abs", "mean_abs", "snr_db", "snr_db_min"
 KIND_METRICS: dict[str, tuple[str, ...]] = {
     "tensor": NUMERIC,
     "classes": (*NUMERIC, "top1_agreement"),
-    "ctc": (*NUMERIC, "top1_agreement", "ctc_exact_match", "ctc_cer", "ctc_exact_match_norm", "ctc_cer_norm", "label_cer", "label_cer_delta"),
+    "ctc": (*NUMERIC, "top1_agreement", "ctc_exact_match", "ctc_cer", "ctc_exact_match_norm", "ctc_cer_norm", "ctc_exact_match_confident", "ctc_exact_match_unsure", "label_cer", "label_cer_delta"),
     "prob_map": (*NUMERIC, "map_iou", "map_iou_min"),
 }
 
@@ -31,7 +32,7 @@ def binary_iou(reference: np.ndarray, candidate: np.ndarray, threshold: float) -
 
 @dataclass
 class OutputComparison:
-    """Running statistics for one output; `summary()` gives the metric values."""
+    """Running statistics for one output; `summary()` gives the metric values, `estimates()` their intervals."""
 
     spec: OutputSpec
     charset: list[str] | None = None
@@ -41,19 +42,8 @@ class OutputComparison:
     abs_sum: float = 0.0
     abs_count: int = 0
     nonfinite: int = 0
-    top1_hits: int = 0
-    top1_total: int = 0
-    ctc_exact: int = 0
-    ctc_sequences: int = 0
-    ctc_edits: int = 0
-    ctc_reference_length: int = 0
-    norm_exact: int = 0
-    norm_edits: int = 0
-    norm_reference_length: int = 0
-    label_edits_variant: int = 0
-    label_edits_reference: int = 0
-    label_length: int = 0
     ious: list[float] = field(default_factory=list)
+    rows: list[SampleParts] = field(default_factory=list)  # per-sample parts of the ratio metrics
     mismatches: list[dict[str, str]] = field(default_factory=list)  # a few examples for the report
 
     @property
@@ -68,7 +58,9 @@ class OutputComparison:
             text = unicodedata.normalize(self.spec.normalize, text)
         return "".join(c for c in text if c not in self.spec.ignore_chars)
 
-    def add(self, sample_id: str, reference: np.ndarray, candidate: np.ndarray, label: str | None = None) -> None:
+    def add(self, sample_id: str, reference: np.ndarray, candidate: np.ndarray, label: str | None = None, slice: str | None = None) -> None:
+        row = SampleParts(sample_id, slice)
+        self.rows.append(row)
         self.cosines.append(cosine(reference, candidate))
         self.snrs.append(snr_db(reference, candidate))
         peak, mean = abs_errors(reference, candidate)
@@ -78,34 +70,47 @@ class OutputComparison:
         self.nonfinite += nonfinite_count(reference, candidate)
         kind = self.spec.kind
         if kind in ("classes", "ctc") and reference.shape == candidate.shape:
-            hits, total = top1_agreement(reference, candidate, self.spec.axis)
-            self.top1_hits += hits
-            self.top1_total += total
+            row.add("top1_agreement", *top1_agreement(reference, candidate, self.spec.axis))
         if kind == "ctc":
-            self._add_ctc(sample_id, reference, candidate, label)
+            self._add_ctc(row, reference, candidate, label)
         if kind == "prob_map":
-            self.ious.append(binary_iou(reference, candidate, self.spec.threshold) if reference.shape == candidate.shape else 0.0)
+            iou = binary_iou(reference, candidate, self.spec.threshold) if reference.shape == candidate.shape else 0.0
+            self.ious.append(iou)
+            row.add("map_iou", iou, 1)
 
-    def _add_ctc(self, sample_id: str, reference: np.ndarray, candidate: np.ndarray, label: str | None) -> None:
+    def _add_ctc(self, row: SampleParts, reference: np.ndarray, candidate: np.ndarray, label: str | None) -> None:
         ref_seqs = greedy_decode(reference, self.spec.axis, self.spec.blank)
         cand_seqs = greedy_decode(candidate, self.spec.axis, self.spec.blank)
-        for ref_seq, cand_seq in zip(ref_seqs, cand_seqs):
-            self.ctc_sequences += 1
-            self.ctc_exact += ref_seq == cand_seq
-            self.ctc_edits += edit_distance(ref_seq, cand_seq)
-            self.ctc_reference_length += max(len(ref_seq), 1)
+        margins = confidence_margins(reference, self.spec.axis)
+        for ref_seq, cand_seq, margin in zip(ref_seqs, cand_seqs, margins):
+            row.add("ctc_exact_match", ref_seq == cand_seq, 1)
+            row.add("ctc_cer", edit_distance(ref_seq, cand_seq), max(len(ref_seq), 1))
+            agrees = ref_seq == cand_seq
             if self.normalises:
                 ref_norm, cand_norm = self.normalised_text(ref_seq), self.normalised_text(cand_seq)
-                self.norm_exact += ref_norm == cand_norm
-                self.norm_edits += edit_distance(ref_norm, cand_norm)
-                self.norm_reference_length += max(len(ref_norm), 1)
+                agrees = ref_norm == cand_norm
+                row.add("ctc_exact_match_norm", agrees, 1)
+                row.add("ctc_cer_norm", edit_distance(ref_norm, cand_norm), max(len(ref_norm), 1))
+            # Agreement where FP32 was sure of its reading, apart from where it nearly read something else.
+            row.add("ctc_exact_match_confident" if margin >= self.spec.confident_margin else "ctc_exact_match_unsure", agrees, 1)
             if ref_seq != cand_seq and len(self.mismatches) < 10:
                 decode = (lambda s: to_text(s, self.charset)) if self.charset else (lambda s: " ".join(map(str, s)))
-                self.mismatches.append({"sample": sample_id, "fp32": decode(ref_seq), "variant": decode(cand_seq)})
+                self.mismatches.append({"sample": row.id, "fp32": decode(ref_seq), "variant": decode(cand_seq)})
             if label is not None and self.charset is not None:
-                self.label_edits_reference += edit_distance(to_text(ref_seq, self.charset), label)
-                self.label_edits_variant += edit_distance(to_text(cand_seq, self.charset), label)
-                self.label_length += max(len(label), 1)
+                reference_edits = edit_distance(to_text(ref_seq, self.charset), label)
+                variant_edits = edit_distance(to_text(cand_seq, self.charset), label)
+                length = max(len(label), 1)
+                row.add("label_cer", variant_edits, length)
+                row.add("label_cer_reference", reference_edits, length)
+                row.add("label_cer_delta", variant_edits - reference_edits, length)
+
+    def estimates(self) -> dict[str, Estimate]:
+        """Every ratio metric with its 95 % interval and sample count."""
+        return estimates(self.rows)
+
+    def slice_estimates(self) -> dict[str, dict[str, Estimate]]:
+        """The ratio metrics of each slice of the samples (empty when the data names no slices)."""
+        return {name: estimates(rows) for name, rows in by_slice(self.rows).items()}
 
     def summary(self) -> dict[str, float]:
         values: dict[str, float] = {
@@ -117,20 +122,8 @@ class OutputComparison:
             "snr_db_min": float(np.min(self.snrs)) if self.snrs else math.nan,
             "nonfinite": float(self.nonfinite),
         }
-        if self.top1_total:
-            values["top1_agreement"] = self.top1_hits / self.top1_total
-        if self.ctc_sequences:
-            values["ctc_exact_match"] = self.ctc_exact / self.ctc_sequences
-            values["ctc_cer"] = self.ctc_edits / self.ctc_reference_length
-            if self.normalises:
-                values["ctc_exact_match_norm"] = self.norm_exact / self.ctc_sequences
-                values["ctc_cer_norm"] = self.norm_edits / self.norm_reference_length
-        if self.label_length:
-            values["label_cer"] = self.label_edits_variant / self.label_length
-            values["label_cer_reference"] = self.label_edits_reference / self.label_length
-            values["label_cer_delta"] = (self.label_edits_variant - self.label_edits_reference) / self.label_length
+        values.update({metric: e.value for metric, e in self.estimates().items()})
         if self.ious:
-            values["map_iou"] = float(np.mean(self.ious))
             values["map_iou_min"] = float(np.min(self.ious))
         return values
 
@@ -140,3 +133,12 @@ class OutputComparison:
         if self.ious:
             series["map_iou"] = self.ious
         return {k: [round(v, 6) for v in vals] for k, vals in series.items()}
+
+
+def by_slice_then_output(comparisons: dict[str, OutputComparison]) -> dict[str, dict[str, dict[str, Estimate]]]:
+    """{slice: {output: {metric: estimate}}} over every output's samples (empty when no slices were named)."""
+    table: dict[str, dict[str, dict[str, Estimate]]] = {}
+    for output, comparison in comparisons.items():
+        for slice_name, metrics in comparison.slice_estimates().items():
+            table.setdefault(slice_name, {})[output] = metrics
+    return dict(sorted(table.items()))

@@ -117,7 +117,7 @@ def compare_variant(
         except Exception as error:
             raise BuildError(f"the variant fails to run on '{sample.id}': {str(error).splitlines()[0][:300]}") from None
         for name, expected, actual in zip(reference.output_names, reference_outputs(reference, index), outputs):
-            comparisons[name].add(sample.id, expected, actual, sample.label)
+            comparisons[name].add(sample.id, expected, actual, sample.label, sample.slice)
         if progress:
             progress(index + 1)
         if index == 0:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from quant.bench import LatencyResult
 from quant.gates import GateResult
+from quant.metrics.samples import Estimate
 
 # nothing_quantized: the method left the model an FP32 copy; it is neither judged nor promoted.
 Status = Literal["passed", "failed", "error", "nothing_quantized"]
@@ -25,6 +26,10 @@ def json_number(value: Any) -> Any:
     return value
 
 
+def _estimates_dict(estimates: dict[str, dict[str, Estimate]]) -> dict[str, dict[str, dict[str, object]]]:
+    return {output: {metric: e.to_dict() for metric, e in metrics.items()} for output, metrics in estimates.items()}
+
+
 @dataclass
 class VariantOutcome:
     name: str
@@ -39,6 +44,8 @@ class VariantOutcome:
     size_ratio: float | None = None
     latency: LatencyResult | None = None
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    estimates: dict[str, dict[str, Estimate]] = field(default_factory=dict)  # per output: ratio metrics with 95 % interval and n
+    slices: dict[str, dict[str, dict[str, Estimate]]] = field(default_factory=dict)  # per slice, per output: the same
     distributions: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     mismatches: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     gates: list[GateResult] = field(default_factory=list)
@@ -68,6 +75,8 @@ class VariantOutcome:
                 "size_ratio": self.size_ratio,
                 "latency": self.latency.to_dict() if self.latency else None,
                 "metrics": self.metrics,
+                "intervals": _estimates_dict(self.estimates),
+                "slices": {name: _estimates_dict(outputs) for name, outputs in self.slices.items()},
                 "gates": [g.to_dict() for g in self.gates],
                 "build": self.build,
                 "search": self.search,

@@ -15,7 +15,7 @@ from quant import __version__
 from quant.bench import latency_ratio
 from quant.calibration.reader import checked_feeds
 from quant.calibration.sources import SampleSource, check_disjoint, inputs_signature, open_source
-from quant.compare import KIND_METRICS
+from quant.compare import KIND_METRICS, by_slice_then_output
 from quant.errors import BuildError, InputError, ModelError, OutputError, RecipeError
 from quant.evaluate import Reference, compare_variant, run_reference
 from quant.executor import build_isolated
@@ -174,6 +174,8 @@ def judge_variant(
         return outcome
     comparisons = compare_variant(candidate, reference, prepared.evaluation, prepared.model.inputs, recipe.outputs, prepared.charset, recipe.bench.threads)
     outcome.metrics = {out: c.summary() for out, c in comparisons.items()}
+    outcome.estimates = {out: c.estimates() for out, c in comparisons.items()}
+    outcome.slices = by_slice_then_output(comparisons)
     outcome.distributions = {out: c.distributions() for out, c in comparisons.items()}
     outcome.mismatches = {out: c.mismatches for out, c in comparisons.items() if c.mismatches}
     outcome.model_path = candidate

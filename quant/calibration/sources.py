@@ -28,11 +28,12 @@ Feeds = dict[str, np.ndarray]
 
 @dataclass(frozen=True)
 class Sample:
-    """One sample: a stable id (file name or row), a content fingerprint, and its label if any."""
+    """One sample: a stable id (file name or row), a content fingerprint, its label and slice if any."""
 
     id: str
     fingerprint: str
     label: str | None = None
+    slice: str | None = None  # e.g. clean, blur, noise: results are also reported per slice
 
 
 def _sha256(data: bytes) -> str:
@@ -94,9 +95,10 @@ def _choose(refs: list[Any], count: int | None, seed: int) -> list[Any]:
 # --------------------------------------------------------------------------- images
 
 
-def _read_labels(path: Path, field: str) -> dict[str, str]:
+def _read_labels(path: Path, field: str, what: str = "labels") -> dict[str, str]:
+    """A `file<TAB>text` table (labels.tsv, slices.tsv), an optional header row skipped."""
     if not path.is_file():
-        raise DataError("labels file not found", file=str(path), field=field)
+        raise DataError(f"{what} file not found", file=str(path), field=field)
     labels: dict[str, str] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -132,10 +134,15 @@ class ImageFolder(SampleSource):
         if not inputs:
             raise DataError("an image source needs 'inputs' saying how images become tensors", field="inputs")
         labels = _read_labels(resolve(folder, spec.labels), f"{field}.source.labels") if spec.labels else {}
+        slices = _read_labels(resolve(folder, spec.slices), f"{field}.source.slices", "slices") if spec.slices else {}
         chosen = _choose(files, dataset.samples, dataset.seed)
+        names = [str(p.relative_to(folder)) for p in chosen]
+        unsliced = [n for n in names if slices and n not in slices]
+        if unsliced:
+            raise DataError(f"{len(unsliced)} image(s) have no slice (e.g. '{unsliced[0]}')", file=str(resolve(folder, spec.slices or "")), field=f"{field}.source.slices")
         samples = [
-            Sample(id=str(p.relative_to(folder)), fingerprint=_sha256(p.read_bytes()), label=labels.get(str(p.relative_to(folder))))
-            for p in chosen
+            Sample(id=name, fingerprint=_sha256(p.read_bytes()), label=labels.get(name), slice=slices.get(name, "").strip() or None)
+            for name, p in zip(names, chosen)
         ]
         super().__init__(str(folder), field, samples)
         self.folder = folder
@@ -229,8 +236,9 @@ class HFDataset(SampleSource):
             raise DataError(f"cannot load dataset ({type(error).__name__}: {str(error)[:160]})", file=str(location), field=f"{field}.source") from None
         if spec.image_column not in table.column_names:
             raise DataError(f"no column '{spec.image_column}'; columns: {table.column_names}", file=str(location), field=f"{field}.source.image_column")
-        if spec.label_column and spec.label_column not in table.column_names:
-            raise DataError(f"no column '{spec.label_column}'; columns: {table.column_names}", file=str(location), field=f"{field}.source.label_column")
+        for column, name in (("label_column", spec.label_column), ("slice_column", spec.slice_column)):
+            if name and name not in table.column_names:
+                raise DataError(f"no column '{name}'; columns: {table.column_names}", file=str(location), field=f"{field}.source.{column}")
         self.table = table
         self.spec = spec
         self.inputs = inputs
@@ -240,7 +248,8 @@ class HFDataset(SampleSource):
             row = table[index]
             image = self._image(row, index, str(location))
             label = str(row[spec.label_column]) if spec.label_column else None
-            samples.append(Sample(id=f"row{index}", fingerprint=_sha256(image.tobytes() + str(image.size).encode()), label=label))
+            slice_name = str(row[spec.slice_column]) if spec.slice_column else None
+            samples.append(Sample(id=f"row{index}", fingerprint=_sha256(image.tobytes() + str(image.size).encode()), label=label, slice=slice_name))
         super().__init__(str(location), field, samples)
 
     def _image(self, row: dict[str, Any], index: int, where: str) -> Image.Image:

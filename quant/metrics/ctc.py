@@ -40,3 +40,18 @@ def charset_from_metadata(metadata: dict[str, str], key: str) -> list[str] | Non
 
 def to_text(sequence: tuple[int, ...], charset: list[str]) -> str:
     return "".join(charset[i] if 0 <= i < len(charset) else "\ufffd" for i in sequence)
+
+
+def confidence_margins(probabilities: np.ndarray, axis: int = -1) -> list[float]:
+    """Per batch element: the smallest gap between the best and second-best class over its frames.
+
+    A line FP32 reads with a small margin somewhere is a line where FP32 itself nearly read
+    something else; a quantized model disagreeing there says less than disagreeing on a sure line."""
+    values = np.moveaxis(np.nan_to_num(probabilities, nan=-np.inf), axis, -1)
+    if values.ndim == 2:
+        values = values[np.newaxis]
+    values = values.reshape(values.shape[0], -1, values.shape[-1])
+    if values.shape[-1] < 2 or values.shape[1] == 0:
+        return [1.0] * values.shape[0]
+    top_two = np.sort(values, axis=-1)[..., -2:]
+    return [float(m) for m in (top_two[..., 1] - top_two[..., 0]).min(axis=1)]

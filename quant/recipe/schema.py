@@ -130,6 +130,11 @@ class ImageFolderSource(Strict):
     kind: Literal["images"] = "images"
     images: str = Field(description="Folder of images; relative to the recipe's folder.")
     labels: str | None = Field(default=None, description="Optional TSV file (file<TAB>text) inside or beside the folder with ground truth.")
+    slices: str | None = Field(
+        default=None,
+        description="Optional TSV file (file<TAB>slice, e.g. clean, blur, noise) in the folder: results are also reported per slice. "
+        "Every chosen image needs a row.",
+    )
     recursive: bool = Field(default=False, description="Also read images in sub-folders.")
 
 
@@ -142,6 +147,7 @@ class DatasetSource(Strict):
     split: str = Field(default="train", description="Which split to read.")
     image_column: str = Field(default="image", description="Column holding the images.")
     label_column: str | None = Field(default=None, description="Optional column with ground-truth text.")
+    slice_column: str | None = Field(default=None, description="Optional column naming each row's slice; results are also reported per slice.")
 
 
 class NpzSource(Strict):
@@ -209,6 +215,14 @@ class OutputSpec(Strict):
         "(NFKC makes full-width and half-width punctuation equal, e.g. '：' and ':'). Needs `charset_metadata`.",
     )
 
+    confident_margin: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="For `ctc`: a line counts as read confidently by FP32 when, on every frame, its best class beats the second by "
+        "at least this probability; `ctc_exact_match_confident`/`_unsure` split agreement by it.",
+    )
+
     @model_validator(mode="after")
     def _norm_needs_charset(self) -> "OutputSpec":
         if (self.ignore_chars or self.normalize) and not self.charset_metadata:
@@ -229,6 +243,9 @@ METRICS: dict[str, str] = {
     "ctc_cer": "character (token) error rate of the greedy CTC decoding vs FP32's",
     "ctc_exact_match_norm": "ctc_exact_match of the decoded texts after the output's `normalize` and `ignore_chars`",
     "ctc_cer_norm": "character error rate of the decoded texts after the output's `normalize` and `ignore_chars`",
+    "ctc_exact_match_confident": "ctc_exact_match (the `_norm` comparison when the output normalises) on the lines FP32 reads with a "
+    "probability margin of at least the output's `confident_margin` on every frame",
+    "ctc_exact_match_unsure": "the same on the lines where FP32 itself nearly read something else (margin below `confident_margin`)",
     "label_cer": "character error rate vs the ground-truth labels (needs labels and charset_metadata)",
     "label_cer_delta": "label_cer of the variant minus label_cer of FP32",
     "map_iou": "mean IoU of the binarised probability map vs FP32's",
