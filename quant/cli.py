@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 import os
 import sys
 import tempfile
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -36,17 +36,41 @@ def _internal_error(error: BaseException, verbose: bool = False) -> None:
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--recipe", "recipes", multiple=True, metavar="RECIPE", help="Recipe YAML (repeatable). A bare name like edge-cpu.yaml is looked up in recipes/.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Run folder for built variants, results.json and summary.md [default: runs/<recipe name>].")
-@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None, help="Cache for prepared models, calibration ranges and FP32 outputs [default: <out>/cache].")
+@click.option(
+    "--recipe", "recipes", multiple=True, metavar="RECIPE", help="Recipe YAML (repeatable). A bare name like edge-cpu.yaml is looked up in recipes/."
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run folder for built variants, results.json and summary.md [default: runs/<recipe name>].",
+)
+@click.option(
+    "--cache",
+    "cache_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Cache for prepared models, calibration ranges and FP32 outputs [default: <out>/cache].",
+)
 @click.option("--only", multiple=True, metavar="VARIANT", help="Build and judge only this variant (repeatable).")
 @click.option("--validate", is_flag=True, help="Check the recipe, model and data sources; build nothing, write nothing.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write results.json here (with several recipes: one JSON list).")
+@click.option(
+    "--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write results.json here (with several recipes: one JSON list)."
+)
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path), default=None, help="Write JUnit XML here: one test case per variant x gate.")
-@click.option("--release-version", "release_version", default=None, metavar="vN", help="Release version to create [default: the next free vN]. Never overwrites.")
+@click.option(
+    "--release-version",
+    "release_version",
+    default=None,
+    metavar="vN",
+    help="Release version to create [default: the next free vN]. Never overwrites.",
+)
 @click.option("--allow-extends-from", multiple=True, type=click.Path(path_type=Path), help="Extra folder that 'extends:' may read from.")
 @click.option("--quiet", is_flag=True, help="No progress or log lines on stderr; errors and the summary only.")
-@click.option("--verbose", is_flag=True, help="Also log every gate (observed value, threshold, verdict) and each build's figures; tracebacks on stderr.")
+@click.option(
+    "--verbose", is_flag=True, help="Also log every gate (observed value, threshold, verdict) and each build's figures; tracebacks on stderr."
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -76,7 +100,9 @@ def main(
     if quiet and verbose:
         _fail("--quiet and --verbose contradict each other; choose one", EXIT_BAD_INPUT)
     try:
-        code = _run_all(Invocation(recipes, out_dir, cache_dir, only, validate, json_path, junit_path, release_version, list(allow_extends_from), quiet, verbose))
+        code = _run_all(
+            Invocation(recipes, out_dir, cache_dir, only, validate, json_path, junit_path, release_version, list(allow_extends_from), quiet, verbose)
+        )
     except InputError as error:
         _fail(str(error), EXIT_BAD_INPUT)
     except QuantError as error:
@@ -85,7 +111,14 @@ def main(
         if error.errno not in WRITE_ERRNOS:
             _internal_error(error)
         where = error.filename or out_dir or "the run folder"
-        field = next((flag for flag, path in (("--json", json_path), ("--junit", junit_path), ("--cache", cache_dir)) if path and error.filename and Path(error.filename).is_relative_to(path)), "--out")
+        field = next(
+            (
+                flag
+                for flag, path in (("--json", json_path), ("--junit", junit_path), ("--cache", cache_dir))
+                if path and error.filename and Path(error.filename).is_relative_to(path)
+            ),
+            "--out",
+        )
         _fail(str(OutputError(f"cannot write: {error.strerror}", file=str(where), field=field)), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         _fail("interrupted; nothing was released", 130)
@@ -126,7 +159,15 @@ def _run_all(call: Invocation) -> int:
     documents = []
     for recipe in loaded:
         run_dir = (call.out_dir / recipe.recipe.name if len(loaded) > 1 else call.out_dir) if call.out_dir else Path("runs") / recipe.recipe.name
-        options = RunOptions(out_dir=run_dir, cache_dir=call.cache_dir or run_dir / "cache", only=call.only, validate_only=call.validate, version=call.release_version, log=log, detail=log_stderr if call.verbose else (lambda message: None))
+        options = RunOptions(
+            out_dir=run_dir,
+            cache_dir=call.cache_dir or run_dir / "cache",
+            only=call.only,
+            validate_only=call.validate,
+            version=call.release_version,
+            log=log,
+            detail=log_stderr if call.verbose else (lambda message: None),
+        )
         result = run(recipe, options)
         if call.validate:
             click.echo(f"{recipe.path}: {result.verdict}")

@@ -18,7 +18,18 @@ NUMERIC = ("cosine", "cosine_min", "max_abs", "mean_abs", "snr_db", "snr_db_min"
 KIND_METRICS: dict[str, tuple[str, ...]] = {
     "tensor": NUMERIC,
     "classes": (*NUMERIC, "top1_agreement"),
-    "ctc": (*NUMERIC, "top1_agreement", "ctc_exact_match", "ctc_cer", "ctc_exact_match_norm", "ctc_cer_norm", "ctc_exact_match_confident", "ctc_exact_match_unsure", "label_cer", "label_cer_delta"),
+    "ctc": (
+        *NUMERIC,
+        "top1_agreement",
+        "ctc_exact_match",
+        "ctc_cer",
+        "ctc_exact_match_norm",
+        "ctc_cer_norm",
+        "ctc_exact_match_confident",
+        "ctc_exact_match_unsure",
+        "label_cer",
+        "label_cer_delta",
+    ),
     "prob_map": (*NUMERIC, "map_iou", "map_iou_min"),
 }
 

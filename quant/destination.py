@@ -14,8 +14,8 @@ from typing import Protocol
 from quant.errors import OutputError
 from quant.promote import VERSION_PATTERN, Published, Release, check_can_create, promote
 from quant.recipe.schema import Promotion, resolve
-from quant.regression import PreviousRelease, last_release
 from quant.registry import MlflowRegistry  # imports mlflow itself only when a recipe asks for it
+from quant.regression import PreviousRelease, last_release
 
 
 class Destination(Protocol):
@@ -46,7 +46,9 @@ class ReleaseFolder:
         if not VERSION_PATTERN.match(version):
             raise OutputError(f"version '{version}' must look like v1, v2, ...", field="--release-version")
         if (self.folder / version).exists():
-            raise OutputError(f"release {version} already exists and is never overwritten", file=str(self.folder / version), field="--release-version")
+            raise OutputError(
+                f"release {version} already exists and is never overwritten", file=str(self.folder / version), field="--release-version"
+            )
 
     def check_writable(self) -> None:
         check_can_create(self.root, "promotion.to")

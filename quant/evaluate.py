@@ -19,8 +19,8 @@ from quant.compare import OutputComparison
 from quant.errors import BuildError, DataError, ModelError
 from quant.model import session
 from quant.promote import alive as process_alive
-from quant.testpoint import pause_point
 from quant.recipe.schema import OutputSpec
+from quant.testpoint import pause_point
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,9 @@ def run_reference(
     try:
         fp32 = session(model_path, threads=threads)
     except Exception as error:  # onnxruntime's own exception types: the model passed the checker but cannot run
-        raise ModelError(f"onnxruntime cannot load the model: {str(error).strip().splitlines()[0][:300]}", file=str(model_path), field="model.path") from None
+        raise ModelError(
+            f"onnxruntime cannot load the model: {str(error).strip().splitlines()[0][:300]}", file=str(model_path), field="model.path"
+        ) from None
     names = [o.name for o in fp32.get_outputs()]
     if (folder / "complete").is_file():
         return Reference(folder, names, 0.0, True)

@@ -12,10 +12,10 @@ import resource
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 from quant.errors import WRITE_ERRNOS, BuildError, OutputError, QuantError
@@ -63,7 +63,12 @@ def _call(function: Callable[..., T], args: tuple[Any, ...]) -> tuple[T | None, 
         return None, error, time.perf_counter() - started, _peak_rss_mb()
     except Exception as error:  # a quantizer bug: reported on the variant, with where it happened
         if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:  # disk full, read-only: the whole run stops (exit 2)
-            return None, OutputError(f"cannot write: {error.strerror}", file=str(error.filename or "the run folder"), field="--out"), time.perf_counter() - started, _peak_rss_mb()
+            return (
+                None,
+                OutputError(f"cannot write: {error.strerror}", file=str(error.filename or "the run folder"), field="--out"),
+                time.perf_counter() - started,
+                _peak_rss_mb(),
+            )
         tail = " | ".join(line.strip() for line in traceback.format_exc().strip().splitlines()[-3:])
         return None, BuildError(f"{type(error).__name__}: {str(error)[:300]} ({tail})"), time.perf_counter() - started, _peak_rss_mb()
 

@@ -32,7 +32,9 @@ class GateResult:
     def describe(self) -> str:
         bounds = [f">= {self.min:g}" if self.min is not None else "", f"<= {self.max:g}" if self.max is not None else ""]
         if self.max_regression is not None:
-            bounds.append(f"at most {self.max_regression:g} worse than the last release ({'n/a' if self.previous is None else f'{self.previous:.6g}'})")
+            bounds.append(
+                f"at most {self.max_regression:g} worse than the last release ({'n/a' if self.previous is None else f'{self.previous:.6g}'})"
+            )
         where = f"[{self.output}]" if self.output else ""
         observed = "n/a" if self.observed is None else f"{self.observed:.6g}"
         return f"{self.metric}{where} = {observed} (needs {' and '.join(b for b in bounds if b)})" + (f": {self.reason}" if self.reason else "")
@@ -64,7 +66,9 @@ def regression(metric: str, previous: float, current: float) -> float:
     return _badness(metric, current) - _badness(metric, previous)
 
 
-def _observed(gate: Gate, output_metrics: dict[str, dict[str, float]], variant_metrics: dict[str, float], output_specs: dict[str, OutputSpec]) -> tuple[str | None, float] | None:
+def _observed(
+    gate: Gate, output_metrics: dict[str, dict[str, float]], variant_metrics: dict[str, float], output_specs: dict[str, OutputSpec]
+) -> tuple[str | None, float] | None:
     if gate.metric in VARIANT_METRICS:
         value = variant_metrics.get(gate.metric)
         return None if value is None else (None, value)
@@ -94,7 +98,9 @@ def judge(
     base = {"metric": gate.metric, "min": gate.min, "max": gate.max, "max_regression": gate.max_regression}
     found = _observed(gate, output_metrics, variant_metrics, output_specs)
     if found is None:
-        return GateResult(output=gate.output, observed=None, passed=False, reason="metric not available (no labels, not measured, or no applicable output)", **base)
+        return GateResult(
+            output=gate.output, observed=None, passed=False, reason="metric not available (no labels, not measured, or no applicable output)", **base
+        )
     output, value = found
     passed = not math.isnan(value) and (gate.min is None or value >= gate.min) and (gate.max is None or value <= gate.max)
     reason, earlier = "", None

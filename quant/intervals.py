@@ -114,7 +114,12 @@ def rate_interval(hits: Sequence[int], totals: Sequence[int], *, seed: int = 0) 
 
 
 def paired_statistic_interval(
-    first: Sequence[float], second: Sequence[float], statistic: Callable[[np.ndarray, np.ndarray], np.ndarray], *, seed: int = 0, resamples: int = RESAMPLES
+    first: Sequence[float],
+    second: Sequence[float],
+    statistic: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    *,
+    seed: int = 0,
+    resamples: int = RESAMPLES,
 ) -> Interval:
     """Bootstrap interval of statistic(first[rows], second[rows]) resampling paired rows.
 

@@ -44,7 +44,7 @@ def locate(source: ModelSource, base_dir: Path) -> Path:
             spec = None
         if spec is None or not spec.submodule_search_locations:
             raise ModelError(f"package '{source.package}' is not installed (pip install it)", field="model.package")
-        root = Path(list(spec.submodule_search_locations)[0])
+        root = Path(next(iter(spec.submodule_search_locations)))
         path = root / source.path
     else:
         path = resolve(base_dir, source.path)
@@ -103,7 +103,9 @@ def load_proto(path: Path, *, load_external: bool = True) -> onnx.ModelProto:
         raise ModelError("the model file is empty", file=str(path), field="model.path")
     if size > PROTOBUF_LIMIT:  # refused before reading gigabytes that protobuf cannot parse anyway
         raise ModelError(
-            f"the .onnx file is {size / 2**30:.1f} GiB, over the 2 GB protobuf limit; save the weights as external data", file=str(path), field="model.path"
+            f"the .onnx file is {size / 2**30:.1f} GiB, over the 2 GB protobuf limit; save the weights as external data",
+            file=str(path),
+            field="model.path",
         )
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -133,7 +135,9 @@ def inspect_model(path: Path) -> ModelInfo:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if 0 < opset < MIN_OPSET:  # 0: no default-domain ops at all
         raise ModelError(
-            f"opset {opset} is too old: onnxruntime needs opset {MIN_OPSET} or later (convert it with onnx.version_converter)", file=str(path), field="model.path"
+            f"opset {opset} is too old: onnxruntime needs opset {MIN_OPSET} or later (convert it with onnx.version_converter)",
+            file=str(path),
+            field="model.path",
         )
     externals = external_data_files(model)
     size = path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in externals)

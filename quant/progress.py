@@ -32,7 +32,7 @@ class Progress:
             self._last_decile = decile
             print(f"{self.label}: {done}/{self.total} ({time.perf_counter() - self.started:.1f} s)", file=sys.stderr, flush=True)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:  # noqa: PYI034 (typing.Self needs Python 3.11)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None) -> None:

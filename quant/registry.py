@@ -47,7 +47,7 @@ def _mlflow() -> Any:
     """The mlflow module, or one clear bad-input error when the optional extra is not installed."""
     try:
         import mlflow
-        import mlflow.onnx  # noqa: F401  (needs pandas; part of the extra)
+        import mlflow.onnx
     except ImportError as error:
         raise OutputError(f"'to: mlflow' needs the optional extra: pip install 'quant[mlflow]' ({error})", field="promotion.to") from None
     for chatty in ("mlflow", "alembic"):  # database set-up and "registered model" lines are not ours to log
@@ -108,7 +108,7 @@ class MlflowRegistry:
     variants: tuple[str, ...]
 
     @classmethod
-    def from_recipe(cls, promotion: Promotion, base_dir: Path, recipe: str, variants: tuple[str, ...]) -> "MlflowRegistry":
+    def from_recipe(cls, promotion: Promotion, base_dir: Path, recipe: str, variants: tuple[str, ...]) -> MlflowRegistry:
         uri = rebased_uri(promotion.tracking_uri or "", base_dir)
         database = _sqlite_file(uri)
         artifacts = promotion.artifact_location
@@ -158,11 +158,15 @@ class MlflowRegistry:
                 if version.name not in names or not version.run_id or version.tags.get(RELEASE_TAG) != "complete":
                     continue
                 with tempfile.TemporaryDirectory() as folder:
-                    path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="manifest.json", dst_path=folder, tracking_uri=self.tracking_uri)
+                    path = mlflow.artifacts.download_artifacts(
+                        run_id=version.run_id, artifact_path="manifest.json", dst_path=folder, tracking_uri=self.tracking_uri
+                    )
                     manifest = json.loads(Path(path).read_text(encoding="utf-8"))
                 return PreviousRelease(f"{version.name} v{version.version}", manifest)
         except Exception as error:
-            raise OutputError(f"cannot read the last release from the MLflow registry: {error}", file=self.tracking_uri, field="promotion.tracking_uri") from None
+            raise OutputError(
+                f"cannot read the last release from the MLflow registry: {error}", file=self.tracking_uri, field="promotion.tracking_uri"
+            ) from None
         return None
 
     # ------------------------------------------------------------------ promotion
@@ -184,10 +188,15 @@ class MlflowRegistry:
                 for variant, path in models.items():
                     (Path(folder) / variant).mkdir()  # one folder each: external data files keep their names
                     files[variant] = copy_with_metadata(path, Path(folder) / variant / f"{variant}.onnx", metadata[variant])
-                manifest = {**release.manifest, "registry": {"tracking_uri": self.tracking_uri, "experiment": self.experiment, "model_name": self.model_name},
-                            "files": [{"variant": v, "file": p.name, "sha256": file_sha256(p)} for v, written in files.items() for p in written]}
+                manifest = {
+                    **release.manifest,
+                    "registry": {"tracking_uri": self.tracking_uri, "experiment": self.experiment, "model_name": self.model_name},
+                    "files": [{"variant": v, "file": p.name, "sha256": file_sha256(p)} for v, written in files.items() for p in written],
+                }
                 for variant in models:
-                    created.append(self._register(mlflow, experiment_id, variant, files[variant][0], manifest, metadata[variant], release.metrics[variant]))
+                    created.append(
+                        self._register(mlflow, experiment_id, variant, files[variant][0], manifest, metadata[variant], release.metrics[variant])
+                    )
                     pause_point("registration")  # a version is registered, the release is not complete
             if release.all_gates_passed and self.alias:
                 earlier_aliases = self._aliases(client, {name for name, _ in created})
@@ -203,11 +212,22 @@ class MlflowRegistry:
         except BaseException:
             self._roll_back(client, created, earlier_aliases)
             raise
-        versions = {variant: {"model_name": name, "version": number, "model_uri": f"models:/{name}/{number}"} for variant, (name, number) in zip(models, created)}
+        versions = {
+            variant: {"model_name": name, "version": number, "model_uri": f"models:/{name}/{number}"}
+            for variant, (name, number) in zip(models, created)
+        }
         where = f"{self.tracking_uri}: " + ", ".join(f"{v['model_name']} v{v['version']} ({variant})" for variant, v in versions.items())
         if self.alias:
-            where += f"; alias '{self.alias}' " + (f"-> {', '.join(f'{n} v{num}' for n, num in aliased.items())}" if aliased else "not moved (not every gate passed)")
-        record = {"tracking_uri": self.tracking_uri, "experiment": self.experiment, "versions": versions, "alias": self.alias, "alias_moved_to": aliased}
+            where += f"; alias '{self.alias}' " + (
+                f"-> {', '.join(f'{n} v{num}' for n, num in aliased.items())}" if aliased else "not moved (not every gate passed)"
+            )
+        record = {
+            "tracking_uri": self.tracking_uri,
+            "experiment": self.experiment,
+            "versions": versions,
+            "alias": self.alias,
+            "alias_moved_to": aliased,
+        }
         return Published(where, record)
 
     def _experiment_id(self, client: Any) -> str:
@@ -218,12 +238,19 @@ class MlflowRegistry:
 
     def _register(self, mlflow: Any, experiment_id: str, variant: str, model_file: Path, manifest: dict[str, Any],
                   tags: dict[str, str], metrics: dict[str, dict[str, float]]) -> tuple[str, str]:
-        flat = {metric_key(output, metric): float(value) for output, table in metrics.items() for metric, value in table.items() if isinstance(value, (int, float))}
+        flat = {
+            metric_key(output, metric): float(value)
+            for output, table in metrics.items()
+            for metric, value in table.items()
+            if isinstance(value, (int, float))
+        }
         entry = manifest["variants"][variant]
         model = onnx.load(str(model_file))
         import onnxruntime
 
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"{self.recipe}/{variant}", tags={**tags, "quant.sha256": file_sha256(model_file)}):
+        with mlflow.start_run(
+            experiment_id=experiment_id, run_name=f"{self.recipe}/{variant}", tags={**tags, "quant.sha256": file_sha256(model_file)}
+        ):
             mlflow.log_params({"method": entry["method"], **{f"option.{k}": json.dumps(v) for k, v in (entry.get("options") or {}).items()}})
             mlflow.log_metrics(flat)
             mlflow.log_dict(manifest, "manifest.json")
@@ -232,7 +259,10 @@ class MlflowRegistry:
                 model,
                 name="model",
                 signature=_signature(model),
-                pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],  # pinned, not inferred by loading the model again
+                pip_requirements=[
+                    f"onnx=={onnx.__version__}",
+                    f"onnxruntime=={onnxruntime.__version__}",
+                ],  # pinned, not inferred by loading the model again
                 save_as_external_data=model.ByteSize() >= TWO_GB,
                 metadata={"quant": tags},
             )

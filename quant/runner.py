@@ -16,18 +16,18 @@ from quant.bench import latency_ratio
 from quant.calibration.reader import checked_feeds
 from quant.calibration.sources import SampleSource, check_disjoint, inputs_signature, open_source
 from quant.compare import KIND_METRICS, by_slice_then_output
+from quant.destination import Destination, destination_for
 from quant.errors import BuildError, InputError, ModelError, OutputError, RecipeError
 from quant.evaluate import Reference, compare_variant, run_reference
 from quant.executor import build_isolated
-from quant.lockfile import remove_stale_lock
 from quant.gates import VARIANT_METRICS, applicable_outputs, effective_gates, judge_all
+from quant.lockfile import remove_stale_lock
 from quant.methods.base import BuildContext
 from quant.metrics.ctc import charset_from_metadata
 from quant.model import ModelInfo, file_sha256, inspect_model, locate, model_size
 from quant.outcome import VariantOutcome, json_number
 from quant.precision import nothing_quantized
 from quant.progress import Progress
-from quant.destination import Destination, destination_for
 from quant.promote import Published, Release
 from quant.provenance import environment
 from quant.recipe.loader import LoadedRecipe
@@ -172,7 +172,9 @@ def judge_variant(
         outcome.size_ratio = outcome.size_bytes / prepared.model.size_bytes
         log(f"{name}: NOTHING QUANTIZED: {unchanged}")
         return outcome
-    comparisons = compare_variant(candidate, reference, prepared.evaluation, prepared.model.inputs, recipe.outputs, prepared.charset, recipe.bench.threads)
+    comparisons = compare_variant(
+        candidate, reference, prepared.evaluation, prepared.model.inputs, recipe.outputs, prepared.charset, recipe.bench.threads
+    )
     outcome.metrics = {out: c.summary() for out, c in comparisons.items()}
     outcome.estimates = {out: c.estimates() for out, c in comparisons.items()}
     outcome.slices = by_slice_then_output(comparisons)
@@ -183,7 +185,9 @@ def judge_variant(
     outcome.size_bytes = model_size(candidate)
     outcome.size_ratio = outcome.size_bytes / prepared.model.size_bytes
     feeds = [f for _, f in zip(range(recipe.bench.samples), (f for _, f in checked_feeds(prepared.evaluation, prepared.model.inputs)))]
-    outcome.latency = latency_ratio(prepared.model.path, candidate, feeds, rounds=recipe.bench.rounds, warmup=recipe.bench.warmup, threads=recipe.bench.threads)
+    outcome.latency = latency_ratio(
+        prepared.model.path, candidate, feeds, rounds=recipe.bench.rounds, warmup=recipe.bench.warmup, threads=recipe.bench.threads
+    )
     gates = effective_gates(recipe.gates, recipe.variants[name].gates)
     variant_metrics = {"size_ratio": outcome.size_ratio, "latency_ratio": outcome.latency.ratio}
     earlier = prepared.previous.metrics_of(name) if prepared.previous else None
@@ -264,7 +268,12 @@ def _manifest(prepared: Prepared, promoted: list[VariantOutcome], started: str) 
     return json_number(
         {
             "schema_version": SCHEMA_VERSION,
-            "recipe": {"name": prepared.recipe.name, "file": recipe_file.name, "sha256": file_sha256(recipe_file), "resolved": prepared.loaded.resolved},
+            "recipe": {
+                "name": prepared.recipe.name,
+                "file": recipe_file.name,
+                "sha256": file_sha256(recipe_file),
+                "resolved": prepared.loaded.resolved,
+            },
             "source_model": {"file": prepared.model.path.name, "sha256": prepared.model.sha256, "size_bytes": prepared.model.size_bytes},
             "data": data,
             "created": started,
@@ -304,7 +313,11 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as error:
-            raise OutputError(f"cannot write the {'run' if flag == '--out' else 'cache'} folder: {error.strerror or error}", file=str(error.filename or folder), field=flag) from None
+            raise OutputError(
+                f"cannot write the {'run' if flag == '--out' else 'cache'} folder: {error.strerror or error}",
+                file=str(error.filename or folder),
+                field=flag,
+            ) from None
     prepared.destination.check_writable()  # before hours of building, not after
 
     with Progress("FP32 reference", len(prepared.evaluation)) as bar:
@@ -343,13 +356,26 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
             "started": started,
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "recipe": {"name": recipe.name, "file": str(loaded.path), "sha256": file_sha256(loaded.path), "resolved": loaded.resolved},
-            "model": {"file": str(prepared.model.path), "sha256": prepared.model.sha256, "size_bytes": prepared.model.size_bytes, "opset": prepared.model.opset},
+            "model": {
+                "file": str(prepared.model.path),
+                "sha256": prepared.model.sha256,
+                "size_bytes": prepared.model.size_bytes,
+                "opset": prepared.model.opset,
+            },
             "environment": environment(),
             "data": {"calibration": _samples_record(prepared.calibration), "evaluation": _samples_record(prepared.evaluation)},
             "reference": {"seconds": round(reference.seconds, 3), "cache_hit": reference.cache_hit},
             "variants": {o.name: o.to_dict() for o in outcomes},
-            "regression": compare_with_release(prepared.previous, {o.name: _variant_metrics(o) for o in outcomes if o.latency}) if prepared.previous else None,
-            "promotion": {"policy": recipe.promotion.policy, "met": policy_met, "promoted": [o.name for o in to_release] if release else [], "release": release, **(published.record if published else {})},
+            "regression": compare_with_release(prepared.previous, {o.name: _variant_metrics(o) for o in outcomes if o.latency})
+            if prepared.previous
+            else None,
+            "promotion": {
+                "policy": recipe.promotion.policy,
+                "met": policy_met,
+                "promoted": [o.name for o in to_release] if release else [],
+                "release": release,
+                **(published.record if published else {}),
+            },
             "verdict": verdict,
             "exit_code": 0 if policy_met else 1,
         }

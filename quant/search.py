@@ -64,7 +64,7 @@ def _rank_in_child(float_model: Path, qdq_model: Path, feeds: list[dict[str, Any
     return rank_nodes(float_model, qdq_model, feeds, op_types)
 
 
-def _ranking(name: str, variant: StaticInt8Options, prepared: "Prepared", options: "RunOptions", first: VariantOutcome) -> list[NodeSensitivity]:
+def _ranking(name: str, variant: StaticInt8Options, prepared: Prepared, options: RunOptions, first: VariantOutcome) -> list[NodeSensitivity]:
     """Rank on a QDQ build (the QOperator form has no per-tensor Q/DQ pairs to compare)."""
     from quant.runner import build_context
 
@@ -73,7 +73,12 @@ def _ranking(name: str, variant: StaticInt8Options, prepared: "Prepared", option
     if variant.format != "QDQ" or qdq_path is None:
         qdq_variant = variant.model_copy(update={"format": "QDQ", "fallback": None})
         qdq_path = build_isolated(qdq_variant, build_context(prepared, options, name), options.out_dir / "work" / name / "ranking-qdq.onnx").path
-    feeds = [f for _, f in zip(range(variant.fallback.samples if variant.fallback else 8), (f for _, f in checked_feeds(prepared.evaluation, prepared.model.inputs)))]
+    feeds = [
+        f
+        for _, f in zip(
+            range(variant.fallback.samples if variant.fallback else 8), (f for _, f in checked_feeds(prepared.evaluation, prepared.model.inputs))
+        )
+    ]
     ranking, stats = run_isolated(_rank_in_child, float_model, qdq_path, feeds, variant.op_types)
     options.log(f"{name}: ranked {len(ranking)} quantized nodes by added error in {stats['seconds']:.1f} s")
     return ranking
@@ -96,7 +101,7 @@ def _choose(judged: list[tuple[VariantOutcome, list[str]]]) -> tuple[int, str]:
     return index, "no attempt quantized any node"
 
 
-def search_fallback(name: str, prepared: "Prepared", reference: "Reference", options: "RunOptions", outcome: VariantOutcome) -> VariantOutcome:
+def search_fallback(name: str, prepared: Prepared, reference: Reference, options: RunOptions, outcome: VariantOutcome) -> VariantOutcome:
     """Build, judge, and if accuracy gates fail, retry with the most sensitive nodes in float."""
     from quant.runner import build_context, judge_variant
 
@@ -142,7 +147,8 @@ def search_fallback(name: str, prepared: "Prepared", reference: "Reference", opt
                     conclusion = f"with {k} node(s) in float nothing was quantized any more; an FP32 copy is not an INT8 variant"
                     break
                 if trial.status != "error" and not _accuracy_failed(trial):
-                    conclusion = f"accuracy held with {k} node(s) in float, but {', '.join(g.metric for g in trial.failed_gates)} failed; more float nodes only cost more"
+                    failed = ", ".join(g.metric for g in trial.failed_gates)
+                    conclusion = f"accuracy held with {k} node(s) in float, but {failed} failed; more float nodes only cost more"
                     break
             else:
                 conclusion = f"no attempt passed within {fallback.max_nodes} node(s) in float"

@@ -38,7 +38,9 @@ class NodeSensitivity:
 def quantized_node_names(qdq_model: onnx.ModelProto) -> set[str]:
     """Float-domain nodes that the QDQ model wraps in Q/DQ (their inputs come from DequantizeLinear)."""
     dequantized = {out for n in qdq_model.graph.node if n.op_type == "DequantizeLinear" for out in n.output}
-    return {n.name for n in qdq_model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and any(i in dequantized for i in n.input)}
+    return {
+        n.name for n in qdq_model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and any(i in dequantized for i in n.input)
+    }
 
 
 def _float_tensors(model: onnx.ModelProto) -> set[str]:

@@ -83,7 +83,9 @@ def base_recipe(model_path: Path, calib: Path, eval_dir: Path, **overrides: Any)
     recipe: dict[str, Any] = {
         "name": "tiny",
         "model": {"path": str(model_path)},
-        "inputs": {"x": {"resize": {"mode": "height", "height": HEIGHT, "min_width": 16}, "scale": "1/255", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}},
+        "inputs": {
+            "x": {"resize": {"mode": "height", "height": HEIGHT, "min_width": 16}, "scale": "1/255", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+        },
         "outputs": {"probs": {"kind": "ctc", "charset_metadata": "character"}},
         "calibration": {"source": {"images": str(calib)}},
         "evaluation": {"source": {"images": str(eval_dir)}},

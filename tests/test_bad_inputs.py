@@ -29,7 +29,6 @@ import yaml
 
 from tests.conftest import base_recipe, tiny_ctc_model, write_images
 
-
 # --------------------------------------------------------------------------- the harness
 
 
@@ -930,7 +929,9 @@ def test_extends_outside_is_allowed_with_the_flag(tmp_path: Path) -> None:
     shared.mkdir()
     (shared / "base.yaml").write_text(_dump(ctx.recipe))  # type: ignore[arg-type]
     ctx.recipe_path.write_text("extends: ../shared/base.yaml\nname: child\n")
-    refused = subprocess.run([sys.executable, "-m", "quant.cli", "--recipe", str(ctx.recipe_path), "--validate"], cwd=tmp_path, capture_output=True, text=True)
+    refused = subprocess.run(
+        [sys.executable, "-m", "quant.cli", "--recipe", str(ctx.recipe_path), "--validate"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert refused.returncode == 2 and "--allow-extends-from" in refused.stderr
     allowed = subprocess.run(
         [sys.executable, "-m", "quant.cli", "--recipe", str(ctx.recipe_path), "--validate", "--allow-extends-from", str(shared)],

@@ -35,7 +35,9 @@ def _source(folder: Path, x: dict[str, Any] | None = None, samples: int | None =
     return open_source(DataSet.model_validate({"source": {"images": str(folder)}, "samples": samples}), Path("."), spec, ["x"], "calibration")
 
 
-def _ranges(model: Path, folder: Path, cache: Path, *, x: dict[str, Any] | None = None, samples: int | None = None, **settings: Any) -> CalibrationRanges:
+def _ranges(
+    model: Path, folder: Path, cache: Path, *, x: dict[str, Any] | None = None, samples: int | None = None, **settings: Any
+) -> CalibrationRanges:
     chosen = {"method": "minmax", "percentile": 99.999, "op_types": None, **settings}
     return calibration_ranges(model, file_sha256(model), _source(folder, x, samples), INPUTS, cache_dir=cache, log=lambda _: None, **chosen)
 

@@ -19,7 +19,12 @@ def releases(root: Path) -> list[Path]:
 
 def test_passing_run_promotes_a_verifiable_release(workspace: dict[str, Path]) -> None:
     root = workspace["root"]
-    recipe = base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants={"fp16": {"method": "fp16"}, "dyn": {"method": "dynamic_int8", "op_types": ["MatMul"]}})
+    recipe = base_recipe(
+        workspace["model"],
+        workspace["calib"],
+        workspace["eval"],
+        variants={"fp16": {"method": "fp16"}, "dyn": {"method": "dynamic_int8", "op_types": ["MatMul"]}},
+    )
     path = write_recipe(root, recipe)
     done = run_cli("--recipe", str(path), "--out", str(root / "run"), "--json", str(root / "out.json"), cwd=root)
     assert done.returncode == 0, done.stderr

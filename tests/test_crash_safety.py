@@ -45,7 +45,7 @@ def _kill_at(point: str, args: list[str], root: Path) -> int:
     try:
         while not marker.exists():
             if process.poll() is not None:
-                out, err = process.communicate()
+                _, err = process.communicate()
                 pytest.fail(f"the run ended (exit {process.returncode}) before reaching '{point}':\n{err[-3000:]}")
             if time.monotonic() > deadline:
                 pytest.fail(f"the run never reached '{point}'")
@@ -86,7 +86,9 @@ def test_sigkill_at_every_stage_leaves_only_complete_releases_and_the_next_run_f
     args = ["--recipe", str(recipe), "--out", str(root / "run"), "--quiet"]
 
     # A complete release first (with its own cache), which no crash may touch.
-    first = subprocess.run([sys.executable, "-m", "quant.cli", *args[:-1], "--cache", str(root / "cache0"), "--quiet"], cwd=root, capture_output=True, text=True)
+    first = subprocess.run(
+        [sys.executable, "-m", "quant.cli", *args[:-1], "--cache", str(root / "cache0"), "--quiet"], cwd=root, capture_output=True, text=True
+    )
     assert first.returncode == 0, first.stderr
     assert _check_releases(release_dir, ["v1"]) == []
     v1_sums = (release_dir / "v1" / "SHA256SUMS").read_text()

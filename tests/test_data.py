@@ -43,7 +43,10 @@ def test_resize_to_height_keeps_ratio_and_pads_to_min_width() -> None:
     assert wide.shape == (1, 3, 48, 640)  # 960 squeezed to max_width
 
 
-@pytest.mark.parametrize(("size", "limit_type", "expected"), [((1000, 500), "max", (1, 3, 480, 960)), ((100, 50), "max", (1, 3, 64, 96)), ((100, 50), "min", (1, 3, 736, 1472))])
+@pytest.mark.parametrize(
+    ("size", "limit_type", "expected"),
+    [((1000, 500), "max", (1, 3, 480, 960)), ((100, 50), "max", (1, 3, 64, 96)), ((100, 50), "min", (1, 3, 736, 1472))],
+)
 def test_limit_side_rounds_to_multiples(size: tuple[int, int], limit_type: str, expected: tuple[int, ...]) -> None:
     resize = {"mode": "limit_side", "limit": 960 if limit_type == "max" else 736, "limit_type": limit_type, "multiple_of": 32}
     assert image_to_tensor(Image.new("RGB", size), spec(resize=resize)).shape == expected
@@ -137,7 +140,10 @@ def test_npz_source_gives_one_row_per_sample(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("arrays", "words"),
-    [({"other": np.zeros((2, 3))}, "no array for model input"), ({"input_ids": np.zeros((2, 3)), "attention_mask": np.zeros((3, 3))}, "same, non-zero")],
+    [
+        ({"other": np.zeros((2, 3))}, "no array for model input"),
+        ({"input_ids": np.zeros((2, 3)), "attention_mask": np.zeros((3, 3))}, "same, non-zero"),
+    ],
 )
 def test_npz_source_errors(tmp_path: Path, arrays: dict[str, np.ndarray], words: str) -> None:
     np.savez(tmp_path / "bad.npz", **arrays)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import datasets  # part of the [test] extra: a missing install must fail, not skip
 import numpy as np
 import pytest
 
@@ -12,7 +13,6 @@ from quant.errors import DataError
 from quant.recipe.schema import DataSet, ImageInput
 from tests.conftest import HEIGHT, base_recipe, run_cli, write_images, write_recipe
 
-import datasets  # part of the [test] extra: a missing install must fail, not skip
 SPEC = {"x": ImageInput.model_validate({"resize": {"mode": "height", "height": HEIGHT, "min_width": 16}})}
 
 
@@ -56,7 +56,12 @@ def test_cli_runs_on_a_dataset_and_an_npz_source(workspace: dict[str, Path]) -> 
     root = workspace["root"]
     rng = np.random.default_rng(0)
     np.savez(root / "eval.npz", x=rng.uniform(-1, 1, (6, 1, 3, HEIGHT, 16)).astype(np.float32)[:, 0])
-    recipe = base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants={"dyn": {"method": "dynamic_int8", "op_types": ["MatMul"]}, "s": {"method": "static_int8"}})
+    recipe = base_recipe(
+        workspace["model"],
+        workspace["calib"],
+        workspace["eval"],
+        variants={"dyn": {"method": "dynamic_int8", "op_types": ["MatMul"]}, "s": {"method": "static_int8"}},
+    )
     recipe["calibration"] = {"source": {"dataset": str(workspace["calib"]), "format": "imagefolder"}}
     recipe["evaluation"] = {"source": {"npz": str(root / "eval.npz")}}
     done = run_cli("--recipe", str(write_recipe(root, recipe)), "--out", str(root / "run"), cwd=root, env={"HF_DATASETS_OFFLINE": "1"})

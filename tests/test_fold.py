@@ -28,7 +28,7 @@ def lcnet_block(second_conv_pads: int = 0, opset: int = 14, share_conv_output: b
 
     The PP-LCNetV3 shapes: a LearnableAffineBlock after the Conv, an unfused hardswish, another affine before the next Conv."""
     rng = np.random.default_rng(0)
-    per_channel = lambda: rng.uniform(0.5, 1.5, (1, C, 1, 1))  # noqa: E731
+    per_channel = lambda: rng.uniform(0.5, 1.5, (1, C, 1, 1))
     inits = [
         _const("W1", rng.normal(0, 0.5, (C, 3, 3, 3))), _const("B1", rng.normal(0, 0.1, C)),
         _const("a", per_channel()), _const("b", rng.normal(0, 0.2, (1, C, 1, 1))), _const("three", 3.0),
@@ -115,7 +115,13 @@ def test_a_non_constant_or_non_per_channel_operand_is_left_alone(op_type: str) -
     rng = np.random.default_rng(2)
     inits = [_const("W", rng.normal(0, 0.5, (C, 3, 1, 1))), _const("full", rng.normal(0, 1, (1, C, 16, 16)))]
     nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="conv"), helper.make_node(op_type, ["c", "full"], ["y"], name="spatial")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, 16, 16])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, 16, 16])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     fused, counts = fuse_exact(onnx.load_from_string(model.SerializeToString()))
     assert counts == {"hardswish": 0, "affine_after_conv": 0, "affine_before_conv": 0}

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -51,8 +50,12 @@ def _load(text: str | bytes) -> LoadedRecipe | InputError:
 
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=12), st.sampled_from(["fp16", "static_int8", "1/255", "1/0", "${env:HOME}", "${env:NOPE_X}", "../x", "NCHW", "cosine", "a\x00b", "/", "~", "..x.y"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(["fp16", "static_int8", "1/255", "1/0", "${env:HOME}", "${env:NOPE_X}", "../x", "NCHW", "cosine", "a\x00b", "/", "~", "..x.y"]),
 )
 keys = st.one_of(
     st.sampled_from(["name", "model", "path", "inputs", "x", "resize", "mode", "height", "width", "variants", "method", "gates",
@@ -60,7 +63,9 @@ keys = st.one_of(
                      "extends", "preset", "outputs", "kind", "scale", "mean", "std"]),
     st.text(max_size=8),
 )
-documents = st.recursive(scalars, lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(keys, children, max_size=5)), max_leaves=25)
+documents = st.recursive(
+    scalars, lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(keys, children, max_size=5)), max_leaves=25
+)
 
 
 @FUZZ
@@ -83,8 +88,9 @@ def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 def _valid_recipe() -> dict[str, Any]:
     folder = WORK / "data"
     if not folder.exists():
-        from tests.conftest import tiny_ctc_model, write_images
         import onnx
+
+        from tests.conftest import tiny_ctc_model, write_images
 
         folder.mkdir()
         onnx.save(tiny_ctc_model(), str(folder / "tiny.onnx"))
@@ -150,8 +156,12 @@ resize_specs = st.one_of(
               st.integers(1, 64), st.sampled_from(["max", "min"]), st.sampled_from([1, 4, 8, 32])),
 )
 image_inputs = st.builds(
-    lambda resize, layout, color: ImageInput.model_validate({"resize": resize, "layout": layout, "color": color, "mean": [0.5] * 3, "std": [0.25] * 3}),
-    resize_specs, st.sampled_from(["NCHW", "NHWC"]), st.sampled_from(["RGB", "BGR"]),
+    lambda resize, layout, color: ImageInput.model_validate(
+        {"resize": resize, "layout": layout, "color": color, "mean": [0.5] * 3, "std": [0.25] * 3}
+    ),
+    resize_specs,
+    st.sampled_from(["NCHW", "NHWC"]),
+    st.sampled_from(["RGB", "BGR"]),
 )
 
 
@@ -197,8 +207,18 @@ FORMATS = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP":
 
 
 @FUZZ
-@given(st.sampled_from(MODES), st.integers(1, 64), st.integers(1, 64), st.sampled_from(list(FORMATS)), image_inputs, st.integers(0, 2**32 - 1), st.booleans())
-def test_random_small_images_give_a_tensor_of_the_declared_shape(mode: str, width: int, height: int, fmt: str, spec: ImageInput, seed: int, truncate: bool) -> None:
+@given(
+    st.sampled_from(MODES),
+    st.integers(1, 64),
+    st.integers(1, 64),
+    st.sampled_from(list(FORMATS)),
+    image_inputs,
+    st.integers(0, 2**32 - 1),
+    st.booleans(),
+)
+def test_random_small_images_give_a_tensor_of_the_declared_shape(
+    mode: str, width: int, height: int, fmt: str, spec: ImageInput, seed: int, truncate: bool
+) -> None:
     rng = np.random.default_rng(seed)
     image = Image.frombytes("RGB", (width, height), rng.integers(0, 256, (height, width, 3), np.uint8).tobytes())
     try:

@@ -55,7 +55,16 @@ def _context(workspace: dict[str, Path], model_path: Path | None = None) -> Buil
     inputs = {name: ImageInput.model_validate(spec) for name, spec in recipe["inputs"].items()}
     root = workspace["root"]
     sources = {f: open_source(DataSet.model_validate(recipe[f]), root, inputs, list(info.inputs), f) for f in ("calibration", "evaluation")}
-    return BuildContext(info.path, info.sha256, info.inputs, root / "run" / "work" / "inc", root / "run" / "cache", sources["calibration"], sources["evaluation"], log=lambda _: None)
+    return BuildContext(
+        info.path,
+        info.sha256,
+        info.inputs,
+        root / "run" / "work" / "inc",
+        root / "run" / "cache",
+        sources["calibration"],
+        sources["evaluation"],
+        log=lambda _: None,
+    )
 
 
 def _build(workspace: dict[str, Path], model_path: Path | None = None, **options: Any) -> tuple[BuildResult, BuildContext]:
@@ -68,10 +77,14 @@ def _agreement(context: BuildContext, candidate: Path) -> float:
     """Mean cosine of the candidate's output vs FP32 on the evaluation samples."""
     assert context.evaluation is not None
     fp32, quantized = session(context.model_path), session(candidate)
-    return float(np.mean([cosine(fp32.run(None, f)[0], quantized.run(None, f)[0]) for _, f in checked_feeds(context.evaluation, context.model_inputs)]))
+    return float(
+        np.mean([cosine(fp32.run(None, f)[0], quantized.run(None, f)[0]) for _, f in checked_feeds(context.evaluation, context.model_inputs)])
+    )
 
 
-def test_static_build_is_one_int8_file_that_agrees_with_fp32(inc: None, workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_static_build_is_one_int8_file_that_agrees_with_fp32(
+    inc: None, workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
@@ -97,7 +110,9 @@ def test_unnamed_nodes_and_qdq_per_channel_on_an_upgraded_opset(inc: None, works
     built = onnx.load(str(result.path))
     assert result.details["renamed_nodes"] == len(model.graph.node)
     initializers = {t.name: numpy_helper.to_array(t) for t in built.graph.initializer}
-    conv_weight_scales = [initializers[n.input[1]] for n in built.graph.node if n.op_type == "DequantizeLinear" and initializers.get(n.input[0], np.zeros(0)).ndim == 4]
+    conv_weight_scales = [
+        initializers[n.input[1]] for n in built.graph.node if n.op_type == "DequantizeLinear" and initializers.get(n.input[0], np.zeros(0)).ndim == 4
+    ]
     assert conv_weight_scales and all(s.shape in ((8,), (4,)) for s in conv_weight_scales)  # per output channel
     assert _agreement(context, result.path) > 0.99
 

@@ -130,7 +130,9 @@ def test_a_ratio_on_the_threshold_stays_undecided_within_the_budget() -> None:
 
 def test_the_time_budget_stops_extra_rounds() -> None:
     ticks = iter(range(1000))
-    measured, decided = measure_rounds(_noisy_rounds(0.9, 0.15), rounds=5, bounds=[(None, 0.9)], max_rounds=500, max_seconds=2, clock=lambda: float(next(ticks)))
+    measured, decided = measure_rounds(
+        _noisy_rounds(0.9, 0.15), rounds=5, bounds=[(None, 0.9)], max_rounds=500, max_seconds=2, clock=lambda: float(next(ticks))
+    )
     assert not decided and len(measured.reference) <= 20
 
 
@@ -143,7 +145,10 @@ def test_ratio_interval_resamples_rounds_as_pairs() -> None:
 
 def test_latency_records_interval_rounds_and_machine_load(tmp_path) -> None:
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])]
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
     )
     path = tmp_path / "relu.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))

@@ -135,7 +135,10 @@ def test_model_over_2gb_goes_through_fp16_and_dynamic_int8(tmp_path: Path) -> No
             assert variant["status"] == "passed", f"{name}: {variant['status']} {variant['error']}"
             assert variant["metrics"]["y"]["cosine"] > 0.99
             assert variant["size_ratio"] == pytest.approx(expected_ratio, abs=0.02)
-            print(f"  {name}: {variant['size_bytes'] / 1e9:.2f} GB, build {variant['build']['build_seconds']:.0f} s, build peak {variant['build']['build_peak_rss_mb'] / 1024:.2f} GB")
+            print(
+                f"  {name}: {variant['size_bytes'] / 1e9:.2f} GB, build {variant['build']['build_seconds']:.0f} s, "
+                f"build peak {variant['build']['build_peak_rss_mb'] / 1024:.2f} GB"
+            )
         release = tmp_path / "releases" / "big" / "v1"
         check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=release, capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr

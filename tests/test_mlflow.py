@@ -17,10 +17,11 @@ import pytest
 
 from tests.conftest import base_recipe, run_cli, write_recipe
 
-mlflow = pytest.importorskip("mlflow", reason="the optional extra quant[mlflow] is not installed") if not os.environ.get("CI") else __import__("mlflow")
-import mlflow.onnx  # noqa: E402
-
-from mlflow import MlflowClient  # noqa: E402
+mlflow = (
+    pytest.importorskip("mlflow", reason="the optional extra quant[mlflow] is not installed") if not os.environ.get("CI") else __import__("mlflow")
+)
+import mlflow.onnx  # noqa: F811 (binds the submodule onto the package imported above)
+from mlflow import MlflowClient
 
 TRACKING = "sqlite:///registry/mlflow.db"  # relative: from the recipe's folder
 
@@ -158,7 +159,9 @@ def test_a_killed_registration_is_never_aliased_and_the_next_run_removes_it(work
         ({"to": "mlflow", "tracking_uri": "sqlite:///corrupt.db", "model_name": "m"}, None, "file is not a database"),
     ],
 )
-def test_bad_registry_settings_exit_2_naming_the_field_and_register_nothing(workspace: dict[str, Path], promotion: dict[str, Any], flag: str | None, words: str) -> None:
+def test_bad_registry_settings_exit_2_naming_the_field_and_register_nothing(
+    workspace: dict[str, Path], promotion: dict[str, Any], flag: str | None, words: str
+) -> None:
     root = workspace["root"]
     (root / "blocker").write_text("a file where a folder is needed")
     (root / "corrupt.db").write_text("not an SQLite database")

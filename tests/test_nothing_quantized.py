@@ -18,14 +18,20 @@ GATES = [{"metric": "cosine", "min": 0.9}]
 def conv_only_model() -> onnx.ModelProto:
     """x[1,3,8,W] -> Conv -> Relu -> Conv -> y: a CNN with no MatMul for a MatMul-only method to find."""
     rng = np.random.default_rng(0)
-    weights = [numpy_helper.from_array(rng.normal(0, 0.4, shape).astype(np.float32), name) for name, shape in (("w1", (8, 3, 3, 3)), ("w2", (4, 8, 3, 3)))]
+    weights = [
+        numpy_helper.from_array(rng.normal(0, 0.4, shape).astype(np.float32), name) for name, shape in (("w1", (8, 3, 3, 3)), ("w2", (4, 8, 3, 3)))
+    ]
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
         helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
     ]
     graph = helper.make_graph(
-        nodes, "conv_only", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, HEIGHT, "W"])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, HEIGHT, "W"])], weights
+        nodes,
+        "conv_only",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, HEIGHT, "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, HEIGHT, "W"])],
+        weights,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
@@ -91,7 +97,12 @@ def test_only_variant_nothing_quantized_fails_the_run(workspace: dict[str, Path]
     root = workspace["root"]
     onnx.save(conv_only_model(), str(workspace["model"]))
     recipe = base_recipe(
-        workspace["model"], workspace["calib"], workspace["eval"], variants={"d": {"method": "dynamic_int8", "op_types": ["MatMul"]}}, gates=GATES, outputs={"y": {}}
+        workspace["model"],
+        workspace["calib"],
+        workspace["eval"],
+        variants={"d": {"method": "dynamic_int8", "op_types": ["MatMul"]}},
+        gates=GATES,
+        outputs={"y": {}},
     )
     done = run_cli("--recipe", str(write_recipe(root, recipe)), "--out", str(root / "run"), "--junit", str(root / "junit.xml"), cwd=root)
     assert done.returncode == 1, done.stderr

@@ -105,7 +105,9 @@ def test_bare_name_resolves_against_shipped_recipes(tmp_path: Path, monkeypatch:
 def test_extends_deep_merges_and_lists_replace(workspace: dict[str, Path]) -> None:
     base = recipe_file(workspace, variants={"a": {"method": "fp16"}, "b": {"method": "dynamic_int8"}})
     child = workspace["root"] / "child.yaml"
-    child.write_text(f"extends: {base.name}\nname: child\nvariants:\n  b: {{method: dynamic_int8, per_channel: true}}\ngates:\n  - {{metric: snr_db, min: 10}}\n")
+    child.write_text(
+        f"extends: {base.name}\nname: child\nvariants:\n  b: {{method: dynamic_int8, per_channel: true}}\ngates:\n  - {{metric: snr_db, min: 10}}\n"
+    )
     loaded = load_recipe(str(child))
     assert loaded.recipe.name == "child"
     assert set(loaded.recipe.variants) == {"a", "b"}

@@ -35,7 +35,16 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     first = run_cli("--recipe", str(path), "--out", str(root / "run1"), "--junit", str(root / "run1.xml"), cwd=root)
     assert first.returncode == 0, first.stderr
     summary_file = root / "step-summary.md"
-    second = run_cli("--recipe", str(path), "--out", str(root / "run2"), "--junit", str(root / "run2.xml"), cwd=root, env={"GITHUB_STEP_SUMMARY": str(summary_file)})
+    second = run_cli(
+        "--recipe",
+        str(path),
+        "--out",
+        str(root / "run2"),
+        "--junit",
+        str(root / "run2.xml"),
+        cwd=root,
+        env={"GITHUB_STEP_SUMMARY": str(summary_file)},
+    )
     assert second.returncode == 0, second.stderr
     return {"root": root, "run1": root / "run1", "run2": root / "run2", "summary": summary_file}
 
@@ -87,12 +96,25 @@ def test_html_report_renders_in_headless_chromium(two_runs: dict[str, Path]) -> 
     screenshot = two_runs["root"] / "report.png"
     profile = two_runs["root"] / "chromium-profile"
     shot = subprocess.run(
-        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1400,1600", f"--screenshot={screenshot}", "--enable-logging=stderr", "--v=0", report.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            chromium,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--window-size=1400,1600",
+            f"--screenshot={screenshot}",
+            "--enable-logging=stderr",
+            "--v=0",
+            report.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert screenshot.is_file() and screenshot.stat().st_size > 20_000, shot.stderr[-2000:]
     assert "CONSOLE" not in shot.stderr and "Uncaught" not in shot.stderr
-    dom = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
     assert "quant report: tiny" in dom and "<table>" in dom and dom.count("<img") >= 2
 
 

@@ -50,9 +50,10 @@ def test_sensitivity_ranks_the_broken_node_first(workspace: dict[str, Path]) -> 
     variants = {"s": {"method": "static_int8", "per_channel": False, "op_types": ["Conv", "MatMul"]}}
     path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants=variants, gates=GATES))
     assert run_cli("--recipe", str(path), "--out", str(root / "run"), cwd=root).returncode == 1
+    from PIL import Image
+
     from quant.calibration.transforms import image_to_tensor
     from quant.recipe.schema import ImageInput
-    from PIL import Image
 
     spec = ImageInput.model_validate(base_recipe(workspace["model"], workspace["calib"], workspace["eval"])["inputs"]["x"])
     feeds = [{"x": image_to_tensor(Image.open(p), spec)} for p in sorted(workspace["eval"].glob("*.png"))[:4]]
@@ -81,5 +82,5 @@ def test_fallback_finds_the_node_and_the_lock_rebuilds_the_same_model(workspace:
     relocked = json.loads((root / "relock" / "results.json").read_text())
     assert relocked["variants"]["int8"]["search"] is None
     assert _sha(root / "relock" / "variants" / "int8.onnx") == _sha(root / "run" / "variants" / "int8.onnx")
-    strip = lambda gates: [{k: g[k] for k in ("metric", "observed", "passed")} for g in gates if g["metric"] != "latency_ratio"]  # noqa: E731
+    strip = lambda gates: [{k: g[k] for k in ("metric", "observed", "passed")} for g in gates if g["metric"] != "latency_ratio"]
     assert strip(relocked["variants"]["int8"]["gates"]) == strip(results["variants"]["int8"]["gates"])

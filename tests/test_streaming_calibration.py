@@ -100,7 +100,7 @@ def _ort_ranges(model_path: Path, batches, method: CalibrationMethod, tmp: Path,
 def _assert_same_ranges(ours: TensorsData, ref: TensorsData) -> None:
     assert ours.calibration_method == ref.calibration_method
     assert set(ours.keys()) == set(ref.keys())
-    for name in ref.keys():
+    for name in ref:
         for lo_hi in ("lowest", "highest"):
             a, b = getattr(ours[name], lo_hi), getattr(ref[name], lo_hi)
             assert np.asarray(a).dtype == np.asarray(b).dtype, (name, lo_hi)
@@ -159,7 +159,7 @@ def test_histogram_methods_equal_ort_on_fixed_shapes(
     ours = collect_ranges(model_path, batches, method, work_dir=tmp_path / "w", **kwargs)
     _assert_same_ranges(ours, ref)
     if method == "distribution":
-        for name in ref.keys():
+        for name in ref:
             np.testing.assert_array_equal(ours[name].hist, ref[name].hist)
             np.testing.assert_array_equal(ours[name].avg, ref[name].avg)
 
@@ -245,7 +245,7 @@ def test_empty_tensors_are_handled_like_ort(
     onnx.save(_model_with_empty_tensor(), str(path))
     batches = _batches(FIXED_SHAPES[:3])
     ref = _ort_ranges(path, batches, ort_method, tmp_path, **_ort_extra(kwargs))
-    assert "roi" in ref.keys()
+    assert "roi" in ref
     _assert_same_ranges(collect_ranges(path, batches, method, work_dir=tmp_path / "w", **kwargs), ref)
 
 

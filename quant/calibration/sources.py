@@ -69,7 +69,7 @@ class SampleSource(ABC):
     def feeds_signature(self) -> str:
         """How a sample becomes feeds (pre-processing, arrays read): a cache over the feeds keys on it."""
 
-    def subset(self, count: int | None) -> "SampleSource":
+    def subset(self, count: int | None) -> SampleSource:
         """The first `count` samples (already in seeded order) as a source of the same kind."""
         if count is None or count >= len(self.samples):
             return self
@@ -139,7 +139,11 @@ class ImageFolder(SampleSource):
         names = [str(p.relative_to(folder)) for p in chosen]
         unsliced = [n for n in names if slices and n not in slices]
         if unsliced:
-            raise DataError(f"{len(unsliced)} image(s) have no slice (e.g. '{unsliced[0]}')", file=str(resolve(folder, spec.slices or "")), field=f"{field}.source.slices")
+            raise DataError(
+                f"{len(unsliced)} image(s) have no slice (e.g. '{unsliced[0]}')",
+                file=str(resolve(folder, spec.slices or "")),
+                field=f"{field}.source.slices",
+            )
         samples = [
             Sample(id=name, fingerprint=_sha256(p.read_bytes()), label=labels.get(name), slice=slices.get(name, "").strip() or None)
             for name, p in zip(names, chosen)
@@ -233,9 +237,13 @@ class HFDataset(SampleSource):
             datasets.config.HF_DATASETS_OFFLINE = True
             table = datasets.load_dataset(spec.format, split=spec.split, **kwargs)
         except Exception as error:  # datasets raises many types for bad local data
-            raise DataError(f"cannot load dataset ({type(error).__name__}: {str(error)[:160]})", file=str(location), field=f"{field}.source") from None
+            raise DataError(
+                f"cannot load dataset ({type(error).__name__}: {str(error)[:160]})", file=str(location), field=f"{field}.source"
+            ) from None
         if spec.image_column not in table.column_names:
-            raise DataError(f"no column '{spec.image_column}'; columns: {table.column_names}", file=str(location), field=f"{field}.source.image_column")
+            raise DataError(
+                f"no column '{spec.image_column}'; columns: {table.column_names}", file=str(location), field=f"{field}.source.image_column"
+            )
         for column, name in (("label_column", spec.label_column), ("slice_column", spec.slice_column)):
             if name and name not in table.column_names:
                 raise DataError(f"no column '{name}'; columns: {table.column_names}", file=str(location), field=f"{field}.source.{column}")

@@ -24,7 +24,7 @@ def _place(pixels: np.ndarray, height: int, width: int, pad_value: float, center
 
 
 def _round_to(value: float, multiple: int) -> int:
-    return max(multiple, int(round(value / multiple)) * multiple)
+    return max(multiple, round(value / multiple) * multiple)
 
 
 def _limit_side_size(width: int, height: int, spec: ResizeLimitSide) -> tuple[int, int]:

@@ -53,7 +53,7 @@ def register(method: str) -> Callable[[Builder], Builder]:
 def builder_for(options: BaseModel) -> Builder:
     import quant.methods  # noqa: F401  (importing the package registers every method)
 
-    method = getattr(options, "method")
+    method = options.method
     if method not in _REGISTRY:
         raise KeyError(f"no builder registered for method '{method}'")
     return _REGISTRY[method]

@@ -16,7 +16,6 @@ from quant.methods.base import BuildContext, BuildResult, register
 from quant.model import load_proto, save_model
 from quant.recipe.schema import Fp16Options
 
-
 MIN_POSITIVE, MAX_FINITE = 1e-7, 1e4  # the converter's defaults, also used for the weights converted in slices
 SLICE_BYTES = 64 << 20
 
@@ -29,7 +28,7 @@ class _External:
     data_type: int
 
 
-def _nested_tensors(graph: onnx.GraphProto):  # noqa: ANN202 (a generator of TensorProto)
+def _nested_tensors(graph: onnx.GraphProto):
     """Tensors below the top-level initializers: node attributes and subgraphs, recursively."""
     for node in graph.node:
         for attr in node.attribute:
@@ -94,7 +93,12 @@ def build_fp16(options: Fp16Options, context: BuildContext, out_path: Path) -> B
     # protobuf): the converter sees them with their data on disk and only changes their type.
     model = load_proto(context.model_path, load_external=False)
     streamed = _take_external(model, context.model_path.parent)
-    kwargs = {"keep_io_types": options.keep_io_types, "node_block_list": options.node_block_list or None, "min_positive_val": MIN_POSITIVE, "max_finite_val": MAX_FINITE}
+    kwargs = {
+        "keep_io_types": options.keep_io_types,
+        "node_block_list": options.node_block_list or None,
+        "min_positive_val": MIN_POSITIVE,
+        "max_finite_val": MAX_FINITE,
+    }
     if options.op_block_list is not None:
         kwargs["op_block_list"] = options.op_block_list
     with warnings.catch_warnings(record=True) as caught:

@@ -262,7 +262,12 @@ def _tune(options: IncOptions, context: BuildContext, source: Path, reader: Cali
     if tracker.baseline is None or tracker.baseline_error is not None:
         raise BuildError(f"tuning could not score the FP32 baseline: {tracker.baseline_error}")
     goal = tracker.baseline * (1 - options.tolerable_loss)
-    summary = {"eval_samples": len(scorer.feeds), "score": "mean cosine vs FP32 over every output", "baseline": round(tracker.baseline, 6), "goal": round(goal, 6)}
+    summary = {
+        "eval_samples": len(scorer.feeds),
+        "score": "mean cosine vs FP32 over every output",
+        "baseline": round(tracker.baseline, 6),
+        "goal": round(goal, 6),
+    }
     return {**summary, "trials": tracker.trials, **_keep_result(returned, tracker, goal, out_path)}
 
 
@@ -281,7 +286,12 @@ def _keep_result(returned: onnx.ModelProto | None, tracker: TrialLog, goal: floa
         _single_file(tracker.best_path, out_path)
     else:
         raise BuildError("tuning produced no model onnxruntime could run: " + "; ".join(str(t.get("error")) for t in tracker.trials))
-    return {"autotune_returned": returned_summary, "goal_met": chosen_score >= goal, "chosen_trial": chosen_trial, "chosen_score": round(chosen_score, 6)}
+    return {
+        "autotune_returned": returned_summary,
+        "goal_met": chosen_score >= goal,
+        "chosen_trial": chosen_trial,
+        "chosen_score": round(chosen_score, 6),
+    }
 
 
 # --------------------------------------------------------------------------- entry point

@@ -65,7 +65,8 @@ def _check_tree(root: yaml.Node) -> None:
                 if isinstance(key_node, yaml.ScalarNode):
                     if (key_node.tag, key) in first_seen:
                         raise _RecipeYamlError(
-                            f"duplicate key '{key}' at line {line} (first at line {first_seen[(key_node.tag, key)]}); YAML would silently keep the last one",
+                            f"duplicate key '{key}' at line {line} (first at line {first_seen[(key_node.tag, key)]}); "
+                            "YAML would silently keep the last one",
                             child,
                         )
                     first_seen[(key_node.tag, key)] = line
@@ -114,7 +115,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise RecipeError(f"cannot read: {error}", file=str(path)) from None
     try:
         # A safe loader: a recipe is data and must never construct Python objects.
-        document = yaml.load(text, Loader=RecipeLoader)  # noqa: S506 (RecipeLoader is a SafeLoader)
+        document = yaml.load(text, Loader=RecipeLoader)
     except _RecipeYamlError as error:
         raise RecipeError(error.message, file=str(path), field=error.field) from None
     except RecursionError:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
@@ -56,7 +56,7 @@ class ResizeToHeight(Strict):
     multiple_of: int = Field(default=1, gt=0, description="Round the padded width up to a multiple of this.")
 
     @model_validator(mode="after")
-    def _widths_ordered(self) -> "ResizeToHeight":
+    def _widths_ordered(self) -> ResizeToHeight:
         if self.min_width > self.max_width:
             raise ValueError(f"min_width ({self.min_width}) is larger than max_width ({self.max_width})")
         return self
@@ -85,7 +85,7 @@ def _resize_mode(value: object) -> str | None:
 
 
 Resize = Annotated[
-    Union[Annotated[ResizeFixed, Tag("fixed")], Annotated[ResizeToHeight, Tag("height")], Annotated[ResizeLimitSide, Tag("limit_side")]],
+    Annotated[ResizeFixed, Tag("fixed")] | Annotated[ResizeToHeight, Tag("height")] | Annotated[ResizeLimitSide, Tag("limit_side")],
     Discriminator(_resize_mode, custom_error_type="resize_mode", custom_error_message="resize mode must be one of: fixed, height, limit_side"),
 ]
 
@@ -169,11 +169,7 @@ def _source_kind(value: object) -> str | None:
 
 
 DataSource = Annotated[
-    Union[
-        Annotated[ImageFolderSource, Tag("images")],
-        Annotated[DatasetSource, Tag("dataset")],
-        Annotated[NpzSource, Tag("npz")],
-    ],
+    Annotated[ImageFolderSource, Tag("images")] | Annotated[DatasetSource, Tag("dataset")] | Annotated[NpzSource, Tag("npz")],
     Discriminator(_source_kind, custom_error_type="source_kind", custom_error_message="a source needs one of: images, dataset, npz"),
 ]
 
@@ -224,7 +220,7 @@ class OutputSpec(Strict):
     )
 
     @model_validator(mode="after")
-    def _norm_needs_charset(self) -> "OutputSpec":
+    def _norm_needs_charset(self) -> OutputSpec:
         if (self.ignore_chars or self.normalize) and not self.charset_metadata:
             raise ValueError("ignore_chars and normalize need charset_metadata (to turn classes into text)")
         return self
@@ -255,7 +251,9 @@ METRICS: dict[str, str] = {
 }
 
 
-LOWER_IS_BETTER = frozenset({"max_abs", "mean_abs", "nonfinite", "ctc_cer", "ctc_cer_norm", "label_cer", "label_cer_delta", "size_ratio", "latency_ratio"})
+LOWER_IS_BETTER = frozenset(
+    {"max_abs", "mean_abs", "nonfinite", "ctc_cer", "ctc_cer_norm", "label_cer", "label_cer_delta", "size_ratio", "latency_ratio"}
+)
 
 
 class Gate(Strict):
@@ -279,7 +277,7 @@ class Gate(Strict):
         return value
 
     @model_validator(mode="after")
-    def _has_bound(self) -> "Gate":
+    def _has_bound(self) -> Gate:
         if self.min is None and self.max is None and self.max_regression is None:
             raise ValueError(f"gate on '{self.metric}' needs 'min', 'max' or 'max_regression'")
         if self.min is not None and self.max is not None and self.min > self.max:
@@ -346,13 +344,17 @@ class StaticInt8Options(Strict):
     format: Literal["QDQ", "QOperator"] = Field(default="QDQ", description="QDQ: Quantize/DequantizeLinear pairs; QOperator: QLinear* ops.")
     calibrate: Literal["minmax", "entropy", "percentile", "distribution"] = Field(default="minmax", description="How activation ranges are chosen.")
     percentile: float = Field(default=99.999, gt=0, le=100, description="Percentile for `calibrate: percentile`.")
-    activation_type: Literal["uint8", "int8"] = Field(default="uint8", description="Activation integer type (uint8 is much faster on AVX2 without VNNI).")
+    activation_type: Literal["uint8", "int8"] = Field(
+        default="uint8", description="Activation integer type (uint8 is much faster on AVX2 without VNNI)."
+    )
     weight_type: Literal["int8", "uint8"] = Field(default="int8", description="Weight integer type.")
     per_channel: bool = Field(default=True, description="Per-channel weight scales.")
     reduce_range: bool = Field(default=True, description="7-bit weights (avoids overflow on CPUs without VNNI).")
     op_types: list[str] | None = Field(default=None, description="Op types to quantize (e.g. [Conv, MatMul]); all supported when omitted.")
     exclude_nodes: list[str] = Field(default_factory=list, description="Node names left in float.")
-    calibration_samples: int | None = Field(default=None, gt=0, description="Use only this many calibration samples (default: the whole calibration set).")
+    calibration_samples: int | None = Field(
+        default=None, gt=0, description="Use only this many calibration samples (default: the whole calibration set)."
+    )
     prepare: Prepare = Field(default_factory=lambda: Prepare(opset=13, preprocess=True), description="Model preparation before quantizing.")
     fallback: Fallback | None = Field(default=None, description="Search that keeps sensitive nodes in float until the gates pass.")
     gates: list[Gate] = Field(default_factory=list, description="Gates replacing the recipe-wide ones with the same metric and output.")
@@ -381,12 +383,10 @@ def _variant_method(value: object) -> str | None:
 
 
 Variant = Annotated[
-    Union[
-        Annotated[Fp16Options, Tag("fp16")],
-        Annotated[DynamicInt8Options, Tag("dynamic_int8")],
-        Annotated[StaticInt8Options, Tag("static_int8")],
-        Annotated[IncOptions, Tag("inc")],
-    ],
+    Annotated[Fp16Options, Tag("fp16")]
+    | Annotated[DynamicInt8Options, Tag("dynamic_int8")]
+    | Annotated[StaticInt8Options, Tag("static_int8")]
+    | Annotated[IncOptions, Tag("inc")],
     Discriminator(
         _variant_method,
         custom_error_type="unknown_method",
@@ -424,14 +424,17 @@ class Promotion(Strict):
         description="all_passing: promote every passing variant (success when at least one passes); "
         "all_or_nothing: promote only when every variant passes; best: promote the passing variant with the lowest `rank_by`.",
     )
-    rank_by: Literal["latency_ratio", "size_ratio"] = Field(default="latency_ratio", description="Ordering for policy `best`, and for which version gets the MLflow alias.")
+    rank_by: Literal["latency_ratio", "size_ratio"] = Field(
+        default="latency_ratio", description="Ordering for policy `best`, and for which version gets the MLflow alias."
+    )
     tracking_uri: str | None = Field(
         default=None,
         description="to: mlflow only. Tracking and registry URI, e.g. sqlite:///mlflow.db (a relative SQLite path is from the recipe's folder) or http://host:5000.",
     )
     model_name: str | None = Field(
         default=None,
-        description="to: mlflow only. Registered model name; `{variant}` and `{recipe}` are replaced, so `ocr-rec-{variant}` gives one registered model per variant. "
+        description="to: mlflow only. Registered model name; `{variant}` and `{recipe}` are replaced, "
+        "so `ocr-rec-{variant}` gives one registered model per variant. "
         "Without `{variant}` every promoted variant becomes a version of the one model (tagged quant.variant).",
     )
     alias: str | None = Field(
@@ -440,10 +443,13 @@ class Promotion(Strict):
         description="to: mlflow only. Alias (e.g. champion) moved to the new version(s) only when every gate of every variant in the run passed; "
         "otherwise it stays where it was. One model name for several variants: the version ranked first by `rank_by` gets it.",
     )
-    experiment: str | None = Field(default=None, description="to: mlflow only. Experiment the registration runs are logged in [default: quant/<recipe name>].")
+    experiment: str | None = Field(
+        default=None, description="to: mlflow only. Experiment the registration runs are logged in [default: quant/<recipe name>]."
+    )
     artifact_location: str | None = Field(
         default=None,
-        description="to: mlflow only. Artifact root for a new experiment [default: mlartifacts/ beside an SQLite database; the server's default otherwise]; relative to the recipe's folder.",
+        description="to: mlflow only. Artifact root for a new experiment "
+        "[default: mlartifacts/ beside an SQLite database; the server's default otherwise]; relative to the recipe's folder.",
     )
 
     @property
@@ -451,7 +457,7 @@ class Promotion(Strict):
         return self.to == MLFLOW
 
     @model_validator(mode="after")
-    def _registry_fields(self) -> "Promotion":
+    def _registry_fields(self) -> Promotion:
         given = [name for name in MLFLOW_FIELDS if getattr(self, name) is not None]
         if not self.to_mlflow and given:
             raise ValueError(f"{', '.join(given)} only apply with 'to: mlflow' (to is '{self.to}', a release folder)")

@@ -98,7 +98,9 @@ def _plots(results: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _gate_cell(gate: dict[str, Any]) -> str:
-    bound = " ".join(p for p in (f"≥ {gate['min']:g}" if gate.get("min") is not None else "", f"≤ {gate['max']:g}" if gate.get("max") is not None else "") if p)
+    bound = " ".join(
+        p for p in (f"≥ {gate['min']:g}" if gate.get("min") is not None else "", f"≤ {gate['max']:g}" if gate.get("max") is not None else "") if p
+    )
     if gate.get("max_regression") is not None:
         bound += f" regress ≤ {gate['max_regression']:g}"
     css = "pass" if gate["passed"] else "fail"
@@ -115,10 +117,16 @@ def _variant_table(results: dict[str, Any]) -> str:
         gates = "".join(_gate_cell(g) for g in v.get("gates", [])) or f"<td class=error>{_escape(v.get('error') or v.get('note') or '')}</td>"
         size = f"{v['size_bytes'] / 1e6:.2f} MB ({v['size_ratio']:.2f}×)" if v.get("size_bytes") else "—"
         rows.append(
-            f"<tr><td><b>{_escape(name)}</b><br><span class=muted>{_escape(v['method'])}</span></td><td class={css}>{v['status'].replace('_', ' ').upper()}</td>"
-            f"<td>{size}</td><td>{_number(latency.get('ratio'), 3)}× <span class=muted>({_number(latency.get('variant_ms'), 3)} vs {_number(latency.get('reference_ms'), 3)} ms)</span></td>{gates}</tr>"
+            f"<tr><td><b>{_escape(name)}</b><br><span class=muted>{_escape(v['method'])}</span></td>"
+            f"<td class={css}>{v['status'].replace('_', ' ').upper()}</td>"
+            f"<td>{size}</td><td>{_number(latency.get('ratio'), 3)}× <span class=muted>"
+            f"({_number(latency.get('variant_ms'), 3)} vs {_number(latency.get('reference_ms'), 3)} ms)</span></td>{gates}</tr>"
         )
-    return "<table><tr><th>variant</th><th>verdict</th><th>size</th><th>latency vs FP32</th><th colspan=20>gates (observed, threshold)</th></tr>" + "".join(rows) + "</table>"
+    return (
+        "<table><tr><th>variant</th><th>verdict</th><th>size</th><th>latency vs FP32</th><th colspan=20>gates (observed, threshold)</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _search_sections(results: dict[str, Any]) -> str:
@@ -155,17 +163,23 @@ def _regression_section(results: dict[str, Any]) -> str:
         for variant, metrics in regression.get("variants", {}).items()
         for metric, d in metrics.items()
     )
-    return f"<h2>Against the last release ({_escape(regression['previous_version'])})</h2><table><tr><th>variant</th><th>metric</th><th>previous</th><th>now</th><th>change</th></tr>{rows}</table>"
+    return (
+        f"<h2>Against the last release ({_escape(regression['previous_version'])})</h2>"
+        f"<table><tr><th>variant</th><th>metric</th><th>previous</th><th>now</th><th>change</th></tr>{rows}</table>"
+    )
 
 
 def render_html(results: dict[str, Any]) -> str:
     """The report page for a results.json document."""
     verdict_css = "pass" if results.get("exit_code") == 0 else "fail"
     environment = results.get("environment", {})
-    plots = "".join(f"<figure><figcaption>{_escape(title)}</figcaption><img alt='{_escape(title)}' src='{uri}'></figure>" for title, uri in _plots(results))
+    plots = "".join(
+        f"<figure><figcaption>{_escape(title)}</figcaption><img alt='{_escape(title)}' src='{uri}'></figure>" for title, uri in _plots(results)
+    )
     provenance = {
         "recipe": f"{results['recipe']['name']} ({results['recipe']['file']}, sha256 {results['recipe']['sha256'][:16]}…)",
-        "model": f"{results['model']['file']} (sha256 {results['model']['sha256'][:16]}…, {results['model']['size_bytes'] / 1e6:.2f} MB, opset {results['model']['opset']})",
+        "model": f"{results['model']['file']} (sha256 {results['model']['sha256'][:16]}…, "
+        f"{results['model']['size_bytes'] / 1e6:.2f} MB, opset {results['model']['opset']})",
         "calibration": (results["data"].get("calibration") or {}).get("fingerprint", "—"),
         "evaluation": f"{len(results['data']['evaluation']['samples'])} samples, fingerprint {results['data']['evaluation']['fingerprint'][:16]}…",
         "cpu": json.dumps(environment.get("cpu", {})),
