@@ -97,7 +97,7 @@ def compare_variant(
     source: SampleSource,
     model_inputs: dict[str, Dims],
     output_specs: dict[str, OutputSpec],
-    charset: list[str] | None,
+    charsets: dict[str, list[str]],
     threads: int,
     limit: int | None = None,
     progress: Callable[[int], None] | None = None,
@@ -107,10 +107,7 @@ def compare_variant(
         candidate = session(variant_path, threads=threads)
     except Exception as error:  # onnxruntime raises its own exception types for unloadable models
         raise BuildError(f"the variant does not load in onnxruntime: {str(error).splitlines()[0][:300]}") from None
-    comparisons = {
-        name: OutputComparison(output_specs.get(name, OutputSpec()), charset if output_specs.get(name, OutputSpec()).charset_metadata else None)
-        for name in reference.output_names
-    }
+    comparisons = {name: OutputComparison(output_specs.get(name, OutputSpec()), charsets.get(name)) for name in reference.output_names}
     for index, (sample, feeds) in enumerate(checked_feeds(source, model_inputs)):
         if limit is not None and index >= limit:
             break

@@ -37,9 +37,7 @@ def float16_tensor_count(path: Path) -> int:
     """Float16 initializers plus Casts to float16: what an FP16 conversion leaves behind."""
     graph = _load(path).graph
     initializers = sum(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
-    casts = sum(
-        n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute) for n in graph.node
-    )
+    casts = sum(n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute) for n in graph.node)
     return initializers + casts
 
 

@@ -15,6 +15,7 @@ from quant import __version__
 from quant.bench import latency_ratio
 from quant.calibration.reader import checked_feeds
 from quant.calibration.sources import SampleSource, check_disjoint, inputs_signature, open_source
+from quant.charset import Charset, output_charsets
 from quant.compare import KIND_METRICS, by_slice_then_output
 from quant.destination import Destination, destination_for
 from quant.errors import BuildError, InputError, ModelError, OutputError, RecipeError
@@ -23,7 +24,6 @@ from quant.executor import build_isolated
 from quant.gates import VARIANT_METRICS, applicable_outputs, effective_gates, judge_all
 from quant.lockfile import remove_stale_lock
 from quant.methods.base import BuildContext
-from quant.metrics.ctc import charset_from_metadata
 from quant.model import ModelInfo, file_sha256, inspect_model, locate, model_size
 from quant.outcome import VariantOutcome, json_number
 from quant.precision import nothing_quantized
@@ -74,7 +74,7 @@ class Prepared:
     evaluation: SampleSource
     calibration: SampleSource | None
     variants: tuple[str, ...]
-    charset: list[str] | None
+    charsets: dict[str, Charset]  # by output name, for the outputs that declare a character list
     previous: PreviousRelease | None  # the last release of this recipe, for regression gates and the comparison
     destination: Destination
 
@@ -82,7 +82,7 @@ class Prepared:
 # --------------------------------------------------------------------------- checks
 
 
-def _check_recipe_against_model(recipe: Recipe, model: ModelInfo, file: str) -> None:
+def _check_recipe_against_model(recipe: Recipe, model: ModelInfo, charsets: dict[str, Charset], file: str) -> None:
     image_based = recipe.evaluation.source.kind != "npz"
     if image_based:
         for name in recipe.inputs:
@@ -94,9 +94,7 @@ def _check_recipe_against_model(recipe: Recipe, model: ModelInfo, file: str) -> 
     for name, spec in recipe.outputs.items():
         if name not in model.outputs:
             raise ModelError(f"the model has no output '{name}'; its outputs are {list(model.outputs)}", file=file, field=f"outputs.{name}")
-        if spec.charset_metadata and spec.charset_metadata not in model.metadata:
-            raise ModelError(f"the model has no metadata key '{spec.charset_metadata}'", file=file, field=f"outputs.{name}.charset_metadata")
-        charset = set(charset_from_metadata(model.metadata, spec.charset_metadata) or []) if spec.charset_metadata else set()
+        charset = set(charsets[name].characters) if name in charsets else set()
         unknown = [c for c in spec.ignore_chars if c not in charset]
         if unknown:
             raise RecipeError(f"characters {unknown} are not in the model's character list", file=file, field=f"outputs.{name}.ignore_chars")
@@ -132,7 +130,8 @@ def _prepare(loaded: LoadedRecipe, options: RunOptions) -> Prepared:
         raise RecipeError(f"--only names unknown variant(s) {unknown}; the recipe has {list(recipe.variants)}", file=file, field="variants")
     model_path = locate(recipe.model, loaded.base_dir)
     model = inspect_model(model_path)
-    _check_recipe_against_model(recipe, model, file)
+    charsets = output_charsets({n: s for n, s in recipe.outputs.items() if n in model.outputs}, model.metadata, loaded.base_dir)
+    _check_recipe_against_model(recipe, model, charsets, file)
     input_names = list(model.inputs)
     evaluation = open_source(recipe.evaluation, loaded.base_dir, recipe.inputs, input_names, "evaluation")
     calibration = None
@@ -143,11 +142,9 @@ def _prepare(loaded: LoadedRecipe, options: RunOptions) -> Prepared:
             pass  # every calibration sample must decode and fit the model before any work starts
     for _ in checked_feeds(evaluation, model.inputs):
         pass
-    charset_keys = [s.charset_metadata for s in recipe.outputs.values() if s.charset_metadata]
-    charset = charset_from_metadata(model.metadata, charset_keys[0]) if charset_keys else None
     variants = options.only or tuple(recipe.variants)
     destination = destination_for(recipe.promotion, loaded.base_dir, recipe.name, tuple(recipe.variants), options.version)
-    return Prepared(recipe, loaded, model, evaluation, calibration, tuple(variants), charset, destination.previous(), destination)
+    return Prepared(recipe, loaded, model, evaluation, calibration, tuple(variants), charsets, destination.previous(), destination)
 
 
 # --------------------------------------------------------------------------- one variant
@@ -173,7 +170,13 @@ def judge_variant(
         log(f"{name}: NOTHING QUANTIZED: {unchanged}")
         return outcome
     comparisons = compare_variant(
-        candidate, reference, prepared.evaluation, prepared.model.inputs, recipe.outputs, prepared.charset, recipe.bench.threads
+        candidate,
+        reference,
+        prepared.evaluation,
+        prepared.model.inputs,
+        recipe.outputs,
+        {n: c.characters for n, c in prepared.charsets.items()},
+        recipe.bench.threads,
     )
     outcome.metrics = {out: c.summary() for out, c in comparisons.items()}
     outcome.estimates = {out: c.estimates() for out, c in comparisons.items()}
@@ -276,6 +279,7 @@ def _manifest(prepared: Prepared, promoted: list[VariantOutcome], started: str) 
             },
             "source_model": {"file": prepared.model.path.name, "sha256": prepared.model.sha256, "size_bytes": prepared.model.size_bytes},
             "data": data,
+            "charsets": {name: charset.source for name, charset in prepared.charsets.items()},
             "created": started,
             "environment": environment(),
             "variants": {
@@ -364,6 +368,7 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
             },
             "environment": environment(),
             "data": {"calibration": _samples_record(prepared.calibration), "evaluation": _samples_record(prepared.evaluation)},
+            "charsets": {name: charset.source for name, charset in prepared.charsets.items()},
             "reference": {"seconds": round(reference.seconds, 3), "cache_hit": reference.cache_hit},
             "variants": {o.name: o.to_dict() for o in outcomes},
             "regression": compare_with_release(prepared.previous, {o.name: _variant_metrics(o) for o in outcomes if o.latency})

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from quant.charset import output_charsets
 from quant.compare import OutputComparison, binary_iou
+from quant.errors import ModelError
 from quant.gates import effective_gates, judge
-from quant.metrics.ctc import charset_from_metadata, edit_distance, greedy_decode, to_text
+from quant.metrics.ctc import edit_distance, greedy_decode, to_text
 from quant.metrics.numeric import SNR_CAP_DB, abs_errors, cosine, nonfinite_count, snr_db, top1_agreement
 from quant.recipe.schema import Gate, OutputSpec
 
@@ -61,10 +64,15 @@ def test_edit_distance() -> None:
 
 
 def test_charset_follows_paddle_layout() -> None:
-    charset = charset_from_metadata({"character": "a\nb"}, "character")
-    assert charset == ["<blank>", "a", "b", " "]
-    assert to_text((1, 3, 2), charset) == "a b"
-    assert charset_from_metadata({}, "character") is None
+    outputs = {
+        "p": OutputSpec(kind="ctc", charset_metadata="character"),
+        "q": OutputSpec(kind="ctc", charset_metadata="character", use_space_char=False),
+    }
+    charsets = output_charsets(outputs, {"character": "a\nb"}, Path("."))
+    assert charsets["p"].characters == ["<blank>", "a", "b", " "] and charsets["q"].characters == ["<blank>", "a", "b"]
+    assert to_text((1, 3, 2), charsets["p"].characters) == "a b"
+    with pytest.raises(ModelError, match="no metadata key 'character'"):
+        output_charsets(outputs, {}, Path("."))
 
 
 def test_ctc_comparison_counts_exact_matches_cer_and_label_cer() -> None:

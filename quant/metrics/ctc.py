@@ -31,13 +31,6 @@ def edit_distance(first: tuple[int, ...] | str, second: tuple[int, ...] | str) -
     return previous[-1]
 
 
-def charset_from_metadata(metadata: dict[str, str], key: str) -> list[str] | None:
-    """PaddleOCR-style character list: index 0 is the blank, then one character per line, then space."""
-    if key not in metadata:
-        return None
-    return ["<blank>", *metadata[key].splitlines(), " "]
-
-
 def to_text(sequence: tuple[int, ...], charset: list[str]) -> str:
     return "".join(charset[i] if 0 <= i < len(charset) else "\ufffd" for i in sequence)
 

@@ -214,6 +214,9 @@ def rebase_paths(document: dict[str, Any], from_dir: Path, to_dir: Path) -> dict
                     continue  # labels are relative to the images folder
                 fix(data["source"], key)
     fix(rebased.get("promotion"), "to")
+    outputs = rebased.get("outputs")
+    for spec in outputs.values() if isinstance(outputs, dict) else ():
+        fix(spec, "charset_file")
     return rebased
 
 

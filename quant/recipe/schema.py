@@ -198,17 +198,26 @@ class OutputSpec(Strict):
     charset_metadata: str | None = Field(
         default=None, description="ONNX metadata key holding the CTC character list (one per line), to decode text for label CER."
     )
+    charset_file: str | None = Field(
+        default=None,
+        description="PaddleOCR dictionary file (`*_dict.txt`: UTF-8, one character per line) holding the CTC character list, "
+        "instead of `charset_metadata`; relative to the recipe's folder. Its sha256 goes into the manifest.",
+    )
+    use_space_char: bool = Field(
+        default=True,
+        description="Append ' ' after the listed characters (PaddleOCR's use_space_char; rapidocr always does). The blank is always index 0.",
+    )
     threshold: float = Field(default=0.3, description="Binarisation threshold for `prob_map`.")
     ignore_chars: list[str] = Field(
         default_factory=list,
         description="For `ctc`: characters dropped from both decodings before the `_norm` metrics compare them "
-        "(e.g. [' '] where spaces are not part of the release criterion). Needs `charset_metadata`.",
+        "(e.g. [' '] where spaces are not part of the release criterion). Needs a character list (`charset_metadata` or `charset_file`).",
     )
 
     normalize: Literal["NFKC"] | None = Field(
         default=None,
         description="For `ctc`: Unicode normalisation applied to both decodings before the `_norm` metrics "
-        "(NFKC makes full-width and half-width punctuation equal, e.g. '：' and ':'). Needs `charset_metadata`.",
+        "(NFKC makes full-width and half-width punctuation equal, e.g. '：' and ':'). Needs a character list.",
     )
 
     confident_margin: float = Field(
@@ -221,9 +230,15 @@ class OutputSpec(Strict):
 
     @model_validator(mode="after")
     def _norm_needs_charset(self) -> OutputSpec:
-        if (self.ignore_chars or self.normalize) and not self.charset_metadata:
-            raise ValueError("ignore_chars and normalize need charset_metadata (to turn classes into text)")
+        if self.charset_metadata and self.charset_file:
+            raise ValueError("give the character list once: charset_metadata or charset_file, not both")
+        if (self.ignore_chars or self.normalize) and not self.has_charset:
+            raise ValueError("ignore_chars and normalize need charset_metadata or charset_file (to turn classes into text)")
         return self
+
+    @property
+    def has_charset(self) -> bool:
+        return bool(self.charset_metadata or self.charset_file)
 
 
 METRICS: dict[str, str] = {
@@ -242,7 +257,7 @@ METRICS: dict[str, str] = {
     "ctc_exact_match_confident": "ctc_exact_match (the `_norm` comparison when the output normalises) on the lines FP32 reads with a "
     "probability margin of at least the output's `confident_margin` on every frame",
     "ctc_exact_match_unsure": "the same on the lines where FP32 itself nearly read something else (margin below `confident_margin`)",
-    "label_cer": "character error rate vs the ground-truth labels (needs labels and charset_metadata)",
+    "label_cer": "character error rate vs the ground-truth labels (needs labels and a character list)",
     "label_cer_delta": "label_cer of the variant minus label_cer of FP32",
     "map_iou": "mean IoU of the binarised probability map vs FP32's",
     "map_iou_min": "worst per-sample IoU of the binarised probability map",
