@@ -2,7 +2,9 @@
 
 With QUANT_TEST_PAUSE_AT=<point> (reference, calibration, evaluation, promotion or registration) the process that
 reaches that point writes its pid to the file QUANT_TEST_PAUSE_FILE and sleeps until it is killed
-(at most 10 minutes, then it carries on). Without the variable this is one dictionary lookup.
+(at most 10 minutes, then it carries on). With QUANT_TEST_FAIL_AT=<point> the process raises an
+unexpected exception there instead: a stand-in for a bug, so tests can check that a bug exits 3 and
+leaves nothing half-done. Without the variables this is two dictionary lookups.
 """
 
 from __future__ import annotations
@@ -11,10 +13,16 @@ import os
 import time
 
 
+class InjectedFailure(RuntimeError):
+    """Raised at a test point on request; deliberately not a QuantError, so it reaches the CLI as a bug would."""
+
+
 def pause_point(point: str) -> None:
     """Called where a crash must leave nothing half-done: inside the FP32 reference run, inside
     calibration, inside the evaluation of a variant, and in promotion with the release staged
     but not yet renamed into place."""
+    if os.environ.get("QUANT_TEST_FAIL_AT") == point:
+        raise InjectedFailure(f"QUANT_TEST_FAIL_AT={point}")
     if os.environ.get("QUANT_TEST_PAUSE_AT") != point:
         return
     marker = os.environ.get("QUANT_TEST_PAUSE_FILE", f"quant-paused-at-{point}")

@@ -1,0 +1,104 @@
+"""The CI contract's exit codes, each reached for real: 0 pass, 1 gate failed, 2 bad input, 3 internal
+error (a bug: here an unexpected exception raised by the test point QUANT_TEST_FAIL_AT inside the run),
+130 interrupted. A bug or an interruption never leaves a release, a half-release or a staging folder."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import base_recipe, run_cli, write_recipe
+
+INTERNAL_LINE = re.compile(r"^quantize: error: internal error \(InjectedFailure: QUANT_TEST_FAIL_AT=(\w+)\); traceback written to (\S+)$")
+
+
+def _release_entries(root: Path) -> list[str]:
+    folder = root / "releases" / "tiny"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_a_bug_before_anything_is_built_exits_3_and_says_where_the_traceback_is(workspace: dict[str, Path]) -> None:
+    root = workspace["root"]
+    path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"]))
+    done = run_cli("--recipe", str(path), "--out", str(root / "run"), "--quiet", cwd=root, env={"QUANT_TEST_FAIL_AT": "reference"})
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.splitlines()
+    match = INTERNAL_LINE.match(lines[0]) if len(lines) == 1 else None
+    assert match and match.group(1) == "reference", done.stderr
+    traceback_file = Path(match.group(2))
+    try:
+        text = traceback_file.read_text()
+        assert text.startswith("Traceback") and "pause_point" in text and "InjectedFailure" in text
+    finally:
+        traceback_file.unlink()
+    assert done.stdout == "" and not (root / "run" / "results.json").exists() and _release_entries(root) == []
+
+
+def test_verbose_puts_the_traceback_of_a_bug_on_stderr(workspace: dict[str, Path]) -> None:
+    root = workspace["root"]
+    path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"]))
+    done = run_cli("--recipe", str(path), "--out", str(root / "run"), "--verbose", cwd=root, env={"QUANT_TEST_FAIL_AT": "evaluation"})
+    assert done.returncode == 3
+    assert "Traceback (most recent call last)" in done.stderr and done.stderr.rstrip().splitlines()[-1].startswith("quantize: error: internal error")
+    Path(INTERNAL_LINE.match(done.stderr.rstrip().splitlines()[-1]).group(2)).unlink()  # type: ignore[union-attr]
+
+
+def test_a_bug_with_the_release_staged_exits_3_and_leaves_no_release(workspace: dict[str, Path]) -> None:
+    root = workspace["root"]
+    path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"]))
+    assert run_cli("--recipe", str(path), "--out", str(root / "run0"), "--quiet", cwd=root).returncode == 0
+    v1 = {p.name: p.read_bytes() for p in (root / "releases" / "tiny" / "v1").iterdir()}
+    done = run_cli("--recipe", str(path), "--out", str(root / "run"), "--quiet", cwd=root, env={"QUANT_TEST_FAIL_AT": "promotion"})
+    assert done.returncode == 3, done.stderr
+    Path(INTERNAL_LINE.match(done.stderr.strip()).group(2)).unlink()  # type: ignore[union-attr]
+    # Staged in full when the bug struck: the staging folder is gone, v2 never appeared, v1 is untouched.
+    assert _release_entries(root) == ["v1"]
+    assert {p.name: p.read_bytes() for p in (root / "releases" / "tiny" / "v1").iterdir()} == v1
+
+
+def test_the_worst_recipe_decides_the_exit_code(workspace: dict[str, Path]) -> None:
+    root = workspace["root"]
+    passing = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], name="passes"), "passes.yaml")
+    failing = write_recipe(
+        root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], name="fails", gates=[{"metric": "size_ratio", "max": 0.01}]), "fails.yaml"
+    )
+    for order in ((failing, passing), (passing, failing)):
+        done = run_cli(*(a for r in order for a in ("--recipe", str(r))), "--out", str(root / "runs"), "--quiet", cwd=root)
+        assert done.returncode == 1, done.stderr
+        assert "| fp16 | fp16 | PASS |" in done.stdout and "| fp16 | fp16 | FAIL |" in done.stdout
+    alone = run_cli("--recipe", str(passing), "--out", str(root / "alone"), "--quiet", cwd=root)
+    assert alone.returncode == 0, alone.stderr
+
+
+def test_one_bad_recipe_among_several_exits_2_before_any_work(workspace: dict[str, Path]) -> None:
+    root = workspace["root"]
+    good = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], name="good"), "good.yaml")
+    bad = write_recipe(root, {**base_recipe(workspace["model"], workspace["calib"], workspace["eval"]), "colour": "red"}, "bad.yaml")
+    done = run_cli("--recipe", str(good), "--recipe", str(bad), "--out", str(root / "runs"), cwd=root)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "bad.yaml" in done.stderr and "colour" in done.stderr
+    assert not (root / "runs").exists() and not (root / "releases").exists()
+
+
+def test_an_interrupted_run_exits_130_and_releases_nothing(workspace: dict[str, Path]) -> None:
+    root = workspace["root"]
+    path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"]))
+    marker = root / "paused"
+    env = {**os.environ, "QUANT_TEST_PAUSE_AT": "promotion", "QUANT_TEST_PAUSE_FILE": str(marker)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quant.cli", "--recipe", str(path), "--out", str(root / "run"), "--quiet"],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), process.communicate()[1] if process.poll() is not None else "never paused"
+    os.kill(int(marker.read_text()), signal.SIGINT)  # Ctrl-C with the release staged
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert stderr.strip() == "quantize: error: interrupted; nothing was released"
+    assert _release_entries(root) == []

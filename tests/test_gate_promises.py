@@ -1,0 +1,117 @@
+"""Gates at their edges: a value on a bound passes, the next float beyond it fails; a regression gate
+fails when the variant got worse than the last release by more than allowed, in the metric's own
+direction, and holds when it got better."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from quant.gates import judge, regression
+from quant.recipe.schema import Gate, OutputSpec
+from tests.conftest import base_recipe, run_cli, tiny_ctc_model, write_recipe
+
+SPECS = {"out": OutputSpec()}
+
+
+def _judge(gate: Gate, value: float, previous: float | None = None) -> bool:
+    earlier = None if previous is None else {"out": {gate.metric: previous}}
+    return judge(gate, {"out": {gate.metric: value}}, {}, SPECS, earlier).passed
+
+
+@pytest.mark.parametrize("bound", [0.99, 0.5, 0.0, 1.0])
+def test_a_value_on_the_min_passes_and_the_next_float_below_fails(bound: float) -> None:
+    gate = Gate(metric="cosine", min=bound)
+    assert _judge(gate, bound)
+    assert not _judge(gate, float(np.nextafter(bound, -math.inf)))
+    assert _judge(gate, float(np.nextafter(bound, math.inf)))
+
+
+@pytest.mark.parametrize("bound", [0.9, 0.0, 1.05])
+def test_a_value_on_the_max_passes_and_the_next_float_above_fails(bound: float) -> None:
+    gate = Gate(metric="max_abs", max=bound)
+    assert _judge(gate, bound)
+    assert not _judge(gate, float(np.nextafter(bound, math.inf)))
+    assert _judge(gate, float(np.nextafter(bound, -math.inf)))
+
+
+def test_variant_wide_bounds_hold_on_the_boundary_too() -> None:
+    on_bound = judge(Gate(metric="latency_ratio", max=0.9), {}, {"latency_ratio": 0.9}, SPECS)
+    assert on_bound.passed and on_bound.observed == 0.9 and on_bound.output is None
+    assert not judge(Gate(metric="size_ratio", max=0.3), {}, {"size_ratio": 0.30000001}, SPECS).passed
+    assert not judge(Gate(metric="size_ratio", max=0.3), {}, {}, SPECS).passed  # not measured: never a pass
+
+
+def test_min_and_max_together_need_both() -> None:
+    gate = Gate(metric="snr_db", min=20.0, max=40.0)
+    assert [_judge(gate, v) for v in (19.0, 20.0, 30.0, 40.0, 41.0)] == [False, True, True, True, False]
+
+
+def test_regression_is_measured_in_the_direction_of_the_metric() -> None:
+    # Higher is better (cosine): falling is a regression, rising is not.
+    assert regression("cosine", previous=0.99, current=0.98) == pytest.approx(0.01)
+    assert regression("cosine", previous=0.98, current=0.99) == pytest.approx(-0.01)
+    # Lower is better (CER): rising is a regression.
+    assert regression("ctc_cer", previous=0.01, current=0.05) == pytest.approx(0.04)
+    assert regression("ctc_cer", previous=0.05, current=0.01) == pytest.approx(-0.04)
+    assert regression("cosine", previous=0.99, current=math.nan) == math.inf  # NaN is the worst regression
+
+
+@pytest.mark.parametrize(
+    ("metric", "previous", "current", "passes"),
+    [
+        ("cosine", 0.99, 0.98, False),  # worse by 0.01 > 0.005
+        ("cosine", 0.98, 0.99, True),  # better
+        ("cosine", 0.99, 0.987, True),  # worse by 0.003: allowed
+        ("ctc_exact_match", 0.5, 0.25, False),
+        ("ctc_cer", 0.01, 0.05, False),  # lower is better: a rise of 0.04 fails
+        ("ctc_cer", 0.05, 0.01, True),
+        ("ctc_cer", 0.01, 0.013, True),
+    ],
+)
+def test_a_regression_gate_fails_only_when_the_variant_got_worse_than_allowed(metric: str, previous: float, current: float, passes: bool) -> None:
+    gate = Gate(metric=metric, max_regression=0.005 if metric != "ctc_exact_match" else 0.2)
+    result = judge(gate, {"out": {metric: current}}, {}, {"out": OutputSpec(kind="ctc")}, {"out": {metric: previous}})
+    assert result.passed is passes and result.previous == previous
+    assert ("regressed from" in result.reason) is not passes
+
+
+def test_a_regression_exactly_at_the_limit_passes() -> None:
+    # Binary fractions: 0.75 - 0.5 is exactly 0.25, no rounding in the way.
+    gate = Gate(metric="cosine", max_regression=0.25)
+    assert _judge(gate, 0.5, previous=0.75)
+    assert not _judge(gate, float(np.nextafter(0.5, -math.inf)), previous=0.75)
+
+
+def test_without_an_earlier_release_a_regression_gate_holds_and_says_why() -> None:
+    result = judge(Gate(metric="cosine", max_regression=0.0), {"out": {"cosine": 0.5}}, {}, SPECS, None)
+    assert result.passed and "no earlier release" in result.reason and result.previous is None
+    # The variant-wide table ('' in the manifest) feeds regression gates on size and latency.
+    slower = judge(Gate(metric="latency_ratio", max_regression=0.05), {}, {"latency_ratio": 0.8}, SPECS, {"": {"latency_ratio": 0.7}})
+    assert not slower.passed and slower.previous == 0.7
+
+
+def test_a_variant_worse_than_the_last_release_fails_its_regression_gate_end_to_end(workspace: dict[str, Path]) -> None:
+    """Two different builds, not the same one twice: INT8 of the model is released, then the model
+    gets an outlier weight (its INT8 collapses) and the same recipe must fail `max_regression`."""
+    root = workspace["root"]
+    variants = {"int8": {"method": "dynamic_int8", "op_types": ["Conv"], "per_channel": False}}
+    path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants=variants, gates=[{"metric": "cosine", "max_regression": 0.01}]))
+
+    def run(out: str) -> tuple[int, dict]:
+        done = run_cli("--recipe", str(path), "--out", str(root / out), cwd=root)
+        return done.returncode, json.loads((root / out / "results.json").read_text())
+
+    code, first = run("run1")
+    assert code == 0 and (root / "releases" / "tiny" / "v1").is_dir()
+    onnx.save(tiny_ctc_model(weight_outlier=True), str(workspace["model"]))
+    code, second = run("run2")
+    gate = second["variants"]["int8"]["gates"][0]
+    assert code == 1 and not gate["passed"] and "regressed" in gate["reason"]
+    assert gate["previous"] == first["variants"]["int8"]["gates"][0]["observed"] > gate["observed"] + 0.01
+    assert not (root / "releases" / "tiny" / "v2").exists()
