@@ -3,11 +3,15 @@
 
 Writes two data sets under --out (default ``calibration_data``):
 
-* ``ocr_lines/{calib,eval}/``: single text-line crops (input of the rec model)
+* ``ocr_lines/{calib,tune,eval}/``: single text-line crops (input of the rec model)
   with ``labels.tsv`` (``filename<TAB>text``, no header).
-* ``ocr_pages/{calib,eval}/``: document-like pages (input of the det model)
+* ``ocr_pages/{calib,tune,eval}/``: document-like pages (input of the det model)
   with ``labels.tsv`` in PaddleOCR det format
   (``filename<TAB>[{"transcription": ..., "points": [[x, y] * 4]}, ...]``).
+
+``calib`` is made here (easy, varied lines and pages). ``tune`` and ``eval`` are the realistic,
+degraded sets made by ocr_real_lines.py and ocr_real_pages.py, with ``slices.tsv``
+(``filename<TAB>slice``); tools/ocr_det_crops.py then adds lines cut by the FP32 det model.
 
 All text comes from word lists and templates written in this file, so its
 licence is the project's own. Output is deterministic for a given ``--seed``,
@@ -784,12 +788,13 @@ def rotate_point(p: list[int], cx: float, cy: float, deg: float) -> list[int]:
     return [round(cx + dx * math.cos(a) + dy * math.sin(a)), round(cy - dx * math.sin(a) + dy * math.cos(a))]
 
 
-def render_page(rng: Rng) -> tuple[Image.Image, list[Item]]:
+def layout_page(rng: Rng, choose_fonts: Callable[[Rng], tuple[FontSpec, FontSpec]] = page_fonts) -> tuple[Page, int]:
+    """The ink of a page (title, blocks, rules, frame, seal) and its labelled boxes; also the base font size."""
     long_side = int(rng.integers(800, 1051))
     aspect = pick(rng, PAGE_ASPECTS)
     h, w = (long_side, round(long_side / aspect)) if aspect >= 1 else (round(long_side * aspect), long_side)
     page = Page(w, h, Image.new("L", (w, h), 0), Image.new("RGB", (w, h), (0, 0, 0)), [])
-    fonts = page_fonts(rng)
+    fonts = choose_fonts(rng)
     base = int(rng.integers(16, 30))
     margin = int(rng.integers(20, 70))
     title = pick(rng, TITLES_ZH) if rng.random() < 0.5 else pick(rng, TITLES_EN)
@@ -807,6 +812,12 @@ def render_page(rng: Rng) -> tuple[Image.Image, list[Item]]:
     else:
         layout_column(rng, page, margin, y, w - 2 * margin, fonts, base)
     decorate(rng, page, margin)
+    return page, base
+
+
+def render_page(rng: Rng) -> tuple[Image.Image, list[Item]]:
+    page, _ = layout_page(rng)
+    w, h = page.width, page.height
     # Skew the whole page a little, as a slightly crooked scan or photo.
     deg = rng.uniform(-2.0, 2.0) if rng.random() < 0.6 else 0.0
     mask, color = page.mask, page.color
@@ -845,28 +856,37 @@ def write_pages(out: Path, split: str, count: int, seed: int) -> None:
 # Entry point
 # ---------------------------------------------------------------------------
 
-SPLIT_IDS = {"calib": 0, "eval": 1}
+SPLIT_IDS = {"calib": 0, "eval": 1, "tune": 2}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # Imported here: those modules import this one.
+    from ocr_real_lines import check_real_fonts, write_real_lines
+    from ocr_real_pages import write_real_pages
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("calibration_data"))
     ap.add_argument("--calib-lines", type=int, default=100)
-    ap.add_argument("--eval-lines", type=int, default=200)
     ap.add_argument("--calib-pages", type=int, default=16)
-    ap.add_argument("--eval-pages", type=int, default=24)
+    ap.add_argument("--tune-lines-per-slice", type=int, default=11)
+    ap.add_argument("--eval-lines-per-slice", type=int, default=30)
+    ap.add_argument("--tune-pages-per-slice", type=int, default=2)
+    ap.add_argument("--eval-pages-per-slice", type=int, default=4)
     args = ap.parse_args(argv)
     check_fonts()
+    check_real_fonts()
     # Regenerate from scratch so stale files from an earlier run cannot linger.
     for sub in ("ocr_lines", "ocr_pages"):
         shutil.rmtree(args.out / sub, ignore_errors=True)
-    seen: set[str] = set()  # calib first, then eval: eval never repeats a calib text
+    seen: set[str] = set()  # calib, then tune, then eval: no line text repeats across splits
     write_lines(args.out, "calib", args.calib_lines, args.seed, seen)
-    write_lines(args.out, "eval", args.eval_lines, args.seed, seen)
+    write_real_lines(args.out, "tune", SPLIT_IDS["tune"], args.tune_lines_per_slice, args.seed, seen)
+    write_real_lines(args.out, "eval", SPLIT_IDS["eval"], args.eval_lines_per_slice, args.seed, seen)
     write_pages(args.out, "calib", args.calib_pages, args.seed)
-    write_pages(args.out, "eval", args.eval_pages, args.seed)
-    print(f"wrote {args.calib_lines}+{args.eval_lines} lines, {args.calib_pages}+{args.eval_pages} pages to {args.out}")
+    write_real_pages(args.out, "tune", SPLIT_IDS["tune"], args.tune_pages_per_slice, args.seed)
+    write_real_pages(args.out, "eval", SPLIT_IDS["eval"], args.eval_pages_per_slice, args.seed)
+    print(f"wrote calib/tune/eval lines and pages to {args.out}; next: python tools/ocr_det_crops.py --data {args.out}")
 
 
 if __name__ == "__main__":
