@@ -10,10 +10,14 @@ import onnx
 
 # Ops that onnxruntime's quantizers (and Neural Compressor) emit; anything QLinear*/DynamicQuantize* too,
 # and the com.microsoft Q-ops (QGemm, QAttention, QEmbedLayerNormalization, QOrdered*).
-QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat"})
+# MatMulNBits/GatherBlockQuantized: the com.microsoft block-quantized weights of weight_only.
+QUANTIZED_OPS = frozenset(
+    {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat"}
+    | {"MatMulNBits", "GatherBlockQuantized"}
+)
 QUANTIZED_PREFIXES = ("QLinear", "DynamicQuantize")
 SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
-INT8_METHODS = frozenset({"dynamic_int8", "static_int8", "inc"})
+QUANTIZING_METHODS = frozenset({"dynamic_int8", "static_int8", "inc", "weight_only"})
 
 
 def _is_quantized(node: onnx.NodeProto) -> bool:
@@ -48,7 +52,7 @@ def op_type_counts(path: Path) -> dict[str, int]:
 
 def nothing_quantized(method: str, source: Path, built: Path, op_types: list[str] | None = None) -> str | None:
     """Why the built model is an unchanged FP32 copy, or None when the method changed something."""
-    if method in INT8_METHODS:
+    if method in QUANTIZING_METHODS:
         if quantized_op_counts(built):
             return None
         asked = f"op_types {op_types}" if op_types else "every op type it supports"

@@ -1,3 +1,3 @@
 """Methods build a variant's model file; each module registers one method."""
 
-from quant.methods import dynamic_int8, fp16, inc, static_int8  # noqa: F401
+from quant.methods import dynamic_int8, fp16, inc, static_int8, weight_only  # noqa: F401

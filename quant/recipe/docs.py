@@ -25,6 +25,8 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("variants.<name> (method: dynamic_int8)", s.DynamicInt8Options),
     ("variants.<name> (method: static_int8)", s.StaticInt8Options),
     ("variants.<name> (method: inc)", s.IncOptions),
+    ("variants.<name> (method: weight_only)", s.WeightOnlyOptions),
+    ("variants.<name> (method: weight_only).overrides.<node>", s.WeightOnlyOverride),
     ("prepare", s.Prepare),
     ("fallback", s.Fallback),
     ("gates[]", s.Gate),

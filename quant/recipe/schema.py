@@ -393,6 +393,66 @@ class IncOptions(Strict):
     gates: list[Gate] = Field(default_factory=list, description="Gates replacing the recipe-wide ones with the same metric and output.")
 
 
+def _block_size(value: int) -> int:
+    # MatMulNBits takes power-of-two blocks of at least 16 weights.
+    if value < 16 or value & (value - 1):
+        raise ValueError(f"block_size must be a power of two of at least 16, not {value}")
+    return value
+
+
+class WeightOnlyOverride(Strict):
+    """Another setting for named MatMul nodes (e.g. the LM head at 8 bits)."""
+
+    bits: Literal[4, 8] = Field(description="Weight bits for these nodes.")
+    block_size: int | None = Field(default=None, description="Weights per block for these nodes (default: the variant's).")
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, value: int | None) -> int | None:
+        return None if value is None else _block_size(value)
+
+
+class WeightOnlyOptions(Strict):
+    """Weight-only int4/int8 (onnxruntime's MatMulNBitsQuantizer): MatMuls with constant weights become MatMulNBits, activations stay float."""
+
+    method: Literal["weight_only"]
+    bits: Literal[4, 8] = Field(default=4, description="Weight bits.")
+    block_size: int = Field(default=32, description="Weights per block along the input dimension (a power of two, at least 16).")
+    symmetric: bool = Field(default=False, description="Symmetric blocks (no zero points). Not with k_quant or hqq, which are asymmetric.")
+    accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
+        default=0,
+        description="MatMulNBits compute type: 0 unset (the kernel's default), 1 fp32, 2 fp16, 3 bf16, 4 int8 (fastest on x86 CPUs).",
+    )
+    algorithm: Literal["default", "rtn", "k_quant", "hqq"] = Field(
+        default="default",
+        description="default: onnxruntime's C++ round-to-nearest per block; rtn: Neural Compressor's round-to-nearest; "
+        "k_quant: llama.cpp's k-quant scale search (asymmetric); hqq: half-quadratic quantization (asymmetric; "
+        "onnxruntime 1.32 runs it with PyTorch, which quant does not install).",
+    )
+    exclude_nodes: list[str] = Field(default_factory=list, description="MatMul node names left in float.")
+    overrides: dict[str, WeightOnlyOverride] = Field(
+        default_factory=dict, description="Per MatMul node name: other bits/block size, e.g. {/lm_head/MatMul: {bits: 8}}."
+    )
+    prepare: Prepare = Field(default_factory=Prepare, description="Model preparation before quantizing.")
+    gates: list[Gate] = Field(default_factory=list, description="Gates replacing the recipe-wide ones with the same metric and output.")
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        return _block_size(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WeightOnlyOptions:
+        if self.symmetric and self.algorithm in ("k_quant", "hqq"):
+            raise ValueError(f"symmetric: true is not available with algorithm {self.algorithm} (it is asymmetric)")
+        if self.algorithm == "hqq" and self.accuracy_level:
+            raise ValueError("accuracy_level is not available with algorithm hqq (onnxruntime does not set it)")
+        both = sorted(set(self.exclude_nodes) & set(self.overrides))
+        if both:
+            raise ValueError(f"nodes both excluded and overridden: {both}")
+        return self
+
+
 def _variant_method(value: object) -> str | None:
     return str(value.get("method")) if isinstance(value, dict) else getattr(value, "method", None)
 
@@ -401,11 +461,12 @@ Variant = Annotated[
     Annotated[Fp16Options, Tag("fp16")]
     | Annotated[DynamicInt8Options, Tag("dynamic_int8")]
     | Annotated[StaticInt8Options, Tag("static_int8")]
-    | Annotated[IncOptions, Tag("inc")],
+    | Annotated[IncOptions, Tag("inc")]
+    | Annotated[WeightOnlyOptions, Tag("weight_only")],
     Discriminator(
         _variant_method,
         custom_error_type="unknown_method",
-        custom_error_message="'method' must be one of: fp16, dynamic_int8, static_int8, inc",
+        custom_error_message="'method' must be one of: fp16, dynamic_int8, static_int8, inc, weight_only",
     ),
 ]
 

@@ -1,0 +1,1 @@
+"""Encoder–decoder (seq2seq) model families: greedy generation on onnxruntime."""
