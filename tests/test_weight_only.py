@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from quant.errors import RecipeError
 from quant.methods.base import BuildContext, builder_for
 from quant.model import file_sha256
+from quant.precision import nothing_quantized
 from quant.recipe.loader import load_recipe
 from quant.recipe.schema import WeightOnlyOptions
 from tests.conftest import base_recipe, run_cli, write_recipe
@@ -163,3 +164,26 @@ def test_cli_exits_2_on_an_override_for_a_node_the_model_lacks(workspace: dict[s
     assert done.returncode == 2, done.stderr[-1500:]
     assert "overrides" in done.stderr and "nope" in done.stderr
     assert not (workspace["root"] / "releases").exists()
+
+
+def test_a_model_without_matmul_weights_is_reported_as_nothing_quantized(tmp_path: Path) -> None:
+    nodes = [helper.make_node("MatMul", ["a", "b"], ["y"], name="activations_only")]
+    graph = helper.make_graph(
+        nodes, "no_weights",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [DIM, DIM]) for n in ("a", "b")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [DIM, DIM])],
+    )
+    source = tmp_path / "no_weights.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
+    path, details = build(source, tmp_path)
+    assert details["quantized_ops"] == {}
+    assert "weight_only quantized no node" in (nothing_quantized("weight_only", source, path) or "")
+
+
+def test_cli_promotes_a_weight_only_variant_of_the_tiny_recogniser(workspace: dict[str, Path]) -> None:
+    variant = {"method": "weight_only", "bits": 8, "block_size": 16, "symmetric": True}
+    recipe = base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants={"w8": variant})
+    done = run_cli("--recipe", str(write_recipe(workspace["root"], recipe)), cwd=workspace["root"])
+    assert done.returncode == 0, done.stderr[-1500:]
+    released = next((workspace["root"] / "releases" / "tiny").glob("v*/w8.onnx"))
+    assert [n.op_type for n in onnx.load(str(released)).graph.node].count("MatMulNBits") == 1
