@@ -13,26 +13,6 @@ from quant.metrics.numeric import abs_errors, cosine, nonfinite_count, snr_db, t
 from quant.metrics.samples import Estimate, SampleParts, by_slice, estimates
 from quant.recipe.schema import OutputSpec
 
-# Which metrics each output kind produces (numeric ones apply to every kind).
-NUMERIC = ("cosine", "cosine_min", "max_abs", "mean_abs", "snr_db", "snr_db_min", "nonfinite")
-KIND_METRICS: dict[str, tuple[str, ...]] = {
-    "tensor": NUMERIC,
-    "classes": (*NUMERIC, "top1_agreement"),
-    "ctc": (
-        *NUMERIC,
-        "top1_agreement",
-        "ctc_exact_match",
-        "ctc_cer",
-        "ctc_exact_match_norm",
-        "ctc_cer_norm",
-        "ctc_exact_match_confident",
-        "ctc_exact_match_unsure",
-        "label_cer",
-        "label_cer_delta",
-    ),
-    "prob_map": (*NUMERIC, "map_iou", "map_iou_min"),
-}
-
 
 def binary_iou(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> float:
     ref = reference > threshold

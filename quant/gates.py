@@ -5,10 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from quant.compare import KIND_METRICS
-from quant.recipe.schema import LOWER_IS_BETTER, Gate, OutputSpec
-
-VARIANT_METRICS = ("size_ratio", "latency_ratio")
+from quant.metrics.catalogue import VARIANT_METRICS, badness, kind_metrics
+from quant.recipe.schema import Gate, OutputSpec
 
 
 @dataclass(frozen=True)
@@ -51,19 +49,12 @@ def applicable_outputs(gate: Gate, output_specs: dict[str, OutputSpec], output_n
     if gate.metric in VARIANT_METRICS:
         return []
     names = [gate.output] if gate.output else output_names
-    return [n for n in names if gate.metric in KIND_METRICS[output_specs.get(n, OutputSpec()).kind]]
-
-
-def _badness(metric: str, value: float) -> float:
-    """Larger is worse, whatever the metric's direction; NaN is the worst of all."""
-    if math.isnan(value):
-        return math.inf
-    return value if metric in LOWER_IS_BETTER else -value
+    return [n for n in names if gate.metric in kind_metrics(output_specs.get(n, OutputSpec()).kind)]
 
 
 def regression(metric: str, previous: float, current: float) -> float:
     """How much worse `current` is than `previous` (negative: better)."""
-    return _badness(metric, current) - _badness(metric, previous)
+    return badness(metric, current) - badness(metric, previous)
 
 
 def _observed(
@@ -84,7 +75,7 @@ def _observed(
         return min(candidates, key=lambda c: (not math.isnan(c[1]), c[1]))
     if gate.max is not None:
         return max(candidates, key=lambda c: (math.isnan(c[1]), c[1]))
-    return max(candidates, key=lambda c: _badness(gate.metric, c[1]))
+    return max(candidates, key=lambda c: badness(gate.metric, c[1]))
 
 
 def judge(

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from quant.metrics.catalogue import HEADLINE_METRICS, VARIANT_METRICS, worst_over_outputs
 from quant.promote import existing_versions
 
-COMPARED = ("ctc_exact_match", "ctc_cer", "map_iou", "cosine", "snr_db", "size_ratio", "latency_ratio")
+# The headline metrics and the variant-wide ones: what a reader compares between two releases.
+COMPARED = (*HEADLINE_METRICS, *VARIANT_METRICS)
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,8 @@ def compare_with_release(previous: PreviousRelease, current: dict[str, dict[str,
             continue
         rows = {}
         for metric in COMPARED:
-            now = [t[metric] for t in tables.values() if isinstance(t.get(metric), (int, float))]
-            then = [t[metric] for t in earlier.values() if isinstance(t.get(metric), (int, float))]
-            if now and then:
-                pick = max if metric in ("ctc_cer", "size_ratio", "latency_ratio") else min
-                rows[metric] = {"previous": pick(then), "current": pick(now), "change": pick(now) - pick(then)}
+            now, then = worst_over_outputs(metric, tables.values()), worst_over_outputs(metric, earlier.values())
+            if now is not None and then is not None:
+                rows[metric] = {"previous": then, "current": now, "change": now - then}
         variants[name] = rows
     return {"previous_version": previous.version, "variants": variants}

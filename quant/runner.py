@@ -16,14 +16,15 @@ from quant.bench import latency_ratio
 from quant.calibration.reader import checked_feeds
 from quant.calibration.sources import SampleSource, check_disjoint, inputs_signature, open_source
 from quant.charset import Charset, output_charsets
-from quant.compare import KIND_METRICS, by_slice_then_output
+from quant.compare import by_slice_then_output
 from quant.destination import Destination, destination_for
 from quant.errors import BuildError, InputError, ModelError, OutputError, RecipeError
 from quant.evaluate import Reference, compare_variant, run_reference
 from quant.executor import build_isolated
-from quant.gates import VARIANT_METRICS, applicable_outputs, effective_gates, judge_all
+from quant.gates import applicable_outputs, effective_gates, judge_all
 from quant.lockfile import remove_stale_lock
 from quant.methods.base import BuildContext
+from quant.metrics.catalogue import CATALOGUE, VARIANT_METRICS
 from quant.model import ModelInfo, file_sha256, inspect_model, locate, model_size
 from quant.outcome import VariantOutcome, json_number
 from quant.precision import nothing_quantized
@@ -104,7 +105,7 @@ def _check_recipe_against_model(recipe: Recipe, model: ModelInfo, charsets: dict
         if gate.output and gate.output not in model.outputs:
             raise RecipeError(f"the model has no output '{gate.output}'", file=file, field=f"{where}[{index}].output")
         if gate.metric not in VARIANT_METRICS and not applicable_outputs(gate, recipe.outputs, list(model.outputs)):
-            kinds = sorted(k for k, metrics in KIND_METRICS.items() if gate.metric in metrics)
+            kinds = sorted(CATALOGUE[gate.metric].kinds)
             raise RecipeError(
                 f"metric '{gate.metric}' needs an output of kind {' or '.join(kinds)} (declare it under 'outputs')",
                 file=file,

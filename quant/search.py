@@ -13,18 +13,15 @@ from typing import TYPE_CHECKING, Any
 from quant.calibration.reader import checked_feeds
 from quant.errors import BuildError
 from quant.executor import build_isolated, run_isolated
-from quant.gates import VARIANT_METRICS
 from quant.lockfile import write_lock
+from quant.metrics.catalogue import HEADLINE_METRICS, VARIANT_METRICS, worst_over_outputs
 from quant.outcome import VariantOutcome
-from quant.recipe.schema import LOWER_IS_BETTER, StaticInt8Options
+from quant.recipe.schema import StaticInt8Options
 from quant.sensitivity import NodeSensitivity, rank_nodes
 
 if TYPE_CHECKING:
     from quant.evaluate import Reference
     from quant.runner import Prepared, RunOptions
-
-TRACKED = ("ctc_exact_match_norm", "ctc_cer_norm", "ctc_exact_match", "ctc_cer", "map_iou", "cosine", "snr_db")
-
 
 def default_steps(max_nodes: int) -> list[int]:
     """1, 2, 4, 8, ... up to max_nodes (max_nodes itself always tried last)."""
@@ -49,10 +46,10 @@ def _attempt_record(outcome: VariantOutcome, excluded: list[str]) -> dict[str, A
         "size_ratio": outcome.size_ratio,
         "failed_gates": [f"{g.metric}={g.observed:.4g}" if g.observed is not None else g.metric for g in outcome.failed_gates],
     }
-    for metric in TRACKED:
-        values = [m[metric] for m in outcome.metrics.values() if metric in m]
-        if values:
-            record[metric] = max(values) if metric in LOWER_IS_BETTER else min(values)
+    for metric in HEADLINE_METRICS:
+        value = worst_over_outputs(metric, outcome.metrics.values())
+        if value is not None:
+            record[metric] = value
     if outcome.error:
         record["error"] = outcome.error
     if outcome.note:
@@ -157,7 +154,7 @@ def search_fallback(name: str, prepared: Prepared, reference: Reference, options
     chosen.search = {
         "attempts": attempts,
         "sensitivity": [n.to_dict() for n in ranking[:50]],
-        "metrics": [m for m in TRACKED if any(m in a for a in attempts)],
+        "metrics": [m for m in HEADLINE_METRICS if any(m in a for a in attempts)],
         "chosen_attempt": index,
         "chosen_nodes_in_float": len(excluded),
         "chosen_because": why,

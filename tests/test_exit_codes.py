@@ -65,7 +65,9 @@ def test_the_worst_recipe_decides_the_exit_code(workspace: dict[str, Path]) -> N
     root = workspace["root"]
     passing = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], name="passes"), "passes.yaml")
     failing = write_recipe(
-        root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], name="fails", gates=[{"metric": "size_ratio", "max": 0.01}]), "fails.yaml"
+        root,
+        base_recipe(workspace["model"], workspace["calib"], workspace["eval"], name="fails", gates=[{"metric": "size_ratio", "max": 0.01}]),
+        "fails.yaml",
     )
     for order in ((failing, passing), (passing, failing)):
         done = run_cli(*(a for r in order for a in ("--recipe", str(r))), "--out", str(root / "runs"), "--quiet", cwd=root)

@@ -15,27 +15,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from quant.intervals import Interval, Method, bootstrap_ratio, rate_interval
-
-# How each ratio metric's interval is made. "rate": yes/no per sample (Wilson, or a bootstrap when a
-# sample holds several correlated positions); "bootstrap": any other ratio, resampled by sample.
-RATIO_METRICS: dict[str, str] = {
-    "top1_agreement": "rate",
-    "ctc_exact_match": "rate",
-    "ctc_exact_match_norm": "rate",
-    "ctc_exact_match_confident": "rate",
-    "ctc_exact_match_unsure": "rate",
-    "ctc_cer": "bootstrap",
-    "ctc_cer_norm": "bootstrap",
-    "label_cer": "bootstrap",
-    "label_cer_reference": "bootstrap",
-    "label_cer_delta": "bootstrap",
-    "map_iou": "bootstrap",
-}
+from quant.metrics.catalogue import CATALOGUE, INTERVAL_METRICS
 
 
 def interval_method(metric: str) -> Method | None:
     """The interval a gate on `metric` would be judged by (for the sample-count check); None: no interval."""
-    kind = RATIO_METRICS.get(metric)
+    kind = CATALOGUE[metric].interval if metric in CATALOGUE else None
     return None if kind is None else ("wilson" if kind == "rate" else "bootstrap")
 
 
@@ -69,7 +54,7 @@ def estimate(rows: Iterable[SampleParts], metric: str, seed: int = 0) -> Estimat
     numerators, denominators = [p[0] for p in pairs], [p[1] for p in pairs]
     total = sum(denominators)
     value = sum(numerators) / total if total else math.nan
-    if RATIO_METRICS.get(metric) == "rate":
+    if CATALOGUE[metric].interval == "rate":
         interval = rate_interval([int(n) for n in numerators], [int(d) for d in denominators], seed=seed)
     else:
         interval = bootstrap_ratio(numerators, denominators, seed=seed)
@@ -79,7 +64,7 @@ def estimate(rows: Iterable[SampleParts], metric: str, seed: int = 0) -> Estimat
 def estimates(rows: list[SampleParts], seed: int = 0) -> dict[str, Estimate]:
     """Every ratio metric present in `rows`."""
     present = {metric for row in rows for metric in row.parts}
-    found = {metric: estimate(rows, metric, seed) for metric in RATIO_METRICS if metric in present}
+    found = {metric: estimate(rows, metric, seed) for metric in INTERVAL_METRICS if metric in present}
     return {metric: e for metric, e in found.items() if e is not None}
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
+from quant.metrics.catalogue import CATALOGUE
 from quant.recipe import schema as s
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
@@ -74,7 +75,7 @@ def recipes_markdown() -> str:
         "",
         "| metric | meaning | better |",
         "|---|---|---|",
-        *[f"| `{name}` | {meaning} | {'lower' if name in s.LOWER_IS_BETTER else 'higher'} |" for name, meaning in s.METRICS.items()],
+        *[f"| `{m.name}` | {m.doc} | {'lower' if m.lower_is_better else 'higher'} |" for m in CATALOGUE.values() if m.gate],
         "",
     ]
     for title, model in SECTIONS:

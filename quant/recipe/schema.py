@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
+from quant.metrics.catalogue import GATE_METRICS
+
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -241,40 +243,10 @@ class OutputSpec(Strict):
         return bool(self.charset_metadata or self.charset_file)
 
 
-METRICS: dict[str, str] = {
-    "cosine": "mean cosine similarity of each sample's output with FP32's (higher is better)",
-    "cosine_min": "worst per-sample cosine similarity",
-    "max_abs": "largest absolute difference from FP32 over all samples",
-    "mean_abs": "mean absolute difference from FP32",
-    "snr_db": "mean signal-to-noise ratio vs FP32 in dB",
-    "snr_db_min": "worst per-sample SNR in dB",
-    "nonfinite": "count of NaN/Inf values the variant produced where FP32 was finite",
-    "top1_agreement": "fraction of positions whose argmax along `axis` equals FP32's (classes and ctc outputs)",
-    "ctc_exact_match": "fraction of samples whose greedy CTC decoding equals FP32's exactly",
-    "ctc_cer": "character (token) error rate of the greedy CTC decoding vs FP32's",
-    "ctc_exact_match_norm": "ctc_exact_match of the decoded texts after the output's `normalize` and `ignore_chars`",
-    "ctc_cer_norm": "character error rate of the decoded texts after the output's `normalize` and `ignore_chars`",
-    "ctc_exact_match_confident": "ctc_exact_match (the `_norm` comparison when the output normalises) on the lines FP32 reads with a "
-    "probability margin of at least the output's `confident_margin` on every frame",
-    "ctc_exact_match_unsure": "the same on the lines where FP32 itself nearly read something else (margin below `confident_margin`)",
-    "label_cer": "character error rate vs the ground-truth labels (needs labels and a character list)",
-    "label_cer_delta": "label_cer of the variant minus label_cer of FP32",
-    "map_iou": "mean IoU of the binarised probability map vs FP32's",
-    "map_iou_min": "worst per-sample IoU of the binarised probability map",
-    "size_ratio": "variant file size / FP32 file size",
-    "latency_ratio": "variant median latency / FP32 median latency (interleaved runs)",
-}
-
-
-LOWER_IS_BETTER = frozenset(
-    {"max_abs", "mean_abs", "nonfinite", "ctc_cer", "ctc_cer_norm", "label_cer", "label_cer_delta", "size_ratio", "latency_ratio"}
-)
-
-
 class Gate(Strict):
     """A threshold on one metric. A variant passes when every gate holds."""
 
-    metric: str = Field(description="One of: " + ", ".join(METRICS))
+    metric: str = Field(description="One of: " + ", ".join(GATE_METRICS))
     min: float | None = Field(default=None, description="The observed value must be at least this.")
     max: float | None = Field(default=None, description="The observed value must be at most this.")
     max_regression: float | None = Field(
@@ -287,8 +259,8 @@ class Gate(Strict):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str) -> str:
-        if value not in METRICS:
-            raise ValueError(f"unknown metric '{value}'; expected one of: {', '.join(METRICS)}")
+        if value not in GATE_METRICS:
+            raise ValueError(f"unknown metric '{value}'; expected one of: {', '.join(GATE_METRICS)}")
         return value
 
     @model_validator(mode="after")

@@ -8,7 +8,7 @@ import io
 import json
 from typing import Any
 
-ACCURACY_PREFERENCE = ("ctc_exact_match_norm", "ctc_exact_match", "map_iou", "top1_agreement", "cosine")
+from quant.metrics.catalogue import accuracy_axis, worst_over_outputs
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;max-width:1400px}
@@ -38,13 +38,11 @@ def _png(figure: Any) -> str:
 
 def accuracy_metric(results: dict[str, Any]) -> str | None:
     """The most telling accuracy metric this run has (text agreement beats map IoU beats cosine)."""
-    available = {m for v in results["variants"].values() for out in v.get("metrics", {}).values() for m in out}
-    return next((m for m in ACCURACY_PREFERENCE if m in available), None)
+    return accuracy_axis(m for v in results["variants"].values() for out in v.get("metrics", {}).values() for m in out)
 
 
 def _worst(variant: dict[str, Any], metric: str) -> float | None:
-    values = [out[metric] for out in variant.get("metrics", {}).values() if isinstance(out.get(metric), (int, float))]
-    return min(values) if values else None
+    return worst_over_outputs(metric, variant.get("metrics", {}).values())
 
 
 def _plots(results: dict[str, Any]) -> list[tuple[str, str]]:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
+from quant.metrics.catalogue import HEADLINE_METRICS, worst_over_outputs
 from quant.outcome import VariantOutcome
-from quant.recipe.schema import LOWER_IS_BETTER
-
-HEADLINE_METRICS = ("ctc_exact_match_norm", "ctc_exact_match", "ctc_cer", "map_iou", "cosine", "snr_db")
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
@@ -15,9 +13,8 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 def _headline(outcome: VariantOutcome) -> str:
     parts = []
     for metric in HEADLINE_METRICS:
-        values = [m[metric] for m in outcome.metrics.values() if metric in m]
-        if values:
-            worst = max(values) if metric in LOWER_IS_BETTER else min(values)
+        worst = worst_over_outputs(metric, outcome.metrics.values())
+        if worst is not None:
             parts.append(f"{metric} {worst:.4g}")
     return ", ".join(parts[:3]) or "—"
 

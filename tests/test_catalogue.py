@@ -1,0 +1,83 @@
+"""The metric catalogue is the truth about metrics: what compare computes, what gates accept, which way is better."""
+
+from __future__ import annotations
+
+import math
+import typing
+
+import numpy as np
+import pytest
+
+from quant.compare import OutputComparison
+from quant.gates import applicable_outputs, judge
+from quant.metrics.catalogue import CATALOGUE, HEADLINE_METRICS, OUTPUT_KINDS, VARIANT_METRICS, accuracy_axis, kind_metrics, worst
+from quant.metrics.samples import estimates
+from quant.recipe.schema import Gate, OutputSpec
+
+CHARSET = ["blank", "a", "b", "c", " ", "d"]
+
+
+def _spec(kind: str) -> OutputSpec:
+    if kind == "ctc":
+        return OutputSpec(kind="ctc", charset_metadata="character", normalize="NFKC", ignore_chars=[" "])
+    return OutputSpec(kind=kind)
+
+
+def _comparison(kind: str) -> OutputComparison:
+    """An output of `kind` compared on a few samples (with labels, normalisation, sure and unsure lines)."""
+    rng = np.random.default_rng(1)
+    comparison = OutputComparison(_spec(kind), CHARSET if kind == "ctc" else None)
+    for index in range(4):
+        reference = rng.random((1, 5, 6), dtype=np.float32)
+        if index % 2:  # one sure line, one unsure line
+            reference[0, :, 1] = 5.0
+        reference = reference / reference.sum(axis=-1, keepdims=True)
+        candidate = reference + rng.normal(scale=0.05, size=reference.shape).astype(np.float32)
+        comparison.add(f"s{index}", reference, candidate, label="ab" if kind == "ctc" else None)
+    return comparison
+
+
+def test_the_schema_and_the_catalogue_name_the_same_output_kinds() -> None:
+    schema_kinds = typing.get_args(OutputSpec.model_fields["kind"].annotation)
+    assert set(schema_kinds) == set(OUTPUT_KINDS)
+
+
+@pytest.mark.parametrize("kind", OUTPUT_KINDS)
+def test_what_compare_computes_is_what_the_catalogue_says(kind: str) -> None:
+    assert set(_comparison(kind).summary()) == set(kind_metrics(kind))
+
+
+def test_every_interval_metric_gets_an_interval_and_no_other() -> None:
+    assert set(estimates(_comparison("ctc").rows)) == {m for m in kind_metrics("ctc") if CATALOGUE[m].interval}
+
+
+def test_worst_follows_the_direction_and_nan_is_worst() -> None:
+    assert worst("ctc_cer", [0.1, 0.3, 0.2]) == 0.3
+    assert worst("cosine", [0.99, 0.9, 0.95]) == 0.9
+    assert math.isnan(worst("cosine", [0.99, math.nan]))
+    assert worst("cosine", [None]) is None
+
+
+def test_a_gate_without_a_bound_direction_reads_the_worst_output() -> None:
+    gate = Gate(metric="ctc_cer", max_regression=1.0)
+    result = judge(gate, {"a": {"ctc_cer": 0.1}, "b": {"ctc_cer": 0.4}}, {}, {"a": _spec("ctc"), "b": _spec("ctc")})
+    assert (result.output, result.observed) == ("b", 0.4)
+
+
+def test_applicable_outputs_follow_the_kinds() -> None:
+    specs = {"map": OutputSpec(kind="prob_map"), "text": _spec("ctc")}
+    assert applicable_outputs(Gate(metric="map_iou", min=0.9), specs, ["map", "text"]) == ["map"]
+    assert applicable_outputs(Gate(metric="cosine", min=0.9), specs, ["map", "text"]) == ["map", "text"]
+    assert all(not CATALOGUE[m].kinds for m in VARIANT_METRICS)
+
+
+def test_headline_order_and_the_report_axis() -> None:
+    assert HEADLINE_METRICS[:3] == ("ctc_exact_match_norm", "ctc_exact_match", "ctc_cer")
+    assert accuracy_axis(["cosine", "ctc_cer", "ctc_exact_match"]) == "ctc_exact_match"  # a CER is not plotted at FP32 = 1
+    assert accuracy_axis(["snr_db", "cosine", "map_iou"]) == "map_iou"
+    assert accuracy_axis(["snr_db"]) is None
+
+
+def test_an_unknown_metric_is_refused_by_the_gate_schema() -> None:
+    with pytest.raises(ValueError, match="unknown metric"):
+        Gate(metric="label_cer_reference", max=1.0)  # reported beside label_cer, not a gate of its own
