@@ -64,11 +64,8 @@ def test_a_bug_with_the_release_staged_exits_3_and_leaves_no_release(workspace: 
 def test_the_worst_recipe_decides_the_exit_code(workspace: dict[str, Path]) -> None:
     root = workspace["root"]
     passing = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], name="passes"), "passes.yaml")
-    failing = write_recipe(
-        root,
-        base_recipe(workspace["model"], workspace["calib"], workspace["eval"], name="fails", gates=[{"metric": "size_ratio", "max": 0.01}]),
-        "fails.yaml",
-    )
+    too_small = [{"metric": "size_ratio", "max": 0.01}]
+    failing = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], name="fails", gates=too_small), "fails.yaml")
     for order in ((failing, passing), (passing, failing)):
         done = run_cli(*(a for r in order for a in ("--recipe", str(r))), "--out", str(root / "runs"), "--quiet", cwd=root)
         assert done.returncode == 1, done.stderr

@@ -101,12 +101,8 @@ def test_a_variant_worse_than_the_last_release_fails_its_regression_gate_end_to_
     gets an outlier weight (its INT8 collapses) and the same recipe must fail `max_regression`."""
     root = workspace["root"]
     variants = {"int8": {"method": "dynamic_int8", "op_types": ["Conv"], "per_channel": False}}
-    path = write_recipe(
-        root,
-        base_recipe(
-            workspace["model"], workspace["calib"], workspace["eval"], variants=variants, gates=[{"metric": "cosine", "max_regression": 0.01}]
-        ),
-    )
+    gates = [{"metric": "cosine", "max_regression": 0.01}]
+    path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants=variants, gates=gates))
 
     def run(out: str) -> tuple[int, dict]:
         done = run_cli("--recipe", str(path), "--out", str(root / out), cwd=root)
