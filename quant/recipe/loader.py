@@ -220,6 +220,23 @@ def rebase_paths(document: dict[str, Any], from_dir: Path, to_dir: Path) -> dict
     return rebased
 
 
+NAMED_SECTIONS = ("inputs", "outputs", "variants")
+
+
+def remove_nulled(document: dict[str, Any]) -> dict[str, Any]:
+    """`null` removes what a recipe inherited (from `extends`): an input, output or variant by name, a
+    variant's `gates`, or a whole top-level section (e.g. `gates: null`). Elsewhere null stays a value:
+    `op_types: null` in a variant must still override a preset's op types."""
+    kept = {key: value for key, value in document.items() if value is not None}
+    for section in NAMED_SECTIONS:
+        if isinstance(kept.get(section), dict):
+            kept[section] = {name: entry for name, entry in kept[section].items() if entry is not None}
+    for name, variant in (kept.get("variants") or {}).items():
+        if isinstance(variant, dict) and "gates" in variant and variant["gates"] is None:
+            kept["variants"][name] = {key: value for key, value in variant.items() if key != "gates"}
+    return kept
+
+
 def _apply_preset(document: dict[str, Any], path: Path) -> dict[str, Any]:
     """A preset gives per-method defaults; a variant's own fields win."""
     preset_name = document.pop("preset", None)
@@ -288,7 +305,7 @@ def load_recipe(name_or_path: str, *, allow_extends_from: list[Path] | None = No
     path = find_recipe(name_or_path)
     document, base_dir = _load_document(path, (), [p.resolve() for p in allow_extends_from or []])
     document = _substitute_env(document, path)
-    document = _apply_preset(document, path)
+    document = remove_nulled(_apply_preset(document, path))
     try:
         recipe = Recipe.model_validate(document)
     except ValidationError as error:
