@@ -94,6 +94,7 @@ class OutputComparison:
                 row.add("label_cer", variant_edits, length)
                 row.add("label_cer_reference", reference_edits, length)
                 row.add("label_cer_delta", variant_edits - reference_edits, length)
+                row.add("label_exact_match", variant_edits == 0, 1)
 
     def estimates(self) -> dict[str, Estimate]:
         """Every ratio metric with its 95 % interval and sample count."""

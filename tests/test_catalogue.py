@@ -81,3 +81,19 @@ def test_headline_order_and_the_report_axis() -> None:
 def test_an_unknown_metric_is_refused_by_the_gate_schema() -> None:
     with pytest.raises(ValueError, match="unknown metric"):
         Gate(metric="label_cer_reference", max=1.0)  # reported beside label_cer, not a gate of its own
+
+
+def test_label_exact_match_counts_lines_read_exactly_as_labelled_and_can_be_gated() -> None:
+    """The metric added with the catalogue: only the catalogue and compare know it, and gates, intervals and docs follow."""
+    comparison = OutputComparison(_spec("ctc"), CHARSET)
+    reads_ab = np.eye(6, dtype=np.float32)[None, [1, 0, 2, 0]]  # greedy CTC: "ab"
+    reads_ac = np.eye(6, dtype=np.float32)[None, [1, 0, 3, 0]]  # "ac"
+    comparison.add("right", reads_ab, reads_ab, label="ab")
+    comparison.add("wrong", reads_ab, reads_ac, label="ab")
+    comparison.add("both wrong", reads_ab, reads_ab, label="abd")
+    summary = comparison.summary()
+    assert summary["label_exact_match"] == pytest.approx(1 / 3)
+    interval = comparison.estimates()["label_exact_match"].interval
+    assert (interval.method, interval.samples) == ("wilson", 3)
+    result = judge(Gate(metric="label_exact_match", min=0.5), {"text": summary}, {}, {"text": _spec("ctc")})
+    assert not result.passed and result.observed == pytest.approx(1 / 3)

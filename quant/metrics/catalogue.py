@@ -131,6 +131,12 @@ _PER_KIND = [
         perfect=0.0,
     ),
     Metric(
+        "label_exact_match",
+        "fraction of lines the variant reads exactly as the ground-truth label (needs labels and a character list)",
+        kinds=("ctc",),
+        interval="rate",
+    ),
+    Metric(
         "map_iou",
         "mean IoU of the binarised probability map vs FP32's",
         kinds=("prob_map",),
