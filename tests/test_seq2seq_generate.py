@@ -1,0 +1,151 @@
+"""Greedy generation over an optimum-layout encoder–decoder family built with onnx.helper.
+
+The tiny decoder "counts": each step appends its token's key to the self-attention cache, and its
+logits peak at (cache length + mean of the cached encoder keys). So the tokens come out right only
+if every step is fed the keys/values the previous step returned, and the encoder's states reach
+the with-past decoder through the cached cross-attention keys.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from quant.seq2seq.generate import Family, Feeds, GenerationConfig, generate
+
+VOCAB, DIM, START, END = 8, 4, 0, 5
+
+
+def _session(
+    nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[str], constants: dict[str, np.ndarray]
+) -> ort.InferenceSession:
+    graph = helper.make_graph(
+        nodes, "part", inputs, [helper.make_tensor_value_info(name, TensorProto.FLOAT, [None] * (4 if "." in name else 3)) for name in outputs],
+        [numpy_helper.from_array(value, name) for name, value in constants.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _kv(name: str, length: str) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 1, length, DIM])
+
+
+def _step_nodes(self_key: str, cross_key: str) -> list[onnx.NodeProto]:
+    """logits[v] = -(v - (cache length + mean(cross keys)))^2, shaped [1, 1, VOCAB]."""
+    return [
+        helper.make_node("Shape", [self_key], ["length"], start=2, end=3),
+        helper.make_node("Cast", ["length"], ["length_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", [cross_key], ["offset"], keepdims=0),
+        helper.make_node("Add", ["length_f", "offset"], ["target"]),
+        helper.make_node("Sub", ["vocab_ids", "target"], ["distance"]),
+        helper.make_node("Mul", ["distance", "distance"], ["squared"]),
+        helper.make_node("Neg", ["squared"], ["scores"]),
+        helper.make_node("Reshape", ["scores", "logits_shape"], ["logits"]),
+    ]
+
+
+def _new_key_nodes() -> list[onnx.NodeProto]:
+    return [
+        helper.make_node("Gather", ["embedding", "input_ids"], ["token_key"]),  # [1, T, DIM]
+        helper.make_node("Unsqueeze", ["token_key", "head_axis"], ["new_key"]),  # [1, 1, T, DIM]
+    ]
+
+
+def tiny_family() -> Family:
+    constants = {
+        "embedding": np.arange(1, VOCAB * DIM + 1, dtype=np.float32).reshape(VOCAB, DIM),  # no zero row
+        "vocab_ids": np.arange(VOCAB, dtype=np.float32),
+        "logits_shape": np.array([1, 1, VOCAB], dtype=np.int64),
+        "head_axis": np.array([1], dtype=np.int64),
+    }
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "T"])
+    encoder = _session(
+        [helper.make_node("Identity", ["pixel_values"], ["last_hidden_state"])],
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, [1, "S", DIM])],
+        ["last_hidden_state"], {},
+    )
+    first = _session(
+        [*_new_key_nodes(),
+         helper.make_node("Identity", ["new_key"], ["present.0.decoder.key"]),
+         helper.make_node("Identity", ["new_key"], ["present.0.decoder.value"]),
+         helper.make_node("Unsqueeze", ["encoder_hidden_states", "head_axis"], ["present.0.encoder.key"]),
+         helper.make_node("Identity", ["present.0.encoder.key"], ["present.0.encoder.value"]),
+         *_step_nodes("present.0.decoder.key", "present.0.encoder.key")],
+        [ids, helper.make_tensor_value_info("encoder_hidden_states", TensorProto.FLOAT, [1, "S", DIM])],
+        ["logits", "present.0.decoder.key", "present.0.decoder.value", "present.0.encoder.key", "present.0.encoder.value"],
+        constants,
+    )
+    with_past = _session(
+        [*_new_key_nodes(),
+         helper.make_node("Concat", ["past_key_values.0.decoder.key", "new_key"], ["present.0.decoder.key"], axis=2),
+         helper.make_node("Concat", ["past_key_values.0.decoder.value", "new_key"], ["present.0.decoder.value"], axis=2),
+         *_step_nodes("present.0.decoder.key", "past_key_values.0.encoder.key")],
+        [ids, _kv("past_key_values.0.decoder.key", "P"), _kv("past_key_values.0.decoder.value", "P"),
+         _kv("past_key_values.0.encoder.key", "S"), _kv("past_key_values.0.encoder.value", "S")],
+        ["logits", "present.0.decoder.key", "present.0.decoder.value"],
+        constants,
+    )
+    return Family(encoder, first, with_past)
+
+
+def image(value: float) -> Feeds:
+    return {"pixel_values": np.full((1, 3, DIM), value, dtype=np.float32)}
+
+
+CONFIG = GenerationConfig(start_token=START, end_token=END, max_new_tokens=10)
+
+
+@pytest.mark.parametrize(("encoder_value", "expected"), [(0.0, [1, 2, 3, 4]), (1.0, [2, 3, 4]), (2.0, [3, 4])])
+def test_greedy_tokens_follow_the_fed_back_cache_and_the_encoder(encoder_value: float, expected: list[int]) -> None:
+    result = generate(tiny_family(), image(encoder_value), CONFIG)
+    assert result.tokens == expected
+    assert result.finished
+    assert len(result.step_logits) == len(expected) + 1  # the step that chose the end token too
+    assert [int(np.argmax(row)) for row in result.step_logits] == [*expected, END]
+
+
+def test_max_new_tokens_stops_an_unfinished_sequence() -> None:
+    result = generate(tiny_family(), image(-10.0), GenerationConfig(START, END, max_new_tokens=3))
+    assert not result.finished
+    assert len(result.tokens) == 3 and END not in result.tokens
+
+
+def test_observer_sees_each_step_fed_the_previous_steps_keys() -> None:
+    seen: list[tuple[str, Feeds]] = []
+    result = generate(tiny_family(), image(0.0), CONFIG, observe=lambda part, feeds: seen.append((part, dict(feeds))))
+    parts = [part for part, _ in seen]
+    assert parts == ["encoder", "decoder"] + ["decoder_with_past"] * len(result.tokens)
+    fed_tokens = [int(feeds["input_ids"][0, 0]) for part, feeds in seen[1:]]
+    assert fed_tokens == [START, *result.tokens]
+    embedding = np.arange(1, VOCAB * DIM + 1, dtype=np.float32).reshape(VOCAB, DIM)
+    for step, (_, feeds) in enumerate(seen[2:], start=1):
+        past = feeds["past_key_values.0.decoder.key"]
+        assert past.shape == (1, 1, step, DIM)
+        np.testing.assert_array_equal(past[0, 0], embedding[fed_tokens[:step]])  # real keys, never zeros
+        assert feeds["past_key_values.0.encoder.key"].shape == (1, 1, 3, DIM)
+
+
+def test_teacher_forcing_feeds_the_given_tokens_and_scores_every_position() -> None:
+    seen: list[Feeds] = []
+    forced = [7, 7, 6]
+    result = generate(tiny_family(), image(0.0), CONFIG, forced_tokens=forced, observe=lambda part, feeds: seen.append(feeds))
+    assert [int(feeds["input_ids"][0, 0]) for feeds in seen[1:]] == [START, *forced]
+    assert len(result.step_logits) == len(forced) + 1
+    assert result.tokens == [1, 2, 3, 4]  # the greedy choice at each forced position
+
+
+def test_a_with_past_input_no_step_returned_is_named() -> None:
+    family = tiny_family()
+    broken = Family(family.encoder, family.decoder, _session(
+        [helper.make_node("Identity", ["past_key_values.0.cross.key"], ["logits"])],
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, 1]), _kv("past_key_values.0.cross.key", "S")],
+        ["logits"], {},
+    ))
+    with pytest.raises(ValueError, match=r"past_key_values\.0\.cross\.key"):
+        generate(broken, image(0.0), CONFIG)
