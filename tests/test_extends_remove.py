@@ -19,7 +19,7 @@ def _derived(workspace: dict[str, Path], remove: bool) -> dict[str, Any]:
         "inputs": {"x": {"resize": {"mode": "height", "height": 8, "min_width": 16, "max_width": 64}}},
         "outputs": {**nulled, "probs": {"kind": "ctc", "charset_metadata": "character"}},
         "calibration": {"source": {"images": str(workspace["calib"]), "labels": None}, "samples": None},
-        "evaluation": {"source": {"images": str(workspace["eval"]), "labels": None}, "samples": None},
+        "evaluation": {"source": {"images": str(workspace["eval"]), "labels": None, "slices": None}, "samples": None},
         "variants": {"int8-dynamic": None, "int8-static": None, "fp16": {"gates": None}} if remove else {},
         "gates": [{"metric": "ctc_exact_match", "min": 0.9}],
     }
