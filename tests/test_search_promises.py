@@ -1,0 +1,91 @@
+"""The fallback search's promises: when no attempt passes, the variant is the attempt that failed the
+fewest gates with the fewest nodes in float (not the last one tried) and the report says it failed;
+no search when only speed or size fail; it stops once accuracy holds and only speed or size fail."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+from quant.gates import GateResult
+from quant.outcome import VariantOutcome
+from quant.search import _choose, default_steps
+from tests.conftest import base_recipe, run_cli, tiny_ctc_model, write_recipe
+
+# conv1 of the outlier model collapses under per-tensor INT8; keeping it in float restores the text.
+BROKEN_INT8 = {"method": "static_int8", "per_channel": False, "op_types": ["Conv", "MatMul"], "fallback": {"max_nodes": 2, "samples": 4}}
+
+
+def _trial(status: str, failed: int, passed: int = 1) -> VariantOutcome:
+    gates = [GateResult("cosine", None, 0.9, None, 0.5, False) for _ in range(failed)]
+    gates += [GateResult("max_abs", None, None, 1.0, 0.1, True) for _ in range(passed)]
+    return VariantOutcome(name="v", method="static_int8", options={}, status=status, gates=gates)  # type: ignore[arg-type]
+
+
+def test_default_steps_double_up_to_the_limit() -> None:
+    assert default_steps(16) == [1, 2, 4, 8, 16]
+    assert default_steps(5) == [1, 2, 4, 5]
+    assert default_steps(1) == [1]
+
+
+@pytest.mark.parametrize(
+    ("attempts", "chosen"),
+    [
+        ([("failed", 2, 0), ("passed", 0, 2), ("passed", 0, 4)], 1),  # the first that passed, not a later one
+        ([("failed", 2, 0), ("failed", 1, 1), ("failed", 1, 2)], 1),  # fewest failed gates, then fewest nodes in float
+        ([("failed", 1, 0), ("failed", 2, 1), ("failed", 2, 2)], 0),  # the first can be the best
+        ([("failed", 3, 0), ("error", 0, 1), ("failed", 2, 2)], 2),  # a build error is worse than any judged failure
+        ([("error", 0, 0), ("nothing_quantized", 0, 1)], 0),  # an FP32 copy only when every attempt was one
+    ],
+)
+def test_the_attempt_chosen(attempts: list[tuple[str, int, int]], chosen: int) -> None:
+    judged = [(_trial(status, failed), [f"n{i}" for i in range(nodes)]) for status, failed, nodes in attempts]
+    index, why = _choose(judged)
+    assert index == chosen, why
+    assert ("no attempt passed" in why) is (attempts[chosen][0] == "failed")
+
+
+def _search(workspace: dict[str, Path], gates: list[dict], broken: bool = True) -> tuple[int, dict, str]:
+    root = workspace["root"]
+    if broken:
+        onnx.save(tiny_ctc_model(weight_outlier=True), str(workspace["model"]))
+    path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants={"int8": BROKEN_INT8}, gates=gates))
+    done = run_cli("--recipe", str(path), "--out", str(root / "run"), cwd=root)
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode, json.loads((root / "run" / "results.json").read_text())["variants"]["int8"], done.stdout + done.stderr
+
+
+def test_when_no_attempt_passes_the_best_is_kept_and_the_report_says_it_failed(workspace: dict[str, Path]) -> None:
+    # max_abs <= 0 holds only for an unquantized model: with at most 2 of 3 nodes in float, no attempt passes.
+    code, variant, output = _search(workspace, [{"metric": "ctc_exact_match", "min": 0.9}, {"metric": "max_abs", "max": 0.0}])
+    search = variant["search"]
+    assert [a["nodes_in_float"] for a in search["attempts"]] == [0, 1, 2]
+    assert [len(a["failed_gates"]) for a in search["attempts"]] == [2, 1, 1]
+    # Attempts 1 and 2 both fail one gate: the one with fewer nodes in float is kept, not the last.
+    assert search["chosen_attempt"] == 1 and search["chosen_nodes_in_float"] == 1
+    assert search["attempts"][1]["excluded"] == ["conv1"]
+    assert "no attempt passed within 2" in search["conclusion"] and "kept 1 node(s) in float" in search["conclusion"]
+    assert code == 1 and variant["status"] == "failed" and [g["metric"] for g in variant["gates"] if not g["passed"]] == ["max_abs"]
+    assert "| int8 | static_int8 | FAIL |" in output
+    root = workspace["root"]
+    assert (root / "run" / "variants" / "int8.onnx").read_bytes() == (root / "run" / "work" / "int8" / "fallback-001.onnx").read_bytes()
+    assert not (root / "releases").exists()
+
+
+def test_no_search_when_only_size_fails(workspace: dict[str, Path]) -> None:
+    code, variant, output = _search(workspace, [{"metric": "cosine", "min": 0.9}, {"metric": "size_ratio", "max": 0.01}], broken=False)
+    search = variant["search"]
+    assert code == 1 and len(search["attempts"]) == 1 and search["sensitivity"] == []
+    assert search["conclusion"].startswith("only speed/size gates failed")
+    assert "ranked" not in output  # the sensitivity ranking never ran
+
+
+def test_the_search_stops_once_accuracy_holds_and_only_size_fails(workspace: dict[str, Path]) -> None:
+    code, variant, _ = _search(workspace, [{"metric": "ctc_exact_match", "min": 0.9}, {"metric": "size_ratio", "max": 0.01}])
+    search = variant["search"]
+    assert code == 1 and [a["nodes_in_float"] for a in search["attempts"]] == [0, 1]  # 2 nodes never tried
+    assert search["conclusion"].startswith("accuracy held with 1 node(s) in float, but size_ratio failed")
+    assert search["chosen_nodes_in_float"] == 1 and search["sensitivity"][0]["node"] == "conv1"
