@@ -22,6 +22,8 @@ from PIL import Image
 from rapidocr_onnxruntime.ch_ppocr_det import TextDetector
 from rapidocr_onnxruntime.main import RapidOCR
 
+from check_ocr_data import edit_distance  # noqa: F401  (re-exported for the table script)
+
 MODELS = Path(rapidocr_onnxruntime.__file__).parent / "models"
 REC_MODEL = MODELS / "ch_PP-OCRv4_rec_infer.onnx"
 
@@ -104,16 +106,6 @@ class Recognizer:
 def normalise(text: str) -> str:
     """What the recipes' *_norm metrics compare: NFKC, spaces removed."""
     return unicodedata.normalize("NFKC", text).replace(" ", "")
-
-
-def edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
 
 
 def read_tsv(path: Path) -> dict[str, str]:

@@ -144,24 +144,10 @@ def line_text(rng: Rng, kind: int, phrases: int) -> str:
 
 # --------------------------------------------------------------------------- rendering
 
-# One primary slice per sample; `mixed` combines two or three of the degradations at 70 % strength.
-LINE_SLICES = (
-    "clean",
-    "gaussian_blur",
-    "motion_blur",
-    "noise",
-    "jpeg",
-    "low_contrast",
-    "uneven_light",
-    "rotation",
-    "perspective",
-    "texture",
-    "long_line",
-    "loose_crop",
-    "tight_crop",
-    "mixed",
-)
+# The degradations a sample can have alone or, in `mixed`, two or three together.
 MIXABLE = ("gaussian_blur", "motion_blur", "noise", "jpeg", "low_contrast", "uneven_light", "rotation", "perspective", "texture")
+# One primary slice per sample; `mixed` combines two or three of the degradations at 70 % strength.
+LINE_SLICES = ("clean", *MIXABLE, "long_line", "loose_crop", "tight_crop", "mixed")
 MAX_ASPECT = 25.0  # the recipes resize to height 48 and cap the width at 1280 (26.7:1)
 
 
@@ -274,5 +260,9 @@ def write_real_lines(out: Path, split: str, split_id: int, per_slice: int, seed:
         (folder / name).write_bytes(data)
         labels.append(f"{name}\t{text}\n")
         slices.append(f"{name}\t{slc}\n")
+    write_tables(folder, labels, slices)
+
+
+def write_tables(folder: Path, labels: list[str], slices: list[str]) -> None:
     (folder / "labels.tsv").write_text("".join(labels), encoding="utf-8")
     (folder / "slices.tsv").write_text("".join(slices), encoding="utf-8")

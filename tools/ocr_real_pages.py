@@ -17,23 +17,11 @@ from PIL import Image
 
 import ocr_degrade as deg
 from make_ocr_data import FontSpec, Item, Rng, background, compose, layout_page, pick
-from ocr_real_lines import REAL_CJK_FONTS, REAL_LATIN_FONTS
+from ocr_real_lines import MIXABLE, REAL_CJK_FONTS, REAL_LATIN_FONTS, write_tables
 
 # `mixed` combines two or three of the others at 60 % strength.
-PAGE_SLICES = (
-    "clean",
-    "gaussian_blur",
-    "motion_blur",
-    "noise",
-    "jpeg",
-    "low_contrast",
-    "uneven_light",
-    "rotation",
-    "perspective",
-    "texture",
-    "mixed",
-)
-PAGE_MIXABLE = PAGE_SLICES[1:-1]
+PAGE_SLICES = ("clean", *MIXABLE, "mixed")
+PAGE_MIXABLE = MIXABLE
 # A page image of ~1000 px is a downscaled photo, which averages sensor noise: half the lines' noise.
 PAGE_STRENGTH = {"noise": 0.5}
 
@@ -92,5 +80,4 @@ def write_real_pages(out: Path, split: str, split_id: int, per_slice: int, seed:
         rows = [{"transcription": it.text, "points": it.box} for it in items]
         labels.append(f"{name}\t{json.dumps(rows, ensure_ascii=False)}\n")
         slices.append(f"{name}\t{slc}\n")
-    (folder / "labels.tsv").write_text("".join(labels), encoding="utf-8")
-    (folder / "slices.tsv").write_text("".join(slices), encoding="utf-8")
+    write_tables(folder, labels, slices)
