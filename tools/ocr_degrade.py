@@ -89,8 +89,8 @@ def jpeg_bytes(img: Image.Image, quality: int) -> bytes:
 
 
 def jpeg_quality(rng: Rng, strength: float = 1.0) -> int:
-    """Quality 8-24 at full strength (what messaging apps and web scans leave), higher when milder."""
-    return int(rng.integers(8, 25) + (1.0 - strength) * 40)
+    """Quality 15-40 at full strength (heavily compressed web images and chat photos), higher when milder."""
+    return int(rng.integers(15, 41) + (1.0 - strength) * 40)
 
 
 def low_resolution(img: Image.Image, rng: Rng) -> Image.Image:
