@@ -90,7 +90,8 @@ def main(
     with accuracy and speed gates, and promote the passing ones into a release folder.
 
     Exit codes: 0 the promotion policy was met; 1 a gate failed (the summary says which);
-    2 bad input (recipe, model, data; nothing released); 3 internal error.
+    2 bad input (recipe, model, data; nothing released); 3 internal error; 4 inconclusive (only
+    variants whose latency interval still straddled its threshold kept the policy from being met).
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -151,7 +152,10 @@ def _run_all(call: Invocation) -> int:
             _check_report_path(path, flag)
 
     from quant.report.html import render_html
-    from quant.runner import RunOptions, log_stderr, run
+    from quant.runner import EXIT_INCONCLUSIVE, RunOptions, log_stderr, run
+
+    # Across several recipes the worst outcome wins: a failed gate over an undecided one over a pass.
+    severity = {EXIT_PASS: 0, EXIT_INCONCLUSIVE: 1, EXIT_GATE_FAILED: 2}
 
     Progress.quiet = call.quiet
     log = (lambda message: None) if call.quiet else log_stderr
@@ -181,7 +185,7 @@ def _run_all(call: Invocation) -> int:
                 handle.write(result.summary + "\n")
         click.echo(result.summary)
         documents.append(result.results)
-        worst = max(worst, result.exit_code)
+        worst = max(worst, result.exit_code, key=severity.__getitem__)
     if call.junit_path and documents:
         call.junit_path.parent.mkdir(parents=True, exist_ok=True)
         call.junit_path.write_text(_junit_all(documents), encoding="utf-8")

@@ -12,7 +12,7 @@ from quant.gates import GateResult
 from quant.metrics.samples import Estimate
 
 # nothing_quantized: the method left the model an FP32 copy; it is neither judged nor promoted.
-Status = Literal["passed", "failed", "error", "nothing_quantized"]
+Status = Literal["passed", "failed", "inconclusive", "error", "nothing_quantized"]
 
 
 def json_number(value: Any) -> Any:
@@ -58,7 +58,11 @@ class VariantOutcome:
 
     @property
     def failed_gates(self) -> list[GateResult]:
-        return [g for g in self.gates if not g.passed]
+        return [g for g in self.gates if g.verdict == "failed"]
+
+    @property
+    def inconclusive_gates(self) -> list[GateResult]:
+        return [g for g in self.gates if g.inconclusive]
 
     def to_dict(self) -> dict[str, Any]:
         return json_number(

@@ -21,10 +21,12 @@ from quant.destination import Destination, destination_for
 from quant.errors import BuildError, InputError, ModelError, OutputError, RecipeError
 from quant.evaluate import Reference, compare_variant, run_reference
 from quant.executor import build_isolated
-from quant.gates import applicable_outputs, effective_gates, judge_all
+from quant.gates import applicable_outputs, effective_gates, judge_all, latency_bounds, overall_verdict
+from quant.intervals import unsupported_reason
 from quant.lockfile import remove_stale_lock
 from quant.methods.base import BuildContext
 from quant.metrics.catalogue import CATALOGUE, VARIANT_METRICS
+from quant.metrics.samples import interval_method
 from quant.model import ModelInfo, file_sha256, inspect_model, locate, model_size
 from quant.outcome import VariantOutcome, json_number
 from quant.precision import nothing_quantized
@@ -32,11 +34,12 @@ from quant.progress import Progress
 from quant.promote import Published, Release
 from quant.provenance import environment
 from quant.recipe.loader import LoadedRecipe
-from quant.recipe.schema import Recipe
+from quant.recipe.schema import Gate, Recipe
 from quant.regression import PreviousRelease, compare_with_release, metric_table
 from quant.report.summary import summary_markdown
 
 SCHEMA_VERSION = 1
+EXIT_INCONCLUSIVE = 4  # the CLI's exit code when only undecided (inconclusive) variants kept the policy from being met
 Log = Callable[[str], None]
 
 
@@ -99,9 +102,7 @@ def _check_recipe_against_model(recipe: Recipe, model: ModelInfo, charsets: dict
         unknown = [c for c in spec.ignore_chars if c not in charset]
         if unknown:
             raise RecipeError(f"characters {unknown} are not in the model's character list", file=file, field=f"outputs.{name}.ignore_chars")
-    all_gates = [("gates", i, g) for i, g in enumerate(recipe.gates)]
-    all_gates += [(f"variants.{v}.gates", i, g) for v, o in recipe.variants.items() for i, g in enumerate(o.gates)]
-    for where, index, gate in all_gates:
+    for where, index, gate in _all_gates(recipe):
         if gate.output and gate.output not in model.outputs:
             raise RecipeError(f"the model has no output '{gate.output}'", file=file, field=f"{where}[{index}].output")
         if gate.metric not in VARIANT_METRICS and not applicable_outputs(gate, recipe.outputs, list(model.outputs)):
@@ -111,6 +112,25 @@ def _check_recipe_against_model(recipe: Recipe, model: ModelInfo, charsets: dict
                 file=file,
                 field=f"{where}[{index}].metric",
             )
+
+
+def _all_gates(recipe: Recipe) -> list[tuple[str, int, Gate]]:
+    """Every gate with where it is written (recipe-wide, then each variant's)."""
+    found = [("gates", i, g) for i, g in enumerate(recipe.gates)]
+    return found + [(f"variants.{v}.gates", i, g) for v, o in recipe.variants.items() for i, g in enumerate(o.gates)]
+
+
+def _check_gates_supportable(recipe: Recipe, samples: int, file: str) -> None:
+    """A gate that demands a 95 % interval the evaluation set is too small to ever give is a recipe error."""
+    for where, index, gate in _all_gates(recipe):
+        method = interval_method(gate.metric)
+        if gate.must_clear != "interval" or method is None:
+            continue
+        reason = unsupported_reason(method, samples, gate.min, gate.max)
+        if reason:
+            bound = "min" if gate.min is not None else "max"
+            message = f"gate on '{gate.metric}' can never pass: the evaluation set has {samples} samples; {reason}"
+            raise RecipeError(message, file=file, field=f"{where}[{index}].{bound}")
 
 
 def prepare(loaded: LoadedRecipe, options: RunOptions) -> Prepared:
@@ -135,6 +155,7 @@ def _prepare(loaded: LoadedRecipe, options: RunOptions) -> Prepared:
     _check_recipe_against_model(recipe, model, charsets, file)
     input_names = list(model.inputs)
     evaluation = open_source(recipe.evaluation, loaded.base_dir, recipe.inputs, input_names, "evaluation")
+    _check_gates_supportable(recipe, len(evaluation), file)
     calibration = None
     if recipe.calibration is not None:
         calibration = open_source(recipe.calibration, loaded.base_dir, recipe.inputs, input_names, "calibration")
@@ -189,16 +210,20 @@ def judge_variant(
     outcome.size_bytes = model_size(candidate)
     outcome.size_ratio = outcome.size_bytes / prepared.model.size_bytes
     feeds = [f for _, f in zip(range(recipe.bench.samples), (f for _, f in checked_feeds(prepared.evaluation, prepared.model.inputs)))]
-    outcome.latency = latency_ratio(
-        prepared.model.path, candidate, feeds, rounds=recipe.bench.rounds, warmup=recipe.bench.warmup, threads=recipe.bench.threads
-    )
     gates = effective_gates(recipe.gates, recipe.variants[name].gates)
+    bench = recipe.bench
+    outcome.latency = latency_ratio(
+        prepared.model.path, candidate, feeds, rounds=bench.rounds, warmup=bench.warmup, threads=bench.threads,
+        bounds=latency_bounds(gates), max_rounds=bench.max_rounds or 4 * bench.rounds, max_seconds=bench.max_seconds,
+    )  # fmt: skip
     variant_metrics = {"size_ratio": outcome.size_ratio, "latency_ratio": outcome.latency.ratio}
+    intervals = {out: {m: e.interval for m, e in estimates.items()} for out, estimates in outcome.estimates.items()}
+    intervals[""] = {"latency_ratio": outcome.latency.interval} if outcome.latency.interval else {}
     earlier = prepared.previous.metrics_of(name) if prepared.previous else None
-    outcome.gates = judge_all(gates, outcome.metrics, variant_metrics, recipe.outputs, earlier)
-    outcome.status = "passed" if all(g.passed for g in outcome.gates) else "failed"
+    outcome.gates = judge_all(gates, outcome.metrics, variant_metrics, recipe.outputs, earlier, intervals)
+    outcome.status = overall_verdict(outcome.gates)
     for gate in outcome.gates:
-        detail(f"{name}:   {'pass' if gate.passed else 'FAIL'} {gate.describe()}")
+        detail(f"{name}:   {({'passed': 'pass', 'failed': 'FAIL'}).get(gate.verdict, gate.verdict.upper())} {gate.describe()}")
     log(f"{name}: {outcome.status.upper()} (size x{outcome.size_ratio:.2f}, latency x{outcome.latency.ratio:.2f})")
     return outcome
 
@@ -240,9 +265,11 @@ def run_variant(name: str, prepared: Prepared, reference: Reference, options: Ru
 # --------------------------------------------------------------------------- the run
 
 
-def _select_for_release(recipe: Recipe, outcomes: list[VariantOutcome]) -> tuple[list[VariantOutcome], bool]:
+def _select_for_release(
+    recipe: Recipe, outcomes: list[VariantOutcome], passes: Callable[[VariantOutcome], bool] = lambda o: o.passed
+) -> tuple[list[VariantOutcome], bool]:
     """(variants to promote, whether the promotion policy was met)."""
-    passing = [o for o in outcomes if o.passed]
+    passing = [o for o in outcomes if passes(o)]
     policy = recipe.promotion.policy
     if policy == "all_or_nothing":
         met = len(passing) == len(outcomes)
@@ -252,6 +279,21 @@ def _select_for_release(recipe: Recipe, outcomes: list[VariantOutcome]) -> tuple
             return [], False
         return [min(passing, key=_rank_key(recipe))], True
     return passing, bool(passing)
+
+
+def run_verdict(recipe: Recipe, outcomes: list[VariantOutcome], promoted: list[VariantOutcome], policy_met: bool) -> tuple[int, str]:
+    """(exit code, one line): 0 policy met; 4 only undecided variants kept it from being met; 1 otherwise."""
+    marked = ("nothing_quantized", "inconclusive")
+    failing = [o.name + (f" ({o.status.replace('_', ' ')})" if o.status in marked else "") for o in outcomes if not o.passed]
+    if policy_met:
+        return 0, f"PASS: promoted {', '.join(o.name for o in promoted)}" + (f"; did not pass: {', '.join(failing)}" if failing else "")
+    # Undecided, not failed: the policy would have been met had the inconclusive variants passed.
+    if _select_for_release(recipe, outcomes, lambda o: o.passed or o.status == "inconclusive")[1]:
+        return EXIT_INCONCLUSIVE, (
+            f"INCONCLUSIVE: promotion policy '{recipe.promotion.policy}' not met because a latency interval still straddled its "
+            f"threshold after the extra rounds (rerun on a quieter machine or raise bench.max_rounds); did not pass: {', '.join(failing)}"
+        )
+    return 1, f"FAIL: promotion policy '{recipe.promotion.policy}' not met; did not pass: {', '.join(failing)}"
 
 
 def _rank_key(recipe: Recipe) -> Callable[[VariantOutcome], float]:
@@ -348,11 +390,7 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
             )
         )
     release = published.where if published else None
-    failing = [o.name + (" (nothing quantized)" if o.status == "nothing_quantized" else "") for o in outcomes if not o.passed]
-    if policy_met:
-        verdict = f"PASS: promoted {', '.join(o.name for o in to_release)}" + (f"; did not pass: {', '.join(failing)}" if failing else "")
-    else:
-        verdict = f"FAIL: promotion policy '{recipe.promotion.policy}' not met; did not pass: {', '.join(failing)}"
+    exit_code, verdict = run_verdict(recipe, outcomes, to_release, policy_met)
     summary = summary_markdown(recipe.name, outcomes, prepared.model.size_bytes, release, verdict)
     results = json_number(
         {
@@ -383,10 +421,10 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
                 **(published.record if published else {}),
             },
             "verdict": verdict,
-            "exit_code": 0 if policy_met else 1,
+            "exit_code": exit_code,
         }
     )
-    return RunResult(0 if policy_met else 1, verdict, outcomes, results, summary, release)
+    return RunResult(exit_code, verdict, outcomes, results, summary, release)
 
 
 def _traceability(prepared: Prepared, outcome: VariantOutcome) -> dict[str, str]:

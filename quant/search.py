@@ -87,12 +87,14 @@ def _choose(judged: list[tuple[VariantOutcome, list[str]]]) -> tuple[int, str]:
     for index, (trial, excluded) in enumerate(judged):
         if trial.passed:
             return index, f"the first attempt that passed every gate ({len(excluded)} node(s) in float)"
-    rank = {"failed": 0, "error": 1, "nothing_quantized": 2}
+    rank = {"inconclusive": 0, "failed": 1, "error": 2, "nothing_quantized": 3}
     index = min(range(len(judged)), key=lambda i: (rank[judged[i][0].status], len(judged[i][0].failed_gates), len(judged[i][1])))
     trial = judged[index][0]
     if trial.status == "failed":
         failed = ", ".join(g.metric for g in trial.failed_gates)
         return index, f"no attempt passed; this one failed the fewest gates ({failed}) with the fewest nodes in float"
+    if trial.status == "inconclusive":
+        return index, "no attempt passed; this one failed no gate, but its latency stayed inconclusive"
     if trial.status == "error":
         return index, f"every attempt that quantized anything failed to build or run ({trial.error})"
     return index, "no attempt quantized any node"

@@ -72,7 +72,7 @@ def test_applicable_outputs_follow_the_kinds() -> None:
 
 
 def test_headline_order_and_the_report_axis() -> None:
-    assert HEADLINE_METRICS[:3] == ("ctc_exact_match_norm", "ctc_exact_match", "ctc_cer")
+    assert HEADLINE_METRICS[:4] == ("ctc_exact_match_norm", "ctc_exact_match", "label_cer_delta", "ctc_cer")
     assert accuracy_axis(["cosine", "ctc_cer", "ctc_exact_match"]) == "ctc_exact_match"  # a CER is not plotted at FP32 = 1
     assert accuracy_axis(["snr_db", "cosine", "map_iou"]) == "map_iou"
     assert accuracy_axis(["snr_db"]) is None

@@ -41,11 +41,11 @@ class Metric:
 
 
 _NUMERIC = [
-    Metric("cosine", "mean cosine similarity of each sample's output with FP32's (higher is better)", kinds=EVERY_KIND, headline=7, perfect=1.0),
+    Metric("cosine", "mean cosine similarity of each sample's output with FP32's (higher is better)", kinds=EVERY_KIND, headline=8, perfect=1.0),
     Metric("cosine_min", "worst per-sample cosine similarity", kinds=EVERY_KIND, perfect=1.0),
     Metric("max_abs", "largest absolute difference from FP32 over all samples", lower_is_better=True, kinds=EVERY_KIND, perfect=0.0),
     Metric("mean_abs", "mean absolute difference from FP32", lower_is_better=True, kinds=EVERY_KIND, perfect=0.0),
-    Metric("snr_db", "mean signal-to-noise ratio vs FP32 in dB", kinds=EVERY_KIND, headline=8),
+    Metric("snr_db", "mean signal-to-noise ratio vs FP32 in dB", kinds=EVERY_KIND, headline=9),
     Metric("snr_db_min", "worst per-sample SNR in dB", kinds=EVERY_KIND),
     Metric("nonfinite", "count of NaN/Inf values the variant produced where FP32 was finite", lower_is_better=True, kinds=EVERY_KIND, perfect=0.0),
 ]
@@ -54,7 +54,7 @@ _PER_KIND = [
         "top1_agreement",
         "fraction of positions whose argmax along `axis` equals FP32's (classes and ctc outputs)",
         kinds=("classes", "ctc"),
-        headline=6,
+        headline=7,
         interval="rate",
         perfect=1.0,
     ),
@@ -71,7 +71,7 @@ _PER_KIND = [
         "character (token) error rate of the greedy CTC decoding vs FP32's",
         lower_is_better=True,
         kinds=("ctc",),
-        headline=3,
+        headline=4,
         interval="bootstrap",
         perfect=0.0,
     ),
@@ -88,7 +88,7 @@ _PER_KIND = [
         "character error rate of the decoded texts after the output's `normalize` and `ignore_chars`",
         lower_is_better=True,
         kinds=("ctc",),
-        headline=4,
+        headline=5,
         interval="bootstrap",
         perfect=0.0,
     ),
@@ -127,6 +127,7 @@ _PER_KIND = [
         "label_cer of the variant minus label_cer of FP32",
         lower_is_better=True,
         kinds=("ctc",),
+        headline=3,  # what a reader of the text feels, beside agreement with FP32
         interval="bootstrap",
         perfect=0.0,
     ),
@@ -140,7 +141,7 @@ _PER_KIND = [
         "map_iou",
         "mean IoU of the binarised probability map vs FP32's",
         kinds=("prob_map",),
-        headline=5,
+        headline=6,
         interval="bootstrap",
         perfect=1.0,
     ),

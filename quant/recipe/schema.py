@@ -11,7 +11,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
-from quant.metrics.catalogue import GATE_METRICS
+from quant.metrics.catalogue import GATE_METRICS, INTERVAL_METRICS
+
+INTERVAL_GATE_METRICS = (*INTERVAL_METRICS, "latency_ratio")  # latency: an interval over its timed rounds (quant.bench)
 
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -255,6 +257,13 @@ class Gate(Strict):
         description="No worse than the same variant in the last release by more than this (absolute); holds when there is no earlier release.",
     )
     output: str | None = Field(default=None, description="Model output the gate reads; the worst over all applicable outputs when omitted.")
+    must_clear: Literal["point", "interval"] = Field(
+        default="point",
+        description="point: the measured value must meet `min`/`max`; interval: its whole 95 % interval must (Wilson for agreement "
+        "rates, a bootstrap over samples for CER, IoU and the label-CER delta), so a lucky draw of samples cannot pass. "
+        "A threshold the evaluation set is too small to ever clear this way is a recipe error. "
+        "latency_ratio is always judged by its interval: inconclusive when it still straddles the threshold after bench.max_rounds.",
+    )
 
     @field_validator("metric")
     @classmethod
@@ -269,6 +278,11 @@ class Gate(Strict):
             raise ValueError(f"gate on '{self.metric}' needs 'min', 'max' or 'max_regression'")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"gate on '{self.metric}' has min {self.min} > max {self.max}")
+        if self.must_clear == "interval":
+            if self.min is None and self.max is None:
+                raise ValueError(f"gate on '{self.metric}' with must_clear: interval needs 'min' or 'max'")
+            if self.metric not in INTERVAL_GATE_METRICS:
+                raise ValueError(f"'{self.metric}' has no interval (must_clear: interval works for {', '.join(sorted(INTERVAL_GATE_METRICS))})")
         return self
 
     @property
@@ -453,6 +467,13 @@ class Bench(Strict):
     rounds: int = Field(default=15, ge=3, description="Interleaved rounds (FP32 then variant, alternating order).")
     warmup: int = Field(default=2, ge=0, description="Untimed rounds first.")
     threads: int = Field(default=2, ge=1, description="onnxruntime intra-op threads.")
+    max_rounds: int | None = Field(
+        default=None,
+        ge=3,
+        description="While the latency ratio's 95 % interval straddles a latency gate, measure `rounds` more, up to this many "
+        "rounds in all [default: 4 x rounds]; still straddling then: the gate is inconclusive.",
+    )
+    max_seconds: float = Field(default=120, ge=0, description="Time budget for those extra rounds, per variant.")
 
 
 MLFLOW = "mlflow"

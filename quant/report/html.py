@@ -101,10 +101,33 @@ def _gate_cell(gate: dict[str, Any]) -> str:
     )
     if gate.get("max_regression") is not None:
         bound += f" regress ≤ {gate['max_regression']:g}"
-    css = "pass" if gate["passed"] else "fail"
+    if gate.get("must_clear") == "interval":
+        bound += ", whole interval"
+    css = "pass" if gate["passed"] else ("error" if gate.get("verdict") == "inconclusive" else "fail")
     where = f" [{_escape(gate['output'])}]" if gate.get("output") else ""
     reason = f"<br><span class=muted>{_escape(gate['reason'])}</span>" if gate.get("reason") else ""
-    return f"<td class={css}>{_escape(gate['metric'])}{where}: <b>{_number(gate.get('observed'))}</b> <span class=muted>({bound})</span>{reason}</td>"
+    observed = f"<b>{_number(gate.get('observed'))}</b>{_interval(gate.get('interval'))}"
+    return f"<td class={css}>{_escape(gate['metric'])}{where}: {observed} <span class=muted>({bound})</span>{reason}</td>"
+
+
+def _interval(interval: dict[str, Any] | None) -> str:
+    if not interval:
+        return ""
+    return f" <span class=muted>[{_number(interval['low'])}, {_number(interval['high'])}] n={interval['samples']}</span>"
+
+
+def _slices_section(results: dict[str, Any]) -> str:
+    """Per slice (clean, blur, ...): every variant's ratio metrics with their intervals and sample counts."""
+    rows = []
+    for name, v in results["variants"].items():
+        for slice_name, outputs in (v.get("slices") or {}).items():
+            for output, metrics in outputs.items():
+                cells = "; ".join(f"{_escape(m)} <b>{_number(e['value'])}</b>{_interval(e)}" for m, e in metrics.items())
+                rows.append(f"<tr><td>{_escape(name)}</td><td>{_escape(slice_name)}</td><td>{_escape(output)}</td><td>{cells}</td></tr>")
+    if not rows:
+        return ""
+    header = "<tr><th>variant</th><th>slice</th><th>output</th><th>metrics [95 % interval] n</th></tr>"
+    return f"<h2>Per slice</h2><table>{header}{''.join(rows)}</table>"
 
 
 def _variant_table(results: dict[str, Any]) -> str:
@@ -112,13 +135,16 @@ def _variant_table(results: dict[str, Any]) -> str:
     for name, v in results["variants"].items():
         css = {"passed": "pass", "failed": "fail"}.get(v["status"], "error")
         latency = v.get("latency") or {}
+        load = latency.get("load") or {}
+        machine = f"load {load.get('load_1m_before')}→{load.get('load_1m_after')} on {load.get('cpus')} CPUs" if load else ""
+        measured = f"{latency.get('rounds')} rounds, {machine}" if load else ""
         gates = "".join(_gate_cell(g) for g in v.get("gates", [])) or f"<td class=error>{_escape(v.get('error') or v.get('note') or '')}</td>"
         size = f"{v['size_bytes'] / 1e6:.2f} MB ({v['size_ratio']:.2f}×)" if v.get("size_bytes") else "—"
         rows.append(
             f"<tr><td><b>{_escape(name)}</b><br><span class=muted>{_escape(v['method'])}</span></td>"
             f"<td class={css}>{v['status'].replace('_', ' ').upper()}</td>"
-            f"<td>{size}</td><td>{_number(latency.get('ratio'), 3)}× <span class=muted>"
-            f"({_number(latency.get('variant_ms'), 3)} vs {_number(latency.get('reference_ms'), 3)} ms)</span></td>{gates}</tr>"
+            f"<td>{size}</td><td>{_number(latency.get('ratio'), 3)}×{_interval(latency.get('interval'))} <span class=muted>"
+            f"({_number(latency.get('variant_ms'), 3)} vs {_number(latency.get('reference_ms'), 3)} ms; {measured})</span></td>{gates}</tr>"
         )
     return (
         "<table><tr><th>variant</th><th>verdict</th><th>size</th><th>latency vs FP32</th><th colspan=20>gates (observed, threshold)</th></tr>"
@@ -169,7 +195,7 @@ def _regression_section(results: dict[str, Any]) -> str:
 
 def render_html(results: dict[str, Any]) -> str:
     """The report page for a results.json document."""
-    verdict_css = "pass" if results.get("exit_code") == 0 else "fail"
+    verdict_css = {0: "pass", 4: "error"}.get(results.get("exit_code"), "fail")
     environment = results.get("environment", {})
     plots = "".join(
         f"<figure><figcaption>{_escape(title)}</figcaption><img alt='{_escape(title)}' src='{uri}'></figure>" for title, uri in _plots(results)
@@ -193,7 +219,7 @@ def render_html(results: dict[str, Any]) -> str:
         f"<div class='verdict {verdict_css}'>{_escape(results['verdict'])}</div>"
         f"<h2>Variants</h2>{_variant_table(results)}"
         f"<h2>Trade-off and error distributions</h2><div class=plots>{plots or '<p class=muted>matplotlib is not installed: no plots.</p>'}</div>"
-        f"{_search_sections(results)}{_regression_section(results)}"
+        f"{_slices_section(results)}{_search_sections(results)}{_regression_section(results)}"
         f"<h2>Provenance</h2><table>{provenance_rows}</table>"
         "</body></html>\n"
     )

@@ -32,8 +32,13 @@ def render_junit(results: dict[str, Any]) -> str:
             tests += 1
             case = ET.SubElement(suite, "testcase", classname=classname, name=_case_name(gate))
             bounds = ", ".join(f"{k} {gate[k]}" for k in ("min", "max", "max_regression") if gate.get(k) is not None)
-            ET.SubElement(case, "system-out").text = f"observed {gate.get('observed')} ({bounds})"
-            if not gate["passed"]:
+            interval = gate.get("interval")
+            measured = f"observed {gate.get('observed')}" + (f" [{interval['low']}, {interval['high']}] n={interval['samples']}" if interval else "")
+            ET.SubElement(case, "system-out").text = f"{measured} ({bounds}{', whole interval' if gate.get('must_clear') == 'interval' else ''})"
+            if gate.get("verdict") == "inconclusive":  # not a pass: CI must not go green on a coin flip
+                failures += 1
+                ET.SubElement(case, "failure", message=f"{_case_name(gate)} inconclusive: {gate.get('reason', '')}", type="GateInconclusive")
+            elif not gate["passed"]:
                 failures += 1
                 message = f"{_case_name(gate)} = {gate.get('observed')} violates {bounds}" + (f": {gate['reason']}" if gate.get("reason") else "")
                 ET.SubElement(case, "failure", message=message, type="GateFailed")

@@ -5,9 +5,16 @@ from __future__ import annotations
 from quant.metrics.catalogue import HEADLINE_METRICS, worst_over_outputs
 from quant.outcome import VariantOutcome
 
+SLICE_METRICS = ("ctc_exact_match_norm", "ctc_exact_match", "label_cer_delta", "label_cer_reference", "map_iou")
 
-def _fmt(value: float | None, spec: str = ".3f") -> str:
-    return "—" if value is None else format(value, spec)
+
+def _with_interval(outcome: VariantOutcome, metric: str, value: float) -> str:
+    """`value [low, high] n=N` when the output holding that value measured an interval."""
+    for output, metrics in outcome.metrics.items():
+        estimate = outcome.estimates.get(output, {}).get(metric)
+        if metrics.get(metric) == value and estimate is not None:
+            return f"{value:.4g} {estimate.interval.describe()}"
+    return f"{value:.4g}"
 
 
 def _headline(outcome: VariantOutcome) -> str:
@@ -15,8 +22,29 @@ def _headline(outcome: VariantOutcome) -> str:
     for metric in HEADLINE_METRICS:
         worst = worst_over_outputs(metric, outcome.metrics.values())
         if worst is not None:
-            parts.append(f"{metric} {worst:.4g}")
+            parts.append(f"{metric} {_with_interval(outcome, metric, worst)}")
     return ", ".join(parts[:3]) or "—"
+
+
+def _latency(outcome: VariantOutcome) -> str:
+    latency = outcome.latency
+    if latency is None:
+        return "—"
+    if latency.interval is None:
+        return f"{latency.ratio:.3f}"
+    return f"{latency.ratio:.3f} [{latency.interval.low:.3f}, {latency.interval.high:.3f}] {latency.rounds} rounds"
+
+
+def _slice_lines(outcomes: list[VariantOutcome]) -> list[str]:
+    """Per slice: each variant's headline metrics with interval and sample count."""
+    rows = []
+    for o in outcomes:
+        for slice_name, outputs in o.slices.items():
+            for output, estimates in outputs.items():
+                shown = [f"{m} {estimates[m].value:.4g} {estimates[m].interval.describe()}" for m in SLICE_METRICS if m in estimates]
+                if shown:
+                    rows.append(f"| {o.name} | {slice_name} | {output} | {'; '.join(shown)} |")
+    return ["", "Per slice:", "", "| variant | slice | output | metrics [95 % interval] |", "|---|---|---|---|", *rows] if rows else []
 
 
 def summary_markdown(recipe_name: str, outcomes: list[VariantOutcome], reference_size: int, promoted: str | None, verdict: str) -> str:
@@ -25,15 +53,16 @@ def summary_markdown(recipe_name: str, outcomes: list[VariantOutcome], reference
         "",
         f"FP32 model: {reference_size / 1e6:.2f} MB",
         "",
-        "| variant | method | verdict | size MB (ratio) | latency ratio | accuracy vs FP32 | failed gates |",
+        "| variant | method | verdict | size MB (ratio) | latency ratio [95 % interval] | accuracy vs FP32 [95 % interval] n | failed gates |",
         "|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
         size = f"{o.size_bytes / 1e6:.2f} ({o.size_ratio:.2f})" if o.size_bytes and o.size_ratio else "—"
-        latency = _fmt(o.latency.ratio if o.latency else None)
-        verdict_cell = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "nothing_quantized": "NOTHING QUANTIZED"}[o.status]
-        failed = "; ".join(g.describe() for g in o.failed_gates) if o.status == "failed" else (o.error or o.note or "")
-        lines.append(f"| {o.name} | {o.method} | {verdict_cell} | {size} | {latency} | {_headline(o)} | {failed.replace('|', '/')} |")
+        verdict_cell = {"passed": "PASS", "failed": "FAIL", "error": "ERROR"}.get(o.status, o.status.replace("_", " ").upper())
+        undecided = o.status in ("failed", "inconclusive")
+        failed = "; ".join(g.describe() for g in [*o.failed_gates, *o.inconclusive_gates]) if undecided else (o.error or o.note or "")
+        lines.append(f"| {o.name} | {o.method} | {verdict_cell} | {size} | {_latency(o)} | {_headline(o)} | {failed.replace('|', '/')} |")
+    lines += _slice_lines(outcomes)
     lines += ["", f"Result: {verdict}"]
     if promoted:
         lines.append(f"Released to: {promoted}")
