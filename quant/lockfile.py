@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -21,17 +22,23 @@ def remove_stale_lock(loaded: LoadedRecipe, out_dir: Path) -> None:
 
 def write_lock(loaded: LoadedRecipe, out_dir: Path, variant: str, excluded: list[str]) -> Path:
     """Add `variant`'s resolved exclusion list to the run's lock file (fallback removed, paths rebased)."""
+    return write_lock_options(loaded, out_dir, variant, {"exclude_nodes": list(dict.fromkeys(excluded))}, remove=("fallback",))
+
+
+def write_lock_options(loaded: LoadedRecipe, out_dir: Path, variant: str, settings: dict[str, Any], remove: tuple[str, ...] = ()) -> Path:
+    """Set `settings` (and drop the `remove` keys) in `variant`'s options in the run's lock file (paths rebased)."""
     path = lock_path(loaded, out_dir)
     if path.is_file():
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     else:
         document = rebase_paths(loaded.resolved, loaded.base_dir, out_dir)
     options = dict(document["variants"][variant])
-    options.pop("fallback", None)
-    options["exclude_nodes"] = list(dict.fromkeys(excluded))
+    for key in remove:
+        options.pop(key, None)
+    options.update(settings)
     document["variants"][variant] = options
     header = (
-        f"# Lock file written by quant from {loaded.path.name}: the variants' node exclusions found by the fallback search.\n"
+        f"# Lock file written by quant from {loaded.path.name}: what the searches found (INT8 node exclusions, FP16 nodes kept in FP32).\n"
         f"# `quantize --recipe {path.name}` rebuilds them without searching.\n"
     )
     staging = path.with_name(path.name + f".tmp{os.getpid()}")

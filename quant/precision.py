@@ -59,7 +59,7 @@ def nothing_quantized(method: str, source: Path, built: Path, op_types: list[str
     elif method == "fp16":
         if float16_tensor_count(built):
             return None
-        asked = "op_block_list/node_block_list"
+        asked = "op_block_list/keep_fp32"
     else:
         return None
     present = op_type_counts(source)

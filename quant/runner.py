@@ -248,6 +248,10 @@ def run_variant(name: str, prepared: Prepared, reference: Reference, options: Ru
     out_path = options.out_dir / "variants" / f"{name}.onnx"
     options.log(f"{name}: building ({variant.method})")
     try:
+        if getattr(variant, "repair", "off") != "off":
+            from quant.fp16.repair import repair_fp16
+
+            return repair_fp16(name, prepared, reference, options, outcome, build_context=build_context, judge_variant=judge_variant)
         if getattr(variant, "fallback", None) is not None:
             from quant.search import search_fallback
 

@@ -305,13 +305,38 @@ class Prepare(Strict):
     )
 
 
+class Fp16Repair(Strict):
+    """The FP16 pre-flight and repair: scan on the calibration (tuning) samples, keep in FP32 what FP16 cannot hold."""
+
+    headroom: float = Field(
+        default=4.0, gt=1, description="Keep a tensor's producer and readers in FP32 when 65504 / |x|max on the tuning samples is below this."
+    )
+    samples: int = Field(default=8, ge=1, description="Calibration samples the scan and the repair's validation use (the tuning split).")
+    max_nodes: int = Field(
+        default=32, ge=0, description="Nodes the search may keep in FP32 beyond the scan's own, when the first repair fails its gates."
+    )
+    budget_seconds: float = Field(default=900, gt=0, description="Time the search may spend on validation attempts.")
+
+
 class Fp16Options(Strict):
-    """FP16 conversion with onnxconverter-common."""
+    """FP16 conversion with onnxruntime's float16 helper (values clamped at FP16's own limit, 65504)."""
 
     method: Literal["fp16"]
     keep_io_types: bool = Field(default=True, description="Keep float32 inputs/outputs (casts are inserted).")
-    op_block_list: list[str] | None = Field(default=None, description="Op types left in float32; onnxconverter-common's default list when omitted.")
-    node_block_list: list[str] = Field(default_factory=list, description="Node names left in float32.")
+    op_block_list: list[str] | None = Field(default=None, description="Op types left in float32; onnxruntime's default list when omitted.")
+    keep_fp32: list[str] = Field(default_factory=list, description="Node names left in float32 (names after `normalize`).")
+    normalize: bool = Field(
+        default=True,
+        description="Exact FP32 rewrites first (onnxruntime's offline basic optimisation): Constant nodes become initializers, "
+        "every node gets a name. Skipped for models with external data.",
+    )
+    fold_batchnorm: bool = Field(default=True, description="With `normalize`: fold BatchNormalization into the Conv before it.")
+    repair: Literal["off", "scan", "auto"] = Field(
+        default="off",
+        description="scan: report what overflows FP16 (needs calibration data); auto: also keep it in FP32, validate on the tuning "
+        "samples with the variant's gates, and search more nodes only when that fails. The FP32 set goes into the lock file.",
+    )
+    preflight: Fp16Repair = Field(default_factory=Fp16Repair, description="Settings of the scan and repair.")
     gates: list[Gate] = Field(default_factory=list, description="Gates replacing the recipe-wide ones with the same metric and output.")
 
 
@@ -571,7 +596,7 @@ class Recipe(Strict):
     @classmethod
     def _calibration_when_needed(cls, value: dict[str, object], info: ValidationInfo) -> dict[str, object]:
         # A field validator (not a model validator) so the error names a field; `calibration` is validated first.
-        needing = [name for name, v in value.items() if getattr(v, "method", None) in ("static_int8", "inc")]
+        needing = [name for name, v in value.items() if getattr(v, "method", None) in ("static_int8", "inc") or getattr(v, "repair", "off") != "off"]
         if needing and "calibration" in info.data and info.data["calibration"] is None:
             raise ValueError(f"variants {needing} need a 'calibration' data set")
         return value

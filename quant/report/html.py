@@ -8,6 +8,7 @@ import io
 import json
 from typing import Any
 
+from quant.fp16.report import html_sections as fp16_sections
 from quant.metrics.catalogue import accuracy_axis, worst_over_outputs
 
 STYLE = """
@@ -171,7 +172,8 @@ def _search_sections(results: dict[str, Any]) -> str:
             for i, n in enumerate(search.get("sensitivity", [])[:20])
         )
         parts.append(
-            f"<h2>Fallback search: {_escape(name)}</h2><p>{_escape(search.get('conclusion', ''))}</p>"
+            f"<h2>{'FP16 repair search' if search.get('kind') == 'fp16_repair' else 'Fallback search'}: {_escape(name)}</h2>"
+            f"<p>{_escape(search.get('conclusion', ''))}</p>"
             f"<table><tr><th>nodes kept in float</th><th>latency ratio</th>{header}<th>failed gates</th></tr>{attempts}</table>"
             + (f"<h3>Most sensitive nodes</h3><table><tr><th>#</th><th>node</th><th>op</th><th>SQNR dB</th></tr>{ranking}</table>" if ranking else "")
         )
@@ -219,7 +221,7 @@ def render_html(results: dict[str, Any]) -> str:
         f"<div class='verdict {verdict_css}'>{_escape(results['verdict'])}</div>"
         f"<h2>Variants</h2>{_variant_table(results)}"
         f"<h2>Trade-off and error distributions</h2><div class=plots>{plots or '<p class=muted>matplotlib is not installed: no plots.</p>'}</div>"
-        f"{_slices_section(results)}{_search_sections(results)}{_regression_section(results)}"
+        f"{_slices_section(results)}{fp16_sections(results)}{_search_sections(results)}{_regression_section(results)}"
         f"<h2>Provenance</h2><table>{provenance_rows}</table>"
         "</body></html>\n"
     )

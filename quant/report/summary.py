@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from quant.fp16.report import summary_lines as fp16_summary_lines
 from quant.metrics.catalogue import HEADLINE_METRICS, worst_over_outputs
 from quant.outcome import VariantOutcome
 
@@ -70,4 +71,5 @@ def summary_markdown(recipe_name: str, outcomes: list[VariantOutcome], reference
         if o.search and o.search.get("sensitivity"):
             worst = ", ".join(f"{n['node']} ({n['op_type']}, {n['sqnr_db']:.1f} dB)" for n in o.search["sensitivity"][:5])
             lines.append(f"Most sensitive nodes of {o.name}: {worst}")
+    lines += fp16_summary_lines(outcomes)
     return "\n".join(lines) + "\n"

@@ -1,0 +1,186 @@
+"""FP16 repair: keep in FP32 what the pre-flight flags, validate on the tuning samples, search only if that fails.
+
+Every choice here is made on the calibration samples (the tuning split): the scan, the validation of each
+attempt against the variant's accuracy gates, and the search. The evaluation samples only judge the final
+model, through the same `judge_variant` as every other variant, so the verdict is on data the repair never saw.
+
+The search adds the scan's ranked candidates (lowest headroom first) to the flagged set, 1, 2, 4, ... up to
+`max_nodes`, then bisects between the last failing and the first passing count, within `budget_seconds`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from quant.calibration.sources import SampleSource, inputs_signature
+from quant.errors import BuildError
+from quant.evaluate import Reference, compare_variant, run_reference
+from quant.executor import build_isolated
+from quant.fp16.preflight import run_preflight
+from quant.fp16.scan import Preflight
+from quant.gates import effective_gates, judge_all
+from quant.lockfile import write_lock_options
+from quant.methods.base import BuildContext
+from quant.metrics.catalogue import HEADLINE_METRICS, VARIANT_METRICS
+from quant.model import model_size
+from quant.outcome import VariantOutcome
+from quant.recipe.schema import Fp16Options, Gate
+from quant.search import _attempt_record
+
+if TYPE_CHECKING:
+    from quant.runner import Prepared, RunOptions
+
+
+def tuning_gates(recipe_gates: list[Gate], variant_gates: list[Gate]) -> list[Gate]:
+    """The variant's accuracy gates as bounds alone: size and speed are not what keeping nodes in FP32 can fix, and
+    a regression against the last release compares numbers measured on the evaluation samples."""
+    gates = [g for g in effective_gates(recipe_gates, variant_gates) if g.metric not in VARIANT_METRICS and (g.min is not None or g.max is not None)]
+    return [g.model_copy(update={"max_regression": None}) for g in gates]
+
+
+def _validate(name: str, candidate: Path, prepared: Prepared, tuning: SampleSource, reference: Reference, trial: VariantOutcome) -> None:
+    """Compare a candidate with FP32 on the tuning samples and apply the accuracy gates (fills `trial`)."""
+    recipe = prepared.recipe
+    charsets = {n: c.characters for n, c in prepared.charsets.items()}
+    comparisons = compare_variant(candidate, reference, tuning, prepared.model.inputs, recipe.outputs, charsets, recipe.bench.threads)
+    trial.metrics = {out: c.summary() for out, c in comparisons.items()}
+    trial.model_path = candidate
+    trial.size_bytes = model_size(candidate)
+    trial.size_ratio = trial.size_bytes / prepared.model.size_bytes
+    trial.gates = judge_all(tuning_gates(recipe.gates, recipe.variants[name].gates), trial.metrics, {}, recipe.outputs)
+    trial.status = "passed" if all(g.passed for g in trial.gates) else "failed"
+
+
+def _tuning_reference(prepared: Prepared, tuning: SampleSource, options: RunOptions) -> Reference:
+    recipe = prepared.recipe
+    signature = inputs_signature(recipe.inputs)
+    model = prepared.model
+    return run_reference(model.path, model.sha256, tuning, model.inputs, signature, options.cache_dir, recipe.bench.threads)
+
+
+def _reasons(preflight: Preflight, kept: list[str], flagged: list[str]) -> dict[str, str]:
+    """Why each node kept in FP32 is kept: its worst finding, or the search."""
+    reasons: dict[str, str] = {}
+    for finding in preflight.findings:
+        for node in finding.nodes:
+            if node in kept and node not in reasons and (node not in flagged or finding.flagged):
+                headroom = f", headroom {finding.headroom:.3g}" if finding.headroom != float("inf") else ""
+                source = "scan" if node in flagged else "search"
+                reasons[node] = f"{source}: {finding.kind} at {finding.op_type} {finding.tensor} ({finding.why}{headroom})"
+    return {node: reasons.get(node, "keep_fp32 in the recipe") for node in kept}
+
+
+def repair_fp16(
+    name: str,
+    prepared: Prepared,
+    reference: Reference,
+    options: RunOptions,
+    outcome: VariantOutcome,
+    build_context: Callable[[Prepared, RunOptions, str], BuildContext],
+    judge_variant: Callable[..., VariantOutcome],
+) -> VariantOutcome:
+    """Scan, then (repair: auto) keep the flagged nodes in FP32, validate, search if needed; judge the result as usual.
+
+    The runner hands over how it makes a build context and judges a model (no import back into the runner)."""
+    variant = prepared.recipe.variants[name]
+    assert isinstance(variant, Fp16Options) and prepared.calibration is not None
+    settings = variant.preflight
+    tuning = prepared.calibration.subset(settings.samples)
+    context = build_context(prepared, options, name)
+    preflight, source = run_preflight(variant, context, tuning)
+    flagged = preflight.flagged_nodes
+    cost = "cached" if preflight.cache_hit else f"{preflight.seconds:.1f} s"
+    found = f"{len(preflight.findings)} finding(s), {len(flagged)} node(s) flagged"
+    options.log(f"{name}: pre-flight on {preflight.samples} calibration samples ({cost}): {found}")
+
+    started = time.perf_counter()
+    attempts: list[dict[str, Any]] = []
+    judged: list[tuple[VariantOutcome, list[str]]] = []
+    work = options.out_dir / "work" / name
+
+    def attempt(extra: list[str]) -> VariantOutcome:
+        trial = VariantOutcome(name=name, method=outcome.method, options=outcome.options)
+        try:
+            result = build_isolated(variant, context, work / f"repair-{len(attempts):02d}.onnx", extra_keep_fp32=extra)
+            trial.build = result.details
+            _validate(name, result.path, prepared, tuning, tuning_reference, trial)
+        except BuildError as error:
+            trial.status, trial.error = "error", str(error)
+        attempts.append({**_attempt_record(trial, extra), "kept_fp32": extra, "split": "calibration"})
+        judged.append((trial, extra))
+        options.log(f"{name}: {len(extra)} node(s) kept in FP32 -> {trial.status} on the tuning samples")
+        return trial
+
+    conclusion = "scan only (repair: scan): nothing kept in FP32 beyond keep_fp32"
+    extra: list[str] = []
+    if variant.repair == "auto":
+        tuning_reference = _tuning_reference(prepared, tuning, options)
+        first = attempt(flagged)
+        conclusion = f"passed on the tuning samples with the scan's {len(flagged)} node(s) in FP32"
+        if not first.passed:
+            conclusion = _search(attempt, first, flagged, preflight.ranked_candidates(), settings.max_nodes, started + settings.budget_seconds)
+        chosen, extra = next(((o, e) for o, e in sorted(judged, key=lambda item: len(item[1])) if o.passed), None) or min(
+            judged, key=lambda item: (len(item[0].failed_gates) if item[0].status != "error" else 99, len(item[1]))
+        )
+        built = chosen.model_path
+        details = chosen.build
+    else:
+        result = build_isolated(variant, context, work / "scanned.onnx")
+        built, details = result.path, result.details
+    if built is None:
+        outcome.status, outcome.error = "error", next((o.error for o, _ in judged if o.error), "no attempt could be built")
+        return outcome
+    final = options.out_dir / "variants" / f"{name}.onnx"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(built, final)
+    outcome.build = {**details, "fp16_preflight": {**preflight.to_dict(), "split": "calibration", "source_model": str(source)}}
+    outcome.build["kept_fp32_reasons"] = _reasons(preflight, [*variant.keep_fp32, *extra], flagged)
+    judge_variant(name, final, prepared, reference, outcome, options.log, options.detail)
+    if variant.repair == "auto":
+        outcome.search = {
+            "kind": "fp16_repair",
+            "attempts": attempts,
+            "metrics": [m for m in HEADLINE_METRICS if any(m in a for a in attempts)],
+            "chosen_nodes_in_float": len(extra),
+            "split": f"calibration ({len(tuning)} samples): every attempt; evaluation: the final verdict only",
+            "seconds": round(time.perf_counter() - started, 3),
+            "conclusion": conclusion,
+        }
+        lock = write_lock_options(prepared.loaded, options.out_dir, name, {"keep_fp32": [*variant.keep_fp32, *extra], "repair": "scan"})
+        outcome.search["lock_file"] = str(lock)
+    return outcome
+
+
+def _search(
+    attempt: Callable[[list[str]], VariantOutcome], first: VariantOutcome, flagged: list[str], ranked: list[str], max_nodes: int, deadline: float
+) -> str:
+    """More FP32 nodes from the ranking, doubling then bisecting; returns the conclusion."""
+    if first.status == "error":
+        return f"the first repair could not be built: {first.error}"
+    candidates = [n for n in ranked if n not in flagged][:max_nodes]
+    if not candidates:
+        return f"failed on the tuning samples with the scan's {len(flagged)} node(s) in FP32, and the scan ranks no other node"
+    failing, passing, k = 0, None, 1
+    while time.perf_counter() < deadline:
+        k = min(k, len(candidates))
+        if attempt([*flagged, *candidates[:k]]).passed:
+            passing = k
+            break
+        failing = k
+        if k == len(candidates):
+            break
+        k *= 2
+    while passing is not None and passing - failing > 1 and time.perf_counter() < deadline:
+        middle = (failing + passing) // 2
+        if attempt([*flagged, *candidates[:middle]]).passed:
+            passing = middle
+        else:
+            failing = middle
+    if passing is None:
+        timed_out = time.perf_counter() >= deadline
+        return f"no attempt passed on the tuning samples {'within the time budget' if timed_out else f'with up to {len(candidates)} more node(s)'}"
+    return f"passed on the tuning samples with the scan's {len(flagged)} node(s) and {passing} more from its ranking in FP32"
