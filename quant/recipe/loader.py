@@ -231,7 +231,8 @@ def remove_nulled(document: dict[str, Any]) -> dict[str, Any]:
     for section in NAMED_SECTIONS:
         if isinstance(kept.get(section), dict):
             kept[section] = {name: entry for name, entry in kept[section].items() if entry is not None}
-    for name, variant in (kept.get("variants") or {}).items():
+    variants = kept.get("variants")
+    for name, variant in variants.items() if isinstance(variants, dict) else ():
         if isinstance(variant, dict) and "gates" in variant and variant["gates"] is None:
             kept["variants"][name] = {key: value for key, value in variant.items() if key != "gates"}
     return kept
