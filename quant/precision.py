@@ -71,3 +71,30 @@ def nothing_quantized(method: str, source: Path, built: Path, op_types: list[str
     elif op_types and not set(op_types) & set(present):
         hint = f"; the model has none of {op_types}"
     return f"{method} quantized no node ({asked}); the model's op types: {listed}{hint}"
+
+
+FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.BFLOAT16: "bfloat16",
+    onnx.TensorProto.DOUBLE: "float64",
+}
+
+
+def float_weight_types(path: Path) -> dict[str, int]:
+    """How many float weights (initializers and Constant values) of each type a model holds."""
+    graph = _load(path).graph
+    tensors = [*graph.initializer, *(a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute if a.HasField("t"))]
+    counts = Counter(FLOAT_TYPES[t.data_type] for t in tensors if t.data_type in FLOAT_TYPES)
+    return dict(counts)
+
+
+def source_precision(path: Path) -> str:
+    """What to call a source model in a summary: "FP16" when its float weights are float16, else "FP32"."""
+    types = float_weight_types(path)
+    return "FP16" if types.get("float16", 0) > types.get("float32", 0) else "FP32"
+
+
+def one_value_per_sample(dims: list[int | str | None]) -> bool:
+    """An output holding one number per sample ([], [1], [N, 1], ...): cosine similarity means nothing there."""
+    return all(d == 1 for d in dims[1:]) and (not dims or not isinstance(dims[0], int) or dims[0] == 1)

@@ -29,7 +29,7 @@ from quant.metrics.catalogue import CATALOGUE, VARIANT_METRICS
 from quant.metrics.samples import interval_method
 from quant.model import ModelInfo, file_sha256, inspect_model, locate, model_size
 from quant.outcome import VariantOutcome, json_number
-from quant.precision import nothing_quantized
+from quant.precision import nothing_quantized, one_value_per_sample, source_precision
 from quant.progress import Progress
 from quant.promote import Published, Release
 from quant.provenance import environment
@@ -37,6 +37,7 @@ from quant.recipe.loader import LoadedRecipe
 from quant.recipe.schema import Gate, Recipe
 from quant.regression import PreviousRelease, compare_with_release, metric_table
 from quant.report.summary import summary_markdown
+from quant.validation import check_gate_needs, check_not_already_fp16
 
 SCHEMA_VERSION = 1
 EXIT_INCONCLUSIVE = 4  # the CLI's exit code when only undecided (inconclusive) variants kept the policy from being met
@@ -104,7 +105,8 @@ def _check_recipe_against_model(recipe: Recipe, model: ModelInfo, charsets: dict
             raise RecipeError(f"characters {unknown} are not in the model's character list", file=file, field=f"outputs.{name}.ignore_chars")
     for where, index, gate in _all_gates(recipe):
         if gate.output and gate.output not in model.outputs:
-            raise RecipeError(f"the model has no output '{gate.output}'", file=file, field=f"{where}[{index}].output")
+            outputs = list(model.outputs)
+            raise RecipeError(f"the model has no output '{gate.output}'; its outputs are {outputs}", file=file, field=f"{where}[{index}].output")
         if gate.metric not in VARIANT_METRICS and not applicable_outputs(gate, recipe.outputs, list(model.outputs)):
             kinds = sorted(CATALOGUE[gate.metric].kinds)
             raise RecipeError(
@@ -151,10 +153,12 @@ def _prepare(loaded: LoadedRecipe, options: RunOptions) -> Prepared:
         raise RecipeError(f"--only names unknown variant(s) {unknown}; the recipe has {list(recipe.variants)}", file=file, field="variants")
     model_path = locate(recipe.model, loaded.base_dir)
     model = inspect_model(model_path)
+    check_not_already_fp16(recipe, model_path)
     charsets = output_charsets({n: s for n, s in recipe.outputs.items() if n in model.outputs}, model.metadata, loaded.base_dir)
     _check_recipe_against_model(recipe, model, charsets, file)
     input_names = list(model.inputs)
     evaluation = open_source(recipe.evaluation, loaded.base_dir, recipe.inputs, input_names, "evaluation")
+    check_gate_needs(recipe, list(model.outputs), evaluation)
     _check_gates_supportable(recipe, len(evaluation), file)
     calibration = None
     if recipe.calibration is not None:
@@ -395,7 +399,15 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
         )
     release = published.where if published else None
     exit_code, verdict = run_verdict(recipe, outcomes, to_release, policy_met)
-    summary = summary_markdown(recipe.name, outcomes, prepared.model.size_bytes, release, verdict)
+    summary = summary_markdown(
+        recipe.name,
+        outcomes,
+        prepared.model.size_bytes,
+        release,
+        verdict,
+        source=source_precision(prepared.model.path),
+        one_value_outputs=frozenset(name for name, dims in prepared.model.outputs.items() if one_value_per_sample(dims)),
+    )
     results = json_number(
         {
             "schema_version": SCHEMA_VERSION,

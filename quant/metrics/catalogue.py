@@ -23,6 +23,10 @@ EVERY_KIND = OUTPUT_KINDS
 # ratio of per-sample parts. None: no interval (a max, a count, a whole-run figure).
 IntervalKind = Literal["rate", "bootstrap"]
 
+# What an output (or the data) must have for a per-output metric to be produced at all; checked at
+# --validate so a gate never waits for the end of a run to find its metric missing.
+Need = Literal["charset", "normalisation", "labels"]
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -34,6 +38,7 @@ class Metric:
     interval: IntervalKind | None = None
     perfect: float | None = None  # its value when the variant's outputs equal FP32's, where that is a finite number
     gate: bool = True  # False: reported beside another metric, not a gate of its own
+    needs: tuple[Need, ...] = ()
 
     @property
     def variant_wide(self) -> bool:
@@ -82,6 +87,7 @@ _PER_KIND = [
         headline=1,
         interval="rate",
         perfect=1.0,
+        needs=("charset", "normalisation"),
     ),
     Metric(
         "ctc_cer_norm",
@@ -91,6 +97,7 @@ _PER_KIND = [
         headline=5,
         interval="bootstrap",
         perfect=0.0,
+        needs=("charset", "normalisation"),
     ),
     Metric(
         "ctc_exact_match_confident",
@@ -113,6 +120,7 @@ _PER_KIND = [
         lower_is_better=True,
         kinds=("ctc",),
         interval="bootstrap",
+        needs=("charset", "labels"),
     ),
     Metric(
         "label_cer_reference",
@@ -121,6 +129,7 @@ _PER_KIND = [
         kinds=("ctc",),
         interval="bootstrap",
         gate=False,
+        needs=("charset", "labels"),
     ),
     Metric(
         "label_cer_delta",
@@ -130,12 +139,14 @@ _PER_KIND = [
         headline=3,  # what a reader of the text feels, beside agreement with FP32
         interval="bootstrap",
         perfect=0.0,
+        needs=("charset", "labels"),
     ),
     Metric(
         "label_exact_match",
         "fraction of lines the variant reads exactly as the ground-truth label (needs labels and a character list)",
         kinds=("ctc",),
         interval="rate",
+        needs=("charset", "labels"),
     ),
     Metric(
         "map_iou",

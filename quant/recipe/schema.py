@@ -5,6 +5,7 @@ The schema in this file is the truth; `recipes/recipe.schema.json` is generated 
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -269,7 +270,9 @@ class Gate(Strict):
     @classmethod
     def _known_metric(cls, value: str) -> str:
         if value not in GATE_METRICS:
-            raise ValueError(f"unknown metric '{value}'; expected one of: {', '.join(GATE_METRICS)}")
+            close = difflib.get_close_matches(value, GATE_METRICS, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ValueError(f"unknown metric '{value}'; {hint}expected one of: {', '.join(GATE_METRICS)}")
         return value
 
     @model_validator(mode="after")

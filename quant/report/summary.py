@@ -18,10 +18,17 @@ def _with_interval(outcome: VariantOutcome, metric: str, value: float) -> str:
     return f"{value:.4g}"
 
 
-def _headline(outcome: VariantOutcome) -> str:
+def _cell(text: str) -> str:
+    """One Markdown table cell: a converter's multi-line error or a '|' must not break the table."""
+    return " ".join(text.split()).replace("|", "/")
+
+
+def _headline(outcome: VariantOutcome, one_value_outputs: frozenset[str]) -> str:
     parts = []
     for metric in HEADLINE_METRICS:
-        worst = worst_over_outputs(metric, outcome.metrics.values())
+        # Cosine of one number is only its sign: no headline for a one-value output (a classifier's score).
+        tables = [t for name, t in outcome.metrics.items() if not (metric.startswith("cosine") and name in one_value_outputs)]
+        worst = worst_over_outputs(metric, tables)
         if worst is not None:
             parts.append(f"{metric} {_with_interval(outcome, metric, worst)}")
     return ", ".join(parts[:3]) or "—"
@@ -48,11 +55,21 @@ def _slice_lines(outcomes: list[VariantOutcome]) -> list[str]:
     return ["", "Per slice:", "", "| variant | slice | output | metrics [95 % interval] |", "|---|---|---|---|", *rows] if rows else []
 
 
-def summary_markdown(recipe_name: str, outcomes: list[VariantOutcome], reference_size: int, promoted: str | None, verdict: str) -> str:
+def summary_markdown(
+    recipe_name: str,
+    outcomes: list[VariantOutcome],
+    reference_size: int,
+    promoted: str | None,
+    verdict: str,
+    source: str = "FP32",
+    one_value_outputs: frozenset[str] = frozenset(),
+) -> str:
+    """`source`: what the input model is (FP32, or FP16 when it came as FP16); `one_value_outputs`: outputs
+    with one number per sample, whose cosine is no headline."""
     lines = [
         f"## quant: {recipe_name}",
         "",
-        f"FP32 model: {reference_size / 1e6:.2f} MB",
+        f"{source} model: {reference_size / 1e6:.2f} MB",
         "",
         "| variant | method | verdict | size MB (ratio) | latency ratio [95 % interval] | accuracy vs FP32 [95 % interval] n | failed gates |",
         "|---|---|---|---|---|---|---|",
@@ -62,7 +79,7 @@ def summary_markdown(recipe_name: str, outcomes: list[VariantOutcome], reference
         verdict_cell = {"passed": "PASS", "failed": "FAIL", "error": "ERROR"}.get(o.status, o.status.replace("_", " ").upper())
         undecided = o.status in ("failed", "inconclusive")
         failed = "; ".join(g.describe() for g in [*o.failed_gates, *o.inconclusive_gates]) if undecided else (o.error or o.note or "")
-        lines.append(f"| {o.name} | {o.method} | {verdict_cell} | {size} | {_latency(o)} | {_headline(o)} | {failed.replace('|', '/')} |")
+        lines.append(f"| {o.name} | {o.method} | {verdict_cell} | {size} | {_latency(o)} | {_cell(_headline(o, one_value_outputs))} | {_cell(failed)} |")
     lines += _slice_lines(outcomes)
     lines += ["", f"Result: {verdict}"]
     if promoted:

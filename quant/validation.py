@@ -1,0 +1,66 @@
+"""Checks that need the recipe, the model and the data together, said at --validate rather than found
+at the end of a run: gates whose metric cannot be produced, and an FP16 variant of an FP16 model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from quant.calibration.sources import SampleSource
+from quant.errors import ModelError, RecipeError
+from quant.gates import applicable_outputs
+from quant.metrics.catalogue import CATALOGUE
+from quant.precision import float_weight_types
+from quant.recipe.schema import Gate, OutputSpec, Recipe
+
+NEED_HINTS = {
+    "charset": "a character list (charset_metadata or charset_file)",
+    "normalisation": "normalize or ignore_chars",
+    "labels": "ground-truth labels in the evaluation source",
+}
+
+
+def every_gate(recipe: Recipe) -> Iterator[tuple[str, Gate]]:
+    """(field path, gate) for the recipe-wide gates and every variant's own."""
+    for index, gate in enumerate(recipe.gates):
+        yield f"gates[{index}]", gate
+    for name, variant in recipe.variants.items():
+        for index, gate in enumerate(variant.gates):
+            yield f"variants.{name}.gates[{index}]", gate
+
+
+def _missing(spec: OutputSpec, need: str, labelled: bool) -> bool:
+    if need == "charset":
+        return not spec.has_charset
+    if need == "normalisation":
+        return not (spec.ignore_chars or spec.normalize)
+    return not labelled
+
+
+def check_gate_needs(recipe: Recipe, output_names: list[str], evaluation: SampleSource) -> None:
+    """A gate whose metric no output can produce (a text metric on an output with no character list,
+    a label metric without labels) is refused now, naming what is missing."""
+    labelled = any(sample.label is not None for sample in evaluation.samples)
+    for field, gate in every_gate(recipe):
+        needs = CATALOGUE[gate.metric].needs
+        outputs = applicable_outputs(gate, recipe.outputs, output_names) if needs else []
+        lacking = {name: [n for n in needs if _missing(recipe.outputs.get(name, OutputSpec()), n, labelled)] for name in outputs}
+        if outputs and all(lacking.values()):
+            name = outputs[0]
+            wanted = " and ".join(NEED_HINTS[n] for n in lacking[name])
+            raise RecipeError(f"metric '{gate.metric}' needs {wanted} on output '{name}'; it would never be measured", field=f"{field}.metric")
+
+
+def check_not_already_fp16(recipe: Recipe, model_path: Path) -> None:
+    """An fp16 variant of a model whose weights are already float16 has nothing to convert."""
+    fp16_variants = [name for name, v in recipe.variants.items() if v.method == "fp16"]
+    if not fp16_variants:
+        return
+    types = float_weight_types(model_path)
+    if types.get("float16", 0) and not types.get("float32", 0):
+        raise ModelError(
+            f"the model is already FP16 ({types['float16']} float16 weights, no float32 ones): variant '{fp16_variants[0]}' has nothing to convert "
+            "(remove it, or use the FP32 export of the model)",
+            file=str(model_path),
+            field=f"variants.{fp16_variants[0]}.method",
+        )
