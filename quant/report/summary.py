@@ -79,7 +79,8 @@ def summary_markdown(
         verdict_cell = {"passed": "PASS", "failed": "FAIL", "error": "ERROR"}.get(o.status, o.status.replace("_", " ").upper())
         undecided = o.status in ("failed", "inconclusive")
         failed = "; ".join(g.describe() for g in [*o.failed_gates, *o.inconclusive_gates]) if undecided else (o.error or o.note or "")
-        lines.append(f"| {o.name} | {o.method} | {verdict_cell} | {size} | {_latency(o)} | {_cell(_headline(o, one_value_outputs))} | {_cell(failed)} |")
+        accuracy = _cell(_headline(o, one_value_outputs))
+        lines.append(f"| {o.name} | {o.method} | {verdict_cell} | {size} | {_latency(o)} | {accuracy} | {_cell(failed)} |")
     lines += _slice_lines(outcomes)
     lines += ["", f"Result: {verdict}"]
     if promoted:
