@@ -120,3 +120,34 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: i
     """The real `quantize` command in a subprocess (exit codes, stdout/stderr as a user sees them)."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "quant.cli", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+# --------------------------------------------------------------------------- no silent skip under CI
+
+SKIP_UNDER_CI = "skipped under CI, which must provide everything the tests need (.ci/run installs it)"
+
+
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    longrepr = report.longrepr
+    return longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """With CI set, a skipped test fails instead, with the skip's reason: a missing prerequisite
+    (Chromium, an optional extra, mount rights) must never pass unnoticed as a skip. xfail is not a skip."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"{SKIP_UNDER_CI}: {_skip_reason(report)}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Any:
+    """The same for a whole module skipped at import (pytest.importorskip at module level)."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("CI") and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"{SKIP_UNDER_CI}: {_skip_reason(report)}"

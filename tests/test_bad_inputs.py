@@ -27,7 +27,7 @@ import onnx
 import pytest
 import yaml
 
-from tests.conftest import base_recipe, tiny_ctc_model, write_images
+from tests.conftest import REPO, base_recipe, tiny_ctc_model, write_images
 
 # --------------------------------------------------------------------------- the harness
 
@@ -76,13 +76,17 @@ def _dump(recipe: dict[str, Any]) -> str:
     return yaml.safe_dump(recipe, sort_keys=False)
 
 
-def _mount_tmpfs(ctx: Ctx, name: str, options: str) -> Path | None:
-    """A small tmpfs (we run as root in CI); None when mounting is not possible here."""
+class Unavailable(Exception):
+    """This machine cannot set up a case's condition (e.g. no right to mount a tmpfs)."""
+
+
+def _mount_tmpfs(ctx: Ctx, name: str, options: str) -> Path:
+    """A small tmpfs (CI runs as root, see .ci/run); Unavailable when mounting is not possible here."""
     point = ctx.root / name
     point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True)
     if done.returncode != 0:
-        return None
+        raise Unavailable(f"cannot mount a tmpfs ({options}) here: {done.stderr.strip() or done.returncode}; CI runs as root to do it")
     ctx.mounts.append(point)
     return point
 
@@ -397,6 +401,13 @@ def m_input_names(ctx: Ctx) -> Path:
     return ctx.recipe_path
 
 
+def m_input_without_entry(ctx: Ctx) -> Path:
+    model = tiny_ctc_model()
+    model.graph.input.append(onnx.helper.make_tensor_value_info("unused", onnx.TensorProto.FLOAT, [1]))  # the recipe says nothing of it
+    onnx.save(model, str(ctx.model))
+    return ctx.recipe_path
+
+
 def m_output_names(ctx: Ctx) -> Path:
     ctx.recipe["outputs"] = {"logits": {"kind": "ctc"}}  # type: ignore[index]
     return ctx.recipe_path
@@ -688,9 +699,6 @@ def e_json_under_file(ctx: Ctx) -> Path:
 def e_out_read_only(ctx: Ctx) -> Path:
     _one_real_variant(ctx)
     mount = _mount_tmpfs(ctx, "ro", "ro,size=1m")
-    if mount is None:  # no mount here: a folder under a regular file is as unwritable
-        (ctx.root / "ro_file").write_text("x")
-        mount = ctx.root / "ro_file"
     ctx.args = ["--out", str(mount / "run")]
     return mount
 
@@ -698,9 +706,6 @@ def e_out_read_only(ctx: Ctx) -> Path:
 def e_release_read_only(ctx: Ctx) -> Path:
     _one_real_variant(ctx)
     mount = _mount_tmpfs(ctx, "ro", "ro,size=1m")
-    if mount is None:
-        (ctx.root / "ro_file").write_text("x")
-        mount = ctx.root / "ro_file"
     ctx.recipe["promotion"]["to"] = str(mount / "releases")  # type: ignore[index]
     ctx.extra_release_roots.append(mount)
     return mount
@@ -709,20 +714,21 @@ def e_release_read_only(ctx: Ctx) -> Path:
 def e_out_disk_full(ctx: Ctx) -> Path:
     _one_real_variant(ctx)
     mount = _mount_tmpfs(ctx, "full", "size=256k")
-    if mount is None:  # no tmpfs: every file the run writes may have 200 bytes at most
-        ctx.preexec = _limit_file_size(200)
-        ctx.args = ["--out", str(ctx.root / "run")]
-        return ctx.root / "run"
     _fill(mount)
     ctx.args = ["--out", str(mount / "run")]
     return mount / "run"
 
 
+def e_out_file_size_limit(ctx: Ctx) -> Path:
+    """Every file the run writes may have 200 bytes at most (RLIMIT_FSIZE): writes fail with EFBIG."""
+    _one_real_variant(ctx)
+    ctx.preexec = _limit_file_size(200)
+    return ctx.root / "run"
+
+
 def e_release_disk_full(ctx: Ctx) -> Path:
     _one_real_variant(ctx)
     mount = _mount_tmpfs(ctx, "full", "size=256k")
-    if mount is None:
-        pytest.skip("cannot mount a tmpfs here")
     (mount / "releases").mkdir()
     _fill(mount)
     ctx.recipe["promotion"]["to"] = str(mount / "releases")  # type: ignore[index]
@@ -785,6 +791,7 @@ CASES = [
     Case("model-fails-checker", "model", m_checker, "model.path", "onnx.checker"),
     Case("model-opset-too-old", "model", m_opset_too_old, "model.path", "opset 6"),
     Case("model-input-names", "model", m_input_names, "inputs.y", "no input 'y'"),
+    Case("model-input-without-recipe-entry", "model", m_input_without_entry, "inputs", "model input 'unused' has no entry"),
     Case("model-output-names", "model", m_output_names, "outputs.logits", "no output 'logits'"),
     Case("model-metadata-key", "model", m_metadata_key, "outputs.probs.charset_metadata", "no metadata key"),
     Case("model-external-data-missing", "model", m_external_missing, "model.path", "missing"),
@@ -822,9 +829,11 @@ CASES = [
     Case("env-cache-under-a-file", "environment", e_cache_under_file, "--cache", "cannot write"),
     Case("env-release-under-a-file", "environment", e_release_under_file, "promotion.to", "not a folder|cannot"),
     Case("env-json-under-a-file", "environment", e_json_under_file, "--json", "not a folder|cannot"),
-    Case("env-out-read-only", "environment", e_out_read_only, "--out", "cannot write"),
-    Case("env-release-read-only", "environment", e_release_read_only, "promotion.to", "not writable|cannot"),
-    Case("env-out-disk-full", "environment", e_out_disk_full, "--out", "No space left on device|File too large"),
+    # The words name the condition itself, so a case that could not set it up cannot pass as another one.
+    Case("env-out-read-only", "environment", e_out_read_only, "--out", "Read-only file system"),
+    Case("env-release-read-only", "environment", e_release_read_only, "promotion.to", "not writable|Read-only file system"),
+    Case("env-out-disk-full", "environment", e_out_disk_full, "--out", "No space left on device"),
+    Case("env-out-file-size-limit", "environment", e_out_file_size_limit, "--out", "File too large"),
     Case("env-release-disk-full", "environment", e_release_disk_full, "promotion.to", "No space left on device"),
 ]
 
@@ -834,7 +843,7 @@ class Outcome:
     ctx: Ctx
     expected_file: str
     done: subprocess.CompletedProcess[str] | None
-    skipped: str | None = None
+    unavailable: str | None = None  # the machine could not set the case up
     release_files: list[str] = field(default_factory=list)
     staging: list[str] = field(default_factory=list)
 
@@ -852,8 +861,8 @@ def _run_case(case: Case, root: Path) -> Outcome:
     try:
         try:
             expected_file = case.setup(ctx)
-        except pytest.skip.Exception as skip:
-            return Outcome(ctx, "", None, skipped=str(skip))
+        except Unavailable as missing:
+            return Outcome(ctx, "", None, unavailable=str(missing))
         if isinstance(ctx.recipe, str):
             ctx.recipe_path.write_text(ctx.recipe, encoding="utf-8")
         else:
@@ -884,16 +893,30 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
         return {name: future.result() for name, future in futures.items()}
 
 
-def test_the_matrix_is_big_enough() -> None:
-    assert len({c.id for c in CASES}) == len(CASES) >= 40
-    assert {c.group for c in CASES} == {"recipe", "model", "data", "environment"}
+# Fields named by bad-input errors that other test files check, because they need an optional extra's setting.
+CHECKED_ELSEWHERE = {"algorithm": "tests/test_weight_only.py", "promotion.tracking_uri": "tests/test_mlflow.py"}
+
+
+def test_every_field_a_bad_input_error_names_has_a_case() -> None:
+    """Derived from the code, not from this list: a new `raise ...Error(..., field="x")` in quant/ needs a case here."""
+    named = set()
+    for source in (REPO / "quant").rglob("*.py"):
+        named |= set(re.findall(r'field="([^"{]+)"', source.read_text(encoding="utf-8")))
+    assert {"model.path", "promotion.to", "--out", "inputs"} <= named  # the scan finds the fields it should
+    covered = {case.field for case in CASES}
+    missing = sorted(named - covered - set(CHECKED_ELSEWHERE))
+    assert missing == [], f"no bad-input case names field(s) {missing}"
+    for field_name, test_file in CHECKED_ELSEWHERE.items():
+        assert field_name not in covered and field_name.rsplit(".", 1)[-1] in (REPO / test_file).read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_exits_2_with_one_line_naming_file_and_field(case: Case, outcomes: dict[str, Outcome]) -> None:
     outcome = outcomes[case.id]
-    if outcome.skipped:
-        pytest.skip(outcome.skipped)
+    if outcome.unavailable:
+        if os.environ.get("CI"):  # CI must provide every condition: a case it cannot set up is a failure there
+            pytest.fail(outcome.unavailable)
+        pytest.skip(outcome.unavailable)
     done = outcome.done
     assert done is not None
     assert "Traceback" not in done.stderr, done.stderr

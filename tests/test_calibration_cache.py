@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,9 @@ import yaml
 from PIL import Image
 
 from quant.calibration.ranges import CalibrationRanges, calibration_ranges
+from quant.calibration.reader import checked_feeds
 from quant.calibration.sources import open_source
+from quant.calibration.streaming import collect_ranges, quantize_static_default_op_types
 from quant.methods.base import BuildContext
 from quant.methods.static_int8 import quantize_with_exclusions
 from quant.model import file_sha256
@@ -40,6 +43,10 @@ def _ranges(
 ) -> CalibrationRanges:
     chosen = {"method": "minmax", "percentile": 99.999, "op_types": None, **settings}
     return calibration_ranges(model, file_sha256(model), _source(folder, x, samples), INPUTS, cache_dir=cache, log=lambda _: None, **chosen)
+
+
+def _feeds(folder: Path) -> list[dict[str, Any]]:
+    return [feeds for _, feeds in checked_feeds(_source(folder), INPUTS)]
 
 
 def _stored(ranges: CalibrationRanges) -> dict[str, Any]:
@@ -156,3 +163,20 @@ def test_changing_the_mean_in_a_recipe_recomputes_the_ranges(workspace: dict[str
     low_before, low_after = (ranges[run["key"]]["data"]["x"]["lowest"]["data"][0] for run in (first, third))
     assert low_after > low_before  # a smaller mean gives larger inputs: the new ranges are of the new tensors
     assert yaml.safe_load((root / "recipe.yaml").read_text())["inputs"]["x"]["mean"] == [0.25, 0.25, 0.25]
+
+
+def test_without_op_types_the_ranges_are_those_quantize_static_would_calibrate(calibration_setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    model, images, cache = calibration_setup
+    default = _ranges(model, images, cache)
+    expected = collect_ranges(model, _feeds(images), "minmax", op_types_to_calibrate=quantize_static_default_op_types(), work_dir=tmp_path / "w")
+    assert set(_stored(default)) == set(expected) and "x" in expected and "t" in expected
+
+
+def test_scratch_of_a_killed_calibration_is_removed_and_a_live_one_kept(calibration_setup: tuple[Path, Path, Path]) -> None:
+    model, images, cache = calibration_setup
+    work_root = cache / "calibration"
+    dead, live = work_root / ".work-10000000-abc", work_root / f".work-{os.getpid()}-abc"  # 10000000: beyond any pid
+    for scratch in (dead, live):
+        scratch.mkdir(parents=True)
+    _ranges(model, images, cache)
+    assert not dead.exists() and live.is_dir()

@@ -25,12 +25,17 @@ def test_real_rec_model_static_int8_is_quantized_and_judged(tmp_path: Path) -> N
         f"promotion: {{to: {tmp_path / 'releases'}}}\n"
     )
     done = run_cli("--recipe", str(recipe), "--out", str(tmp_path / "run"), "--only", "fp16", "--only", "int8-static", cwd=tmp_path)
-    assert done.returncode in (0, 1), done.stderr
     results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert done.returncode == results["exit_code"], done.stderr
     static, fp16 = results["variants"]["int8-static"], results["variants"]["fp16"]
     assert static["status"] != "error" and fp16["status"] != "error"
     ops = {n.op_type for n in onnx.load(str(tmp_path / "run" / "variants" / "int8-static.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert static["size_ratio"] < 0.4  # weights really are 8-bit
-    assert fp16["metrics"]["softmax_11.tmp_0"]["ctc_exact_match_norm"] >= 0.85  # FP16 keeps rec's text
+    # FP16 keeps rec's text: every accuracy gate of the shipped recipe holds (latency is the machine's business).
+    accuracy_gates = [g for g in fp16["gates"] if g["metric"] not in ("latency_ratio", "size_ratio")]
+    assert {g["metric"] for g in accuracy_gates} >= {"ctc_exact_match_norm"}
+    assert all(g["passed"] for g in accuracy_gates), accuracy_gates
     assert {g["metric"] for g in static["gates"]} >= {"ctc_exact_match_norm", "latency_ratio"}
+    # The exit code is the promotion policy's verdict (all_passing: 0 when a variant passed every gate).
+    assert done.returncode in (0, 1, 4) and (done.returncode == 0) == any(v["status"] == "passed" for v in (static, fp16))

@@ -1,0 +1,224 @@
+"""Mutation testing of the modules that carry quant's promises, with cosmic-ray 8.7.0.
+
+Each module is mutated one change at a time (a comparison flipped, a number changed, a boolean
+negated, a loop emptied, an exception swallowed ...) in a scratch copy of the tree, and only the
+fast tests relevant to that module are run against each mutant. A mutant the tests do not notice
+"survives". The survival rate per module is printed, and every survivor with its diff.
+
+    python tools/mutation.py                       # every module, every mutant (long: see README)
+    python tools/mutation.py --module gates --module promotion
+    python tools/mutation.py --sample 40 --seed 1  # at most 40 mutants per module, chosen at random
+    python tools/mutation.py --source /path/to/an/older/checkout   # "before" figures
+
+cosmic-ray lives in its own virtualenv (.venv-mutation, created on first use), because its
+SQLAlchemy 2.1 is not the one MLflow wants; the tests run with the project's interpreter
+(--python, default .venv/bin/python, else the one running this script).
+
+Why cosmic-ray and not mutmut: cosmic-ray writes each mutant to the file on disk and runs any
+test command, so the many tests that run `python -m quant.cli` in a subprocess see the mutant;
+its session is an SQLite file, so a long run can be stopped and resumed (`--keep DIR`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MUTATION_VENV = REPO / ".venv-mutation"
+COSMIC_RAY = "cosmic-ray==8.7.0"
+
+# module name -> (files mutated, the fast tests that hold its promises; pytest node ids allowed).
+# Keep in step with the code's layout. Tests missing from the tree mutated (an older checkout) are left out.
+MODULES: dict[str, tuple[list[str], list[str]]] = {
+    "gates": (["quant/gates.py"], ["tests/test_gate_promises.py", "tests/test_metrics_gates.py"]),
+    "metrics": (
+        ["quant/metrics/numeric.py", "quant/metrics/ctc.py", "quant/metrics/catalogue.py", "quant/compare.py"],
+        ["tests/test_metrics_gates.py", "tests/test_catalogue.py"],
+    ),
+    "search": (["quant/search.py"], ["tests/test_search_promises.py", "tests/test_static_search.py"]),
+    "calibration-cache": (["quant/calibration/ranges.py"], ["tests/test_calibration_cache.py"]),
+    "promotion": (["quant/promote.py"], ["tests/test_release_promises.py", "tests/test_cli.py::test_passing_run_promotes_a_verifiable_release"]),
+    "cli-exit-codes": (["quant/cli.py"], ["tests/test_exit_codes.py", "tests/test_cli.py"]),
+}
+
+# Operators left out, and why: replacing + by a bit shift or a matrix product multiplies the mutants
+# without testing anything the arithmetic replacements among + - * / do not; a removed decorator
+# (@dataclass, @property, @click.option) fails at import, which every test notices.
+EXCLUDED_OPERATORS = [
+    r"core/ReplaceBinaryOperator_\w+_(BitAnd|BitOr|BitXor|LShift|RShift|MatMult|Pow|FloorDiv|Mod)$",
+    r"core/ReplaceBinaryOperator_(BitAnd|BitOr|BitXor|LShift|RShift|MatMult|Pow|FloorDiv|Mod)_\w+$",
+    r"core/RemoveDecorator",
+]
+
+COPIED = ["quant", "tests", "recipes", "docs", "pyproject.toml", "README.md"]
+
+
+def _ensure_cosmic_ray() -> None:
+    """Run this script inside the virtualenv that has cosmic-ray (created on first use)."""
+    try:
+        import cosmic_ray  # noqa: F401
+    except ImportError:
+        python = MUTATION_VENV / "bin" / "python"
+        if not python.exists():
+            print(f"creating {MUTATION_VENV} with {COSMIC_RAY}", file=sys.stderr)
+            subprocess.run([sys.executable, "-m", "venv", str(MUTATION_VENV)], check=True)
+            subprocess.run([str(python), "-m", "pip", "install", "-q", COSMIC_RAY], check=True)
+        os.execv(str(python), [str(python), *sys.argv])
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    for name in COPIED:
+        path = source / name
+        if path.is_dir():
+            shutil.copytree(path, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif path.is_file():
+            shutil.copy2(path, target / name)
+
+
+def _config(files: list[str], tests: list[str], python: str, timeout: float) -> str:
+    command = f"{python} -m pytest -x -q -p no:cacheprovider -p no:randomly {' '.join(tests)}"
+    excluded = ", ".join(f"'{pattern}'" for pattern in EXCLUDED_OPERATORS)
+    modules = ", ".join(f'"{f}"' for f in files)
+    return (
+        "[cosmic-ray]\n"
+        f"module-path = [{modules}]\n"
+        f"timeout = {timeout}\n"
+        "excluded-modules = []\n"
+        f'test-command = "{command}"\n\n'
+        "[cosmic-ray.distributor]\n"
+        'name = "local"\n\n'
+        "[cosmic-ray.filters.operators-filter]\n"
+        f"exclude-operators = [{excluded}]\n"
+    )
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _sample(session: Path, keep: int, seed: int) -> None:
+    """Mark all but `keep` pending mutants, chosen at random with `seed`, as skipped."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        # Sorted by place and operator, not by job id (random): the same tree and seed give the same sample.
+        def place(item: object) -> tuple:
+            mutation = item.mutations[0]  # type: ignore[attr-defined]
+            return (str(mutation.module_path), mutation.start_pos, mutation.operator_name, mutation.occurrence)
+
+        items = sorted(db.pending_work_items, key=place)
+        pending = [item.job_id for item in items]
+        chosen = set(random.Random(seed).sample(pending, min(keep, len(pending))))
+        skipped = [job for job in pending if job not in chosen]
+        if skipped:
+            db.set_multiple_results(skipped, WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output="not in the sample"))
+
+
+def _tally(session: Path) -> dict[str, object]:
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    killed = survived = incompetent = skipped = 0
+    survivors = []
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        pending = db.num_work_items - db.num_results
+        for item, result in db.completed_work_items:
+            if result.worker_outcome == WorkerOutcome.SKIPPED:
+                skipped += 1
+            elif result.test_outcome == TestOutcome.SURVIVED:
+                survived += 1
+                mutation = item.mutations[0]
+                survivors.append(f"{mutation.module_path}:{mutation.start_pos[0]} {mutation.operator_name}\n{result.diff or ''}")
+            elif result.test_outcome == TestOutcome.INCOMPETENT or result.worker_outcome in (WorkerOutcome.EXCEPTION, WorkerOutcome.ABNORMAL):
+                incompetent += 1
+            else:
+                killed += 1
+    return {"killed": killed, "survived": survived, "incompetent": incompetent, "skipped": skipped, "pending": pending, "survivors": survivors}
+
+
+def run_module(name: str, work: Path, python: str, timeout: float, sample: int | None, seed: int, log: Path) -> dict[str, object]:
+    files, tests = MODULES[name]
+    files = [f for f in files if (work / f).exists()]  # an older tree may not have every file yet
+    config = work / f"{name}.toml"
+    session = work / f"{name}.sqlite"
+    config.write_text(_config(files, tests, python, timeout))
+    with log.open("a") as out:
+        run = lambda *args: subprocess.run(list(args), cwd=work, stdout=out, stderr=subprocess.STDOUT, check=True)
+        if not session.exists():
+            run(_bin("cosmic-ray"), "init", str(config), str(session))
+            run(_bin("cr-filter-operators"), str(session), str(config))
+            if sample is not None:
+                _sample(session, sample, seed)
+            # The tests must pass on the unmutated tree, or every mutant would count as killed.
+            run(_bin("cosmic-ray"), "baseline", str(config))
+        started = time.monotonic()
+        run(_bin("cosmic-ray"), "exec", str(config), str(session))
+    tally = _tally(session)
+    tally["seconds"] = round(time.monotonic() - started)
+    return tally
+
+
+def _judged(tally: dict[str, object]) -> int:
+    return int(tally["killed"]) + int(tally["survived"])  # type: ignore[call-overload]
+
+
+def _rate(tally: dict[str, object]) -> str:
+    return f"{100 * int(tally['survived']) / max(_judged(tally), 1):.1f} %"  # type: ignore[call-overload]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--module", action="append", choices=sorted(MODULES), help="Module to mutate (repeatable; default: all).")
+    parser.add_argument("--source", type=Path, default=REPO, help="Tree to mutate (a copy is made) [default: this checkout].")
+    parser.add_argument("--python", default=None, help="Interpreter that runs the tests [default: .venv/bin/python].")
+    parser.add_argument("--sample", type=int, default=None, help="At most this many mutants per module, chosen at random.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the sample.")
+    parser.add_argument("--timeout", type=float, default=300.0, help="Seconds per mutant's test run (a hang counts as killed).")
+    parser.add_argument("--keep", type=Path, default=None, help="Work folder kept between runs: an interrupted run resumes.")
+    args = parser.parse_args()
+    _ensure_cosmic_ray()
+
+    python = args.python or str(REPO / ".venv" / "bin" / "python")
+    if not Path(python).exists():
+        python = sys.executable
+    work = args.keep or Path(tempfile.mkdtemp(prefix="quant-mutation-"))
+    if not (work / "quant").exists():
+        work.mkdir(parents=True, exist_ok=True)
+        _copy_tree(args.source.resolve(), work)
+    os.environ["PYTHONPATH"] = str(work)  # the tests (and the CLI they start) import the mutated copy
+    log = work / "cosmic-ray.log"
+    print(f"work folder {work}; cosmic-ray's log: {log}", file=sys.stderr)
+
+    rows = []
+    for name in args.module or list(MODULES):
+        tests = [t for t in MODULES[name][1] if (work / t.split("::")[0]).exists()]
+        if tests != MODULES[name][1]:
+            print(f"{name}: {args.source} has no {', '.join(sorted(set(MODULES[name][1]) - set(tests)))}", file=sys.stderr)
+        if not tests:
+            continue
+        MODULES[name] = (MODULES[name][0], tests)
+        tally = run_module(name, work, python, args.timeout, args.sample, args.seed, log)
+        rows.append((name, tally))
+        print(f"{name}: {tally['survived']}/{_judged(tally)} survived ({_rate(tally)}), {tally['seconds']} s", file=sys.stderr)
+
+    print("\n| module | mutants run | killed | survived | survival | incompetent | not run (filtered or not sampled) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, t in rows:
+        print(f"| {name} | {_judged(t)} | {t['killed']} | {t['survived']} | {_rate(t)} | {t['incompetent']} | {t['skipped']} |")
+    for name, t in rows:
+        for survivor in t["survivors"]:
+            print(f"\n--- survivor in {name}: {survivor}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
