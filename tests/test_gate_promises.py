@@ -116,3 +116,37 @@ def test_a_variant_worse_than_the_last_release_fails_its_regression_gate_end_to_
     assert code == 1 and not gate["passed"] and "regressed" in gate["reason"]
     assert gate["previous"] == first["variants"]["int8"]["gates"][0]["observed"] > gate["observed"] + 0.01
     assert not (root / "releases" / "tiny" / "v2").exists()
+
+
+def test_a_gate_describes_itself_as_the_verbose_log_and_junit_show_it() -> None:
+    low = judge(Gate(metric="cosine", min=0.99), {"a": {"cosine": 0.95}, "b": {"cosine": 0.999}}, {}, {"a": OutputSpec(), "b": OutputSpec()})
+    assert low.describe() == "cosine[a] = 0.95 (needs >= 0.99)"
+    both = judge(Gate(metric="snr_db", min=20, max=40), {"out": {"snr_db": 41.0}}, {}, SPECS)
+    assert both.describe() == "snr_db[out] = 41 (needs >= 20 and <= 40)"
+    slower = judge(Gate(metric="latency_ratio", max=0.9, max_regression=0.05), {}, {"latency_ratio": 0.8}, SPECS, {"": {"latency_ratio": 0.7}})
+    assert slower.describe() == (
+        "latency_ratio = 0.8 (needs <= 0.9 and at most 0.05 worse than the last release (0.7)): regressed from 0.7 in the last release"
+    )
+    first = judge(Gate(metric="cosine", max_regression=0.01), {"out": {"cosine": 0.9}}, {}, SPECS)
+    assert first.describe() == (
+        "cosine[out] = 0.9 (needs at most 0.01 worse than the last release (n/a)): no earlier release of this variant to compare with"
+    )
+    missing = judge(Gate(metric="size_ratio", max=0.5), {}, {}, SPECS)
+    assert missing.describe().startswith("size_ratio = n/a (needs <= 0.5): metric not available")
+
+
+def test_non_finite_observations_stay_standard_json() -> None:
+    for value, text in ((math.nan, "nan"), (math.inf, "inf")):
+        result = judge(Gate(metric="max_abs", max=1.0), {"out": {"max_abs": value}}, {}, SPECS)
+        assert not result.passed and json.loads(json.dumps(result.to_dict(), allow_nan=False))["observed"] == text
+    assert judge(Gate(metric="max_abs", max=1.0), {"out": {"max_abs": 0.5}}, {}, SPECS).to_dict()["observed"] == 0.5
+
+
+def test_for_an_upper_bound_a_nan_output_is_the_worst_and_decides() -> None:
+    specs = {"a": OutputSpec(), "b": OutputSpec(), "c": OutputSpec()}
+    result = judge(Gate(metric="max_abs", max=1.0), {"a": {"max_abs": 0.5}, "b": {"max_abs": math.nan}, "c": {"max_abs": 0.9}}, {}, specs)
+    assert not result.passed and result.output == "b" and math.isnan(result.observed)  # type: ignore[arg-type]
+    highest = judge(Gate(metric="max_abs", max=1.0), {"a": {"max_abs": 0.5}, "c": {"max_abs": 2.0}}, {}, specs)
+    assert not highest.passed and highest.output == "c"
+    lowest = judge(Gate(metric="cosine", min=0.9), {"a": {"cosine": 0.95}, "b": {"cosine": math.nan}}, {}, specs)
+    assert not lowest.passed and lowest.output == "b"
