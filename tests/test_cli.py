@@ -30,7 +30,10 @@ def test_passing_run_promotes_a_verifiable_release(workspace: dict[str, Path]) -
     assert done.returncode == 0, done.stderr
     release = root / "releases" / "tiny" / "v1"
     assert sorted(p.name for p in release.iterdir()) == ["SHA256SUMS", "dyn.onnx", "fp16.onnx", "manifest.json"]
-    assert subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=release, capture_output=True).returncode == 0
+    assert subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=release, capture_output=True).returncode == 0
+    listed = sorted(line.split("  ", 1)[1] for line in (release / "SHA256SUMS").read_text().splitlines())
+    assert listed == ["dyn.onnx", "fp16.onnx", "manifest.json"]  # every file but itself, the manifest too
+    assert not list(release.parent.glob(".staging-*"))
     manifest = json.loads((release / "manifest.json").read_text())
     assert manifest["source_model"]["sha256"] and set(manifest["variants"]) == {"fp16", "dyn"}
     assert all(g["passed"] for v in manifest["variants"].values() for g in v["gates"])
