@@ -12,7 +12,8 @@ import numpy as np
 import onnx
 import pytest
 
-from quant.gates import judge, regression
+from quant.gates import GateResult, judge, regression
+from quant.intervals import Interval
 from quant.recipe.schema import Gate, OutputSpec
 from tests.conftest import base_recipe, run_cli, tiny_ctc_model, write_recipe
 
@@ -150,3 +151,24 @@ def test_for_an_upper_bound_a_nan_output_is_the_worst_and_decides() -> None:
     assert not highest.passed and highest.output == "c"
     lowest = judge(Gate(metric="cosine", min=0.9), {"a": {"cosine": 0.95}, "b": {"cosine": math.nan}}, {}, specs)
     assert not lowest.passed and lowest.output == "b"
+
+
+def test_latency_straddling_its_bound_is_inconclusive_not_passed_or_failed() -> None:
+    gate = Gate(metric="latency_ratio", max=0.9)
+
+    def with_interval(low: float, high: float) -> GateResult:
+        return judge(gate, {}, {"latency_ratio": (low + high) / 2}, SPECS, intervals={"": {"latency_ratio": Interval(low, high, 15, "exact")}})
+
+    straddling = with_interval(0.8, 0.95)
+    assert (straddling.passed, straddling.inconclusive, straddling.verdict) == (False, True, "inconclusive") and "straddles" in straddling.reason
+    assert with_interval(0.7, 0.9).verdict == "passed" and with_interval(0.91, 1.2).verdict == "failed"
+
+
+def test_a_gate_that_must_clear_its_interval_fails_without_one() -> None:
+    gate = Gate(metric="ctc_exact_match", min=0.9, must_clear="interval")
+    metrics, specs = {"out": {"ctc_exact_match": 0.95}}, {"out": OutputSpec(kind="ctc")}
+    missing = judge(gate, metrics, {}, specs)
+    assert not missing.passed and not missing.inconclusive and missing.reason == "no interval was measured for this metric"
+    wide = judge(gate, metrics, {}, specs, intervals={"out": {"ctc_exact_match": Interval(0.85, 0.99, 40, "wilson")}})
+    assert not wide.passed and "does not" in wide.reason
+    assert judge(gate, metrics, {}, specs, intervals={"out": {"ctc_exact_match": Interval(0.91, 0.99, 400, "wilson")}}).passed

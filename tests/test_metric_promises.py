@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from quant.compare import OutputComparison
-from quant.metrics.ctc import greedy_decode
+from quant.gates import regression
+from quant.metrics.catalogue import CATALOGUE
+from quant.metrics.ctc import confidence_margins, greedy_decode
+from quant.metrics.numeric import cosine
 from quant.recipe.schema import OutputSpec
 
 
@@ -57,3 +60,43 @@ def test_a_probability_map_of_another_shape_has_no_overlap() -> None:
     summary = comparison.summary()
     assert summary["map_iou_min"] == 0.0 and summary["map_iou"] == pytest.approx(0.5)
     assert comparison.distributions()["map_iou"] == [1.0, 0.0]
+
+
+def test_cosine_of_all_zero_outputs() -> None:
+    zeros = np.zeros(3, np.float32)
+    assert cosine(zeros, zeros.copy()) == 1.0 and cosine(zeros, np.ones(3, np.float32)) == 0.0
+
+
+def test_greedy_decoding_of_a_single_unbatched_sequence() -> None:
+    assert greedy_decode(_frames([1, 1, 0, 2])[0]) == [(1, 2)]  # [frames, classes]: one sequence, not one per frame
+
+
+def test_confidence_margin_is_the_smallest_gap_between_the_best_two_classes() -> None:
+    frames = np.array([[[0.9, 0.05, 0.05], [0.5, 0.4, 0.1]]], np.float32)
+    assert confidence_margins(frames) == [pytest.approx(0.1)]
+    assert confidence_margins(frames[0]) == [pytest.approx(0.1)]  # unbatched: still one line
+    with_nan = np.array([[[0.9, np.nan, 0.1]]], np.float32)
+    assert confidence_margins(with_nan) == [pytest.approx(0.8)]  # a NaN class is never the best
+    assert confidence_margins(np.zeros((2, 0, 5), np.float32)) == [1.0, 1.0]  # no frames: nothing unsure
+    assert confidence_margins(np.ones((1, 3, 1), np.float32)) == [1.0]  # one class: nothing to confuse
+
+
+def test_ctc_rates_on_short_lines_and_by_confidence() -> None:
+    comparison = OutputComparison(OutputSpec(kind="ctc", confident_margin=0.5))
+    comparison.add("sure", _frames([1, 0, 2]), _frames([1, 0, 2]))  # margin 0.94, same text
+    unsure = _frames([3])
+    unsure[0, 0, 4] = 0.9  # FP32 nearly read 4
+    comparison.add("unsure", unsure, _frames([4]))  # one character, wrong
+    summary = comparison.summary()
+    assert summary["ctc_exact_match_confident"] == 1.0 and summary["ctc_exact_match_unsure"] == 0.0
+    assert summary["ctc_exact_match"] == 0.5 and summary["ctc_cer"] == pytest.approx(1 / 3)  # 0 + 1 edits over 2 + 1 characters
+    assert summary["max_abs"] == pytest.approx(0.94)
+
+
+def test_a_metric_is_better_towards_its_perfect_value() -> None:
+    for metric in CATALOGUE.values():
+        if metric.perfect is None:
+            continue
+        assert metric.lower_is_better is (metric.perfect == 0.0), metric.name
+        away = metric.perfect + (0.1 if metric.lower_is_better else -0.1)
+        assert regression(metric.name, previous=metric.perfect, current=away) > 0, metric.name
