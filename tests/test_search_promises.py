@@ -89,3 +89,30 @@ def test_the_search_stops_once_accuracy_holds_and_only_size_fails(workspace: dic
     assert code == 1 and [a["nodes_in_float"] for a in search["attempts"]] == [0, 1]  # 2 nodes never tried
     assert search["conclusion"].startswith("accuracy held with 1 node(s) in float, but size_ratio failed")
     assert search["chosen_nodes_in_float"] == 1 and search["sensitivity"][0]["node"] == "conv1"
+
+
+def test_a_first_attempt_that_cannot_be_built_is_not_searched(workspace: dict[str, Path]) -> None:
+    root = workspace["root"]
+    onnx.save(tiny_ctc_model(weight_outlier=True), str(workspace["model"]))
+    path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants={"int8": BROKEN_INT8}))
+    # The stand-in bug strikes inside calibration, in the build process: the variant errors, the run goes on.
+    done = run_cli("--recipe", str(path), "--out", str(root / "run"), cwd=root, env={"QUANT_TEST_FAIL_AT": "calibration"})
+    variant = json.loads((root / "run" / "results.json").read_text())["variants"]["int8"]
+    assert done.returncode == 1 and variant["status"] == "error" and "InjectedFailure" in variant["error"]
+    search = variant["search"]
+    assert len(search["attempts"]) == 1 and search["sensitivity"] == [] and "ranked" not in done.stderr
+    assert search["chosen_because"].startswith("every attempt that quantized anything failed to build or run")
+
+
+def test_a_qoperator_variant_is_ranked_on_a_qdq_build_of_itself(workspace: dict[str, Path]) -> None:
+    root = workspace["root"]
+    onnx.save(tiny_ctc_model(weight_outlier=True), str(workspace["model"]))
+    variants = {"int8": {**BROKEN_INT8, "format": "QOperator"}}
+    gates = [{"metric": "ctc_exact_match", "min": 0.9}]
+    path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants=variants, gates=gates))
+    done = run_cli("--recipe", str(path), "--out", str(root / "run"), cwd=root)
+    assert done.returncode == 0, done.stderr
+    search = json.loads((root / "run" / "results.json").read_text())["variants"]["int8"]["search"]
+    assert (root / "run" / "work" / "int8" / "ranking-qdq.onnx").is_file()  # QLinear ops have no Q/DQ pairs to compare
+    assert search["sensitivity"][0]["node"] == "conv1" and search["chosen_nodes_in_float"] == 1
+    assert "QLinearMatMul" in {n.op_type for n in onnx.load(str(root / "run" / "variants" / "int8.onnx")).graph.node}

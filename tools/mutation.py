@@ -145,6 +145,14 @@ def _tally(session: Path) -> dict[str, object]:
     return {"killed": killed, "survived": survived, "incompetent": incompetent, "skipped": skipped, "pending": pending, "survivors": survivors}
 
 
+def _retest_survivors(session: Path) -> int:
+    """Forget the survivors' results so `exec` runs them again (after tests were added); returns how many."""
+    import sqlite3
+
+    with sqlite3.connect(session) as db:
+        return db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'").rowcount
+
+
 def run_module(name: str, work: Path, python: str, timeout: float, sample: int | None, seed: int, log: Path) -> dict[str, object]:
     files, tests = MODULES[name]
     files = [f for f in files if (work / f).exists()]  # an older tree may not have every file yet
@@ -184,6 +192,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the sample.")
     parser.add_argument("--timeout", type=float, default=300.0, help="Seconds per mutant's test run (a hang counts as killed).")
     parser.add_argument("--keep", type=Path, default=None, help="Work folder kept between runs: an interrupted run resumes.")
+    parser.add_argument(
+        "--retest-survivors", action="store_true", help="With --keep: copy the tests again from --source and rerun only the mutants that survived."
+    )
     args = parser.parse_args()
     _ensure_cosmic_ray()
 
@@ -194,6 +205,12 @@ def main() -> int:
     if not (work / "quant").exists():
         work.mkdir(parents=True, exist_ok=True)
         _copy_tree(args.source.resolve(), work)
+    if args.retest_survivors:
+        shutil.rmtree(work / "tests")
+        shutil.copytree(args.source.resolve() / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for session in work.glob("*.sqlite"):
+            if session.stem in (args.module or list(MODULES)):
+                print(f"{session.stem}: {_retest_survivors(session)} survivor(s) to test again", file=sys.stderr)
     os.environ["PYTHONPATH"] = str(work)  # the tests (and the CLI they start) import the mutated copy
     log = work / "cosmic-ray.log"
     print(f"work folder {work}; cosmic-ray's log: {log}", file=sys.stderr)
