@@ -13,6 +13,29 @@ from quant.errors import DataError
 Dims = list[int | str | None]
 
 
+def _fits(shape: tuple[int, ...], dims: Dims) -> bool:
+    return len(shape) == len(dims) and all(not (isinstance(d, int) and d > 0) or d == s for d, s in zip(dims, shape))
+
+
+def layout_hint(shape: tuple[int, ...], dims: Dims) -> str:
+    """When an image tensor would fit with its channels moved or counted differently, say which setting does it."""
+    if len(shape) != 4 or len(dims) != 4:
+        return ""
+    n, a, b, c = shape
+    if _fits((n, c, a, b), dims):
+        return " (the model is channels-first: set layout: NCHW)"
+    if _fits((n, b, c, a), dims):
+        return " (the model is channels-last: set layout: NHWC)"
+    for channels_at in (1, 3):
+        wanted = dims[channels_at]
+        if isinstance(wanted, int) and shape[channels_at] in (1, 3) and wanted in (1, 3) and wanted != shape[channels_at]:
+            swapped = list(shape)
+            swapped[channels_at] = wanted
+            if _fits(tuple(swapped), dims):
+                return f" (the model takes {wanted} channel(s): set color: {'GRAY' if wanted == 1 else 'RGB or BGR'})"
+    return ""
+
+
 def check_feeds(sample: Sample, feeds: Feeds, model_inputs: dict[str, Dims], where: str) -> None:
     """A tensor must match the model's declared rank and every fixed dimension."""
     for name, dims in model_inputs.items():
@@ -22,7 +45,8 @@ def check_feeds(sample: Sample, feeds: Feeds, model_inputs: dict[str, Dims], whe
         fixed_mismatch = any(isinstance(d, int) and d > 0 and d != s for d, s in zip(dims, shape))
         if len(shape) != len(dims) or fixed_mismatch:
             raise DataError(
-                f"sample '{sample.id}' becomes a tensor of shape {list(shape)} for input '{name}', but the model expects {dims}",
+                f"sample '{sample.id}' becomes a tensor of shape {list(shape)} for input '{name}', "
+                f"but the model expects {dims}{layout_hint(shape, dims)}",
                 file=where,
                 field=f"inputs.{name}",
             )

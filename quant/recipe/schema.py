@@ -78,6 +78,20 @@ class ResizeLimitSide(Strict):
     multiple_of: int = Field(default=32, gt=0, description="Round each side to a multiple of this (at least one multiple).")
 
 
+class ResizeShortSide(Strict):
+    """Scale so the shorter side is `size` (keeping the ratio), then cut the centre `crop` x `crop` (classifiers)."""
+
+    mode: Literal["short_side"] = "short_side"
+    size: int = Field(gt=0, description="The shorter side after resizing, in pixels (e.g. 256).")
+    crop: int | None = Field(default=None, gt=0, description="Side of the centred square crop (e.g. 224); no crop when omitted.")
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> ResizeShortSide:
+        if self.crop is not None and self.crop > self.size:
+            raise ValueError(f"crop ({self.crop}) is larger than the resized short side ({self.size})")
+        return self
+
+
 def _resize_mode(value: object) -> str | None:
     # `mode` may be left out when the keys make it obvious.
     if isinstance(value, dict):
@@ -85,13 +99,20 @@ def _resize_mode(value: object) -> str | None:
             return str(value["mode"])
         if "limit" in value:
             return "limit_side"
+        if "size" in value:
+            return "short_side"
         return "fixed" if "width" in value else "height"
     return getattr(value, "mode", None)
 
 
 Resize = Annotated[
-    Annotated[ResizeFixed, Tag("fixed")] | Annotated[ResizeToHeight, Tag("height")] | Annotated[ResizeLimitSide, Tag("limit_side")],
-    Discriminator(_resize_mode, custom_error_type="resize_mode", custom_error_message="resize mode must be one of: fixed, height, limit_side"),
+    Annotated[ResizeFixed, Tag("fixed")]
+    | Annotated[ResizeToHeight, Tag("height")]
+    | Annotated[ResizeLimitSide, Tag("limit_side")]
+    | Annotated[ResizeShortSide, Tag("short_side")],
+    Discriminator(
+        _resize_mode, custom_error_type="resize_mode", custom_error_message="resize mode must be one of: fixed, height, limit_side, short_side"
+    ),
 ]
 
 
@@ -100,10 +121,16 @@ class ImageInput(Strict):
 
     resize: Resize
     scale: float = Field(default=1 / 255, gt=0, description="Multiply pixels (0..255) by this first. A fraction like 1/255 is accepted.")
-    mean: tuple[float, float, float] = Field(default=(0.0, 0.0, 0.0), description="Per-channel mean subtracted after scaling, in `color` order.")
-    std: tuple[float, float, float] = Field(default=(1.0, 1.0, 1.0), description="Per-channel std divided after subtracting the mean.")
+    mean: tuple[float, float, float] = Field(
+        default=(0.0, 0.0, 0.0), description="Per-channel mean subtracted after scaling, in `color` order (one number: the same for all)."
+    )
+    std: tuple[float, float, float] = Field(
+        default=(1.0, 1.0, 1.0), description="Per-channel std divided after subtracting the mean (one number: the same for all)."
+    )
     layout: Literal["NCHW", "NHWC"] = Field(default="NCHW", description="Tensor layout the model expects.")
-    color: Literal["RGB", "BGR"] = Field(default="RGB", description="Channel order the model expects.")
+    color: Literal["RGB", "BGR", "GRAY"] = Field(
+        default="RGB", description="Channel order the model expects; GRAY: one channel (luma, as PIL's 'L')."
+    )
     pad_value: float = Field(default=0.0, description="Value of padded pixels in the final (normalised) tensor.")
 
     @field_validator("scale", mode="before")
@@ -124,6 +151,17 @@ class ImageInput(Strict):
         if any(v == 0 for v in value):
             raise ValueError("std values must be non-zero")
         return value
+
+    @field_validator("mean", "std", mode="before")
+    @classmethod
+    def _one_for_all(cls, value: object) -> object:
+        return (value, value, value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _gray_has_one_channel(self) -> ImageInput:
+        if self.color == "GRAY" and (len(set(self.mean)) > 1 or len(set(self.std)) > 1):
+            raise ValueError("color GRAY has one channel: give mean and std as one number each")
+        return self
 
 
 # --------------------------------------------------------------------------- data
