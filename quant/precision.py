@@ -4,6 +4,7 @@ variant that changed nothing (an FP32 copy must never be judged, or promoted, as
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -27,14 +28,46 @@ def _is_quantized(node: onnx.NodeProto) -> bool:
     return microsoft_q_op  # QGemm, QAttention, ... but not QuickGelu
 
 
+# Ops that carry a model's weights and compute: what INT8 methods are for.
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "RNN", "Attention", "EmbedLayerNormalization"})
+
+
 def _load(path: Path) -> onnx.ModelProto:
     return onnx.load(str(path), load_external_data=False)
 
 
+def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for attribute in node.attribute:
+        if attribute.HasField("g"):
+            yield attribute.g
+        yield from attribute.graphs
+
+
+def nested_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """The nodes inside the subgraphs (If branches, Loop/Scan bodies) of `graph`'s nodes, at any depth."""
+    for node in graph.node:
+        for subgraph in _subgraphs(node):
+            yield from subgraph.node
+            yield from nested_nodes(subgraph)
+
+
 def quantized_op_counts(path: Path) -> dict[str, int]:
-    """How many quantization ops of each type a built model has (top-level graph): none means nothing was quantized."""
-    counts = Counter(n.op_type for n in _load(path).graph.node if _is_quantized(n))
+    """How many quantization ops of each type a built model has, subgraphs included: none means nothing was quantized."""
+    graph = _load(path).graph
+    counts = Counter(n.op_type for n in (*graph.node, *nested_nodes(graph)) if _is_quantized(n))
     return dict(sorted(counts.items()))
+
+
+def has_subgraphs(path: Path) -> bool:
+    return any(True for _ in nested_nodes(_load(path).graph))
+
+
+def weighted_ops_by_level(path: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """The weighted ops (Conv, MatMul, LSTM, ...) of the top-level graph, and those inside subgraphs."""
+    graph = _load(path).graph
+    top = Counter(n.op_type for n in graph.node if n.op_type in WEIGHTED_OPS)
+    nested = Counter(n.op_type for n in nested_nodes(graph) if n.op_type in WEIGHTED_OPS)
+    return dict(top), dict(nested)
 
 
 def float16_tensor_count(path: Path) -> int:
@@ -67,7 +100,7 @@ def nothing_quantized(method: str, source: Path, built: Path, op_types: list[str
     hint = ""
     nested = sorted(SUBGRAPH_OPS & set(present))
     if nested:
-        hint = f"; the graph sits under {'/'.join(nested)}, whose subgraphs are not quantized"
+        hint = f"; the graph sits under {'/'.join(nested)} (only dynamic_int8 quantizes inside subgraphs)"
     elif op_types and not set(op_types) & set(present):
         hint = f"; the model has none of {op_types}"
     return f"{method} quantized no node ({asked}); the model's op types: {listed}{hint}"

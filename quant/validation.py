@@ -1,5 +1,6 @@
 """Checks that need the recipe, the model and the data together, said at --validate rather than found
-at the end of a run: gates whose metric cannot be produced, and an FP16 variant of an FP16 model."""
+at the end of a run: gates whose metric cannot be produced, an FP16 variant of an FP16 model, and a
+static INT8 variant of a model whose compute sits inside subgraphs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from quant.calibration.sources import SampleSource
 from quant.errors import ModelError, RecipeError
 from quant.gates import applicable_outputs
 from quant.metrics.catalogue import CATALOGUE
-from quant.precision import float_weight_types
+from quant.precision import float_weight_types, weighted_ops_by_level
 from quant.recipe.schema import Gate, OutputSpec, Recipe
 
 NEED_HINTS = {
@@ -63,4 +64,25 @@ def check_not_already_fp16(recipe: Recipe, model_path: Path) -> None:
             "(remove it, or use the FP32 export of the model)",
             file=str(model_path),
             field=f"variants.{fp16_variants[0]}.method",
+        )
+
+
+TOP_LEVEL_ONLY_METHODS = ("static_int8", "inc")  # onnxruntime's QDQ quantizer and the calibrators read the top-level graph only
+
+
+def check_subgraph_compute(recipe: Recipe, model_path: Path) -> None:
+    """A model whose weighted ops all sit inside If/Loop/Scan subgraphs cannot be statically quantized:
+    refused now, rather than built into an FP32 copy."""
+    refused = [name for name, v in recipe.variants.items() if v.method in TOP_LEVEL_ONLY_METHODS]
+    if not refused:
+        return
+    top, nested = weighted_ops_by_level(model_path)
+    if nested and not top:
+        listed = ", ".join(f"{op} x{count}" for op, count in nested.items())
+        method = recipe.variants[refused[0]].method
+        raise ModelError(
+            f"the model's compute sits inside If/Loop/Scan subgraphs ({listed}), which {method} cannot quantize; "
+            "dynamic_int8 quantizes inside subgraphs (or export the model without the wrapping If/Loop)",
+            file=str(model_path),
+            field=f"variants.{refused[0]}.method",
         )
