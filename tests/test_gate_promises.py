@@ -172,3 +172,5 @@ def test_a_gate_that_must_clear_its_interval_fails_without_one() -> None:
     wide = judge(gate, metrics, {}, specs, intervals={"out": {"ctc_exact_match": Interval(0.85, 0.99, 40, "wilson")}})
     assert not wide.passed and "does not" in wide.reason
     assert judge(gate, metrics, {}, specs, intervals={"out": {"ctc_exact_match": Interval(0.91, 0.99, 400, "wilson")}}).passed
+    below = judge(gate, {"out": {"ctc_exact_match": 0.85}}, {}, specs, intervals={"out": {"ctc_exact_match": Interval(0.8, 0.9, 40, "wilson")}})
+    assert not below.passed and below.reason == ""  # the value itself fails: no talk of an interval
