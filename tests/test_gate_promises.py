@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from quant.gates import GateResult, judge, regression
+from quant.gates import GateResult, judge, latency_bounds, regression
 from quant.intervals import Interval
 from quant.recipe.schema import Gate, OutputSpec
 from tests.conftest import base_recipe, run_cli, tiny_ctc_model, write_recipe
@@ -174,3 +174,27 @@ def test_a_gate_that_must_clear_its_interval_fails_without_one() -> None:
     assert judge(gate, metrics, {}, specs, intervals={"out": {"ctc_exact_match": Interval(0.91, 0.99, 400, "wilson")}}).passed
     below = judge(gate, {"out": {"ctc_exact_match": 0.85}}, {}, specs, intervals={"out": {"ctc_exact_match": Interval(0.8, 0.9, 40, "wilson")}})
     assert not below.passed and below.reason == ""  # the value itself fails: no talk of an interval
+
+
+def test_a_regression_only_gate_reads_the_worst_output_in_the_metric_direction() -> None:
+    specs = {"a": OutputSpec(), "b": OutputSpec()}
+    previous = {"a": {"cosine": 0.99}, "b": {"cosine": 0.99}}
+    result = judge(Gate(metric="cosine", max_regression=0.01), {"a": {"cosine": 0.999}, "b": {"cosine": 0.9}}, {}, specs, previous)
+    assert result.output == "b" and result.observed == 0.9 and not result.passed
+
+
+def test_only_latency_bounds_are_settled_by_more_rounds() -> None:
+    gates = [
+        Gate(metric="latency_ratio", max=0.9),
+        Gate(metric="latency_ratio", min=0.1, max=2.0),
+        Gate(metric="latency_ratio", max_regression=0.1),  # no bound to settle
+        Gate(metric="size_ratio", max=0.5),
+    ]
+    assert latency_bounds(gates) == [(None, 0.9), (0.1, 2.0)]
+
+
+def test_must_clear_read_from_a_recipe_string() -> None:
+    built = "".join(["inter", "val"])  # noqa: FLY002  (not the interned literal: compared by value, not identity)
+    gate = Gate.model_validate({"metric": "ctc_exact_match", "min": 0.9, "must_clear": built})
+    result = judge(gate, {"out": {"ctc_exact_match": 0.95}}, {}, {"out": OutputSpec(kind="ctc")})
+    assert not result.passed and result.describe().endswith(", whole interval): no interval was measured for this metric")
