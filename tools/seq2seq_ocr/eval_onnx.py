@@ -41,25 +41,31 @@ def load_family(folder: Path) -> Family:
     return Family(session("encoder_model.onnx"), session("decoder_model.onnx"), session("decoder_with_past_model.onnx"))
 
 
+def read_texts(model: Path, split: Path) -> tuple[list[str], list[str], int]:
+    """Greedy text of every line of the split, its labels, and how many lines hit max_length unfinished."""
+    family = load_family(model)
+    generation = json.loads((model / "generation_config.json").read_text())
+    vocab = json.loads((model / "vocab.json").read_text())
+    tokens = {i: t for t, i in vocab.items()}
+    config = GenerationConfig(generation["decoder_start_token_id"], generation["eos_token_id"], generation["max_length"] - 1)
+    predictions, labels, unfinished = [], [], 0
+    for name, text in lines.read_split(split):
+        pixels = image_to_tensor(Image.open(split / name), INPUT)
+        result = generate(family, {"pixel_values": pixels}, config)
+        unfinished += not result.finished
+        predictions.append("".join(tokens[t] for t in result.tokens if t > lines.EOS_ID))
+        labels.append(text)
+    return predictions, labels, unfinished
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=Path("models/seq2seq-ocr"))
     ap.add_argument("--split", type=Path, default=Path("calibration_data/seq2seq_lines/eval"))
     ap.add_argument("--show", type=int, default=5, help="print this many wrong lines")
     args = ap.parse_args()
-    family = load_family(args.model)
-    generation = json.loads((args.model / "generation_config.json").read_text())
-    vocab = json.loads((args.model / "vocab.json").read_text())
-    tokens = {i: t for t, i in vocab.items()}
-    config = GenerationConfig(generation["decoder_start_token_id"], generation["eos_token_id"], generation["max_length"] - 1)
-    predictions, labels, unfinished = [], [], 0
     start = time.time()
-    for name, text in lines.read_split(args.split):
-        pixels = image_to_tensor(Image.open(args.split / name), INPUT)
-        result = generate(family, {"pixel_values": pixels}, config)
-        unfinished += not result.finished
-        predictions.append("".join(tokens[t] for t in result.tokens if t > lines.EOS_ID))
-        labels.append(text)
+    predictions, labels, unfinished = read_texts(args.model, args.split)
     took = time.time() - start
     wrong = [(p, t) for p, t in zip(predictions, labels, strict=True) if p != t]
     for p, t in wrong[: args.show]:
