@@ -18,6 +18,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import make_ocr_data as gen
+from check_ocr_data import edit_distance
 
 # Printable ASCII: letters, digits, punctuation and space (95 characters).
 CHARSET = string.digits + string.ascii_letters + string.punctuation + " "
@@ -109,16 +110,6 @@ def read_split(folder: Path) -> list[tuple[str, str]]:
         name, _, text = line.partition("\t")
         rows.append((name, text))
     return rows
-
-
-def edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
 
 
 def cer(predictions: list[str], labels: list[str]) -> float:

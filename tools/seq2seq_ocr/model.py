@@ -44,11 +44,16 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
     return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
-class SelfAttention(nn.Module):
+class Projections(nn.Module):
+    """Query, key, value and output projections of one multi-head attention."""
+
     def __init__(self, cfg: Config) -> None:
         super().__init__()
         self.heads = cfg.heads
         self.q, self.k, self.v, self.out = (nn.Linear(cfg.d_model, cfg.d_model) for _ in range(4))
+
+
+class SelfAttention(Projections):
 
     def forward(
         self, x: Tensor, bias: Tensor | None, past: tuple[Tensor, Tensor] | None = None
@@ -60,12 +65,7 @@ class SelfAttention(nn.Module):
         return self.out(merge_heads(attend(q, k, v, bias))), (k, v)
 
 
-class CrossAttention(nn.Module):
-    def __init__(self, cfg: Config) -> None:
-        super().__init__()
-        self.heads = cfg.heads
-        self.q, self.k, self.v, self.out = (nn.Linear(cfg.d_model, cfg.d_model) for _ in range(4))
-
+class CrossAttention(Projections):
     def forward(
         self, x: Tensor, kv: tuple[Tensor, Tensor] | None, bias: Tensor | None, memory: Tensor | None = None
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
