@@ -28,17 +28,23 @@ def drop_fp16_round_trips(model: onnx.ModelProto) -> int:
     outputs = {o.name for o in graph.output}
     rename: dict[str, str] = {}
     removed: list[onnx.NodeProto] = []
+    identities = 0
     for node in graph.node:
-        if _cast_to(node) != TensorProto.FLOAT or node.output[0] in outputs:
+        if _cast_to(node) != TensorProto.FLOAT:
             continue
         upstream = producer.get(node.input[0])
         # Only a true round trip: the FP16 cast's own input must be FP32 (not an integer or an FP16 tensor).
         if upstream is None or _cast_to(upstream) != TensorProto.FLOAT16 or elem_type.get(upstream.input[0]) != TensorProto.FLOAT:
             continue
+        if node.output[0] in outputs:  # a graph output keeps its name: an Identity of the FP32 value
+            node.op_type, node.input[0] = "Identity", upstream.input[0]
+            del node.attribute[:]
+            identities += 1
+            continue
         rename[node.output[0]] = upstream.input[0]  # upstream's input is FP32: it was cast to FP16 from it
         removed.append(node)
     if not removed:
-        return 0
+        return identities
     for node in removed:
         graph.node.remove(node)
     for node in graph.node:
@@ -53,7 +59,7 @@ def drop_fp16_round_trips(model: onnx.ModelProto) -> int:
     kept_info = [v for v in graph.value_info if v.name not in gone]
     del graph.value_info[:]
     graph.value_info.extend(kept_info)
-    return len(removed)
+    return len(removed) + identities
 
 
 def sort_topologically(graph: onnx.GraphProto) -> None:
