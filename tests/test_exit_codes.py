@@ -101,3 +101,11 @@ def test_an_interrupted_run_exits_130_and_releases_nothing(workspace: dict[str, 
     assert process.returncode == 130, stderr
     assert stderr.strip() == "quantize: error: interrupted; nothing was released"
     assert _release_entries(root) == []
+
+
+def test_without_out_the_run_goes_to_runs_slash_the_recipe_name(workspace: dict[str, Path]) -> None:
+    root = workspace["root"]
+    path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"]))
+    done = run_cli("--recipe", str(path), "--quiet", cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert (root / "runs" / "tiny" / "results.json").is_file() and (root / "runs" / "tiny" / "cache").is_dir()
