@@ -144,6 +144,28 @@ def test_scan_sees_the_overflow_inside_a_decomposed_layernorm(tmp_path: Path) ->
     assert accumulators == {"ReduceMean"}  # the means' sums are reported too (not kept in FP32: CPU kernels sum in FP32)
 
 
+def test_scan_reports_the_inside_of_layernormalization_and_softmax_with_measured_counts(tmp_path: Path) -> None:
+    """x*300 -> LayerNormalization over the last axis (24 values) -> Softmax over the width: the squares inside the
+    LayerNorm (|x|² up to 9e4) exceed FP16 while no tensor does; the Softmax sums 24 exponentials."""
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), n) for n, v in (("gain", 300.0), ("g", np.ones(24)), ("b", np.zeros(24)))]
+    nodes = [
+        helper.make_node("Mul", ["x", "gain"], ["h"], name="scale_up"),
+        helper.make_node("LayerNormalization", ["h", "g", "b"], ["n"], name="layernorm", axis=-1),
+        helper.make_node("Softmax", ["n"], ["y"], name="softmax", axis=-1),
+    ]
+    fixed = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, HEIGHT, 24])
+    graph = helper.make_graph(nodes, "ln_softmax", [fixed], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, HEIGHT, 24])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "ln_softmax.onnx"
+    onnx.save(model, str(path))
+    result = scan(path, _random_feeds(2), threshold=4.0)
+    inside = {f.op_type: f for f in result.findings if f.kind == "accumulator"}
+    assert "over 24 values" in inside["LayerNormalization"].why and inside["LayerNormalization"].headroom < 1
+    assert inside["Softmax"].abs_max == 24 and not any(f.flagged for f in inside.values())
+    assert all(f.headroom > 4 for f in result.findings if f.kind == "activation")  # every tensor looks harmless
+
+
 # --------------------------------------------------------------------------- repair, end to end
 
 
