@@ -116,3 +116,10 @@ def test_a_qoperator_variant_is_ranked_on_a_qdq_build_of_itself(workspace: dict[
     assert (root / "run" / "work" / "int8" / "ranking-qdq.onnx").is_file()  # QLinear ops have no Q/DQ pairs to compare
     assert search["sensitivity"][0]["node"] == "conv1" and search["chosen_nodes_in_float"] == 1
     assert "QLinearMatMul" in {n.op_type for n in onnx.load(str(root / "run" / "variants" / "int8.onnx")).graph.node}
+
+
+def test_a_first_attempt_that_passes_ends_the_search_and_says_so(workspace: dict[str, Path]) -> None:
+    code, variant, output = _search(workspace, [{"metric": "cosine", "min": 0.9}], broken=False)
+    search = variant["search"]
+    assert code == 0 and variant["status"] == "passed" and len(search["attempts"]) == 1 and search["sensitivity"] == []
+    assert search["conclusion"] == "passed without keeping any node in float" and "ranked" not in output
