@@ -17,8 +17,10 @@ def _fits(shape: tuple[int, ...], dims: Dims) -> bool:
     return len(shape) == len(dims) and all(not (isinstance(d, int) and d > 0) or d == s for d, s in zip(dims, shape))
 
 
-def layout_hint(shape: tuple[int, ...], dims: Dims) -> str:
-    """When an image tensor would fit with its channels moved or counted differently, say which setting does it."""
+def shape_hint(shape: tuple[int, ...], dims: Dims) -> str:
+    """When a tensor would fit without its batch axis, or with its channels moved or counted differently, say which setting does it."""
+    if shape[:1] == (1,) and _fits(shape[1:], dims):
+        return " (an .npz row gets a batch axis of one in front: list this input under the source's `unbatched` to feed rows as stored)"
     if len(shape) != 4 or len(dims) != 4:
         return ""
     n, a, b, c = shape
@@ -46,7 +48,7 @@ def check_feeds(sample: Sample, feeds: Feeds, model_inputs: dict[str, Dims], whe
         if len(shape) != len(dims) or fixed_mismatch:
             raise DataError(
                 f"sample '{sample.id}' becomes a tensor of shape {list(shape)} for input '{name}', "
-                f"but the model expects {dims}{layout_hint(shape, dims)}",
+                f"but the model expects {dims}{shape_hint(shape, dims)}",
                 file=where,
                 field=f"inputs.{name}",
             )

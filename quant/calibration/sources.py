@@ -174,6 +174,10 @@ class NpzTensors(SampleSource):
             raise DataError("npz file not found", file=str(path), field=f"{field}.source.npz")
         self.path = path
         self.input_names = input_names
+        unknown = [n for n in spec.unbatched if n not in input_names]
+        if unknown:
+            raise DataError(f"{unknown} are not model inputs; the inputs are {input_names}", field=f"{field}.source.unbatched")
+        self.unbatched = list(spec.unbatched)
         self._arrays: dict[str, np.ndarray] = {}
         try:
             with np.load(path, allow_pickle=False) as archive:  # allow_pickle=False: an npz is data, never code
@@ -208,11 +212,13 @@ class NpzTensors(SampleSource):
 
     @property
     def feeds_signature(self) -> str:
-        return json.dumps({"npz": self.input_names})
+        return json.dumps({"npz": self.input_names, "unbatched": self.unbatched})
 
     def feeds(self, sample: Sample) -> Feeds:
         index = int(sample.id.rsplit("[", 1)[1].rstrip("]"))
-        return {name: np.ascontiguousarray(self._array(name)[index : index + 1]) for name in self.input_names}
+        # A row of a batched input keeps a leading axis of one (the batch); an unbatched one is fed as stored.
+        rows = {name: slice(index, index + 1) if name not in self.unbatched else index for name in self.input_names}
+        return {name: np.array(self._array(name)[row], order="C") for name, row in rows.items()}  # (ascontiguousarray makes a scalar 1-d)
 
 
 # --------------------------------------------------------------------------- datasets

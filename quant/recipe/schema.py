@@ -194,10 +194,15 @@ class DatasetSource(Strict):
 
 
 class NpzSource(Strict):
-    """A .npz of ready tensors: one array per model input name, first axis = samples."""
+    """A .npz of ready tensors: one array per model input name, first axis = samples; each row gets a batch axis of one."""
 
     kind: Literal["npz"] = "npz"
     npz: str = Field(description="Path of the .npz file; relative to the recipe's folder.")
+    unbatched: list[str] = Field(
+        default_factory=list,
+        description="Model inputs whose rows are fed exactly as stored, without the batch axis of one otherwise added in front "
+        "(a recurrent state such as [2, 1, 128]; a scalar such as a sample rate, stored as one number per row).",
+    )
 
 
 def _source_kind(value: object) -> str | None:
