@@ -34,10 +34,10 @@ from quant.progress import Progress
 from quant.promote import Published, Release
 from quant.provenance import environment
 from quant.recipe.loader import LoadedRecipe
-from quant.recipe.schema import Gate, Recipe
+from quant.recipe.schema import Recipe
 from quant.regression import PreviousRelease, compare_with_release, metric_table
 from quant.report.summary import summary_markdown
-from quant.validation import check_gate_needs, check_not_already_fp16, check_subgraph_compute
+from quant.validation import all_gates, check_gate_needs, check_not_already_fp16, check_subgraph_compute
 
 SCHEMA_VERSION = 1
 EXIT_INCONCLUSIVE = 4  # the CLI's exit code when only undecided (inconclusive) variants kept the policy from being met
@@ -103,7 +103,7 @@ def _check_recipe_against_model(recipe: Recipe, model: ModelInfo, charsets: dict
         unknown = [c for c in spec.ignore_chars if c not in charset]
         if unknown:
             raise RecipeError(f"characters {unknown} are not in the model's character list", file=file, field=f"outputs.{name}.ignore_chars")
-    for where, index, gate in _all_gates(recipe):
+    for where, index, gate in all_gates(recipe):
         if gate.output and gate.output not in model.outputs:
             outputs = list(model.outputs)
             raise RecipeError(f"the model has no output '{gate.output}'; its outputs are {outputs}", file=file, field=f"{where}[{index}].output")
@@ -116,15 +116,9 @@ def _check_recipe_against_model(recipe: Recipe, model: ModelInfo, charsets: dict
             )
 
 
-def _all_gates(recipe: Recipe) -> list[tuple[str, int, Gate]]:
-    """Every gate with where it is written (recipe-wide, then each variant's)."""
-    found = [("gates", i, g) for i, g in enumerate(recipe.gates)]
-    return found + [(f"variants.{v}.gates", i, g) for v, o in recipe.variants.items() for i, g in enumerate(o.gates)]
-
-
 def _check_gates_supportable(recipe: Recipe, samples: int, file: str) -> None:
     """A gate that demands a 95 % interval the evaluation set is too small to ever give is a recipe error."""
-    for where, index, gate in _all_gates(recipe):
+    for where, index, gate in all_gates(recipe):
         method = interval_method(gate.metric)
         if gate.must_clear != "interval" or method is None:
             continue

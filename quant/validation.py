@@ -4,7 +4,6 @@ static INT8 variant of a model whose compute sits inside subgraphs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 from quant.calibration.sources import SampleSource
@@ -21,13 +20,10 @@ NEED_HINTS = {
 }
 
 
-def every_gate(recipe: Recipe) -> Iterator[tuple[str, Gate]]:
-    """(field path, gate) for the recipe-wide gates and every variant's own."""
-    for index, gate in enumerate(recipe.gates):
-        yield f"gates[{index}]", gate
-    for name, variant in recipe.variants.items():
-        for index, gate in enumerate(variant.gates):
-            yield f"variants.{name}.gates[{index}]", gate
+def all_gates(recipe: Recipe) -> list[tuple[str, int, Gate]]:
+    """Every gate with where it is written (recipe-wide, then each variant's)."""
+    found = [("gates", i, g) for i, g in enumerate(recipe.gates)]
+    return found + [(f"variants.{v}.gates", i, g) for v, o in recipe.variants.items() for i, g in enumerate(o.gates)]
 
 
 def _missing(spec: OutputSpec, need: str, labelled: bool) -> bool:
@@ -42,14 +38,16 @@ def check_gate_needs(recipe: Recipe, output_names: list[str], evaluation: Sample
     """A gate whose metric no output can produce (a text metric on an output with no character list,
     a label metric without labels) is refused now, naming what is missing."""
     labelled = any(sample.label is not None for sample in evaluation.samples)
-    for field, gate in every_gate(recipe):
+    for where, index, gate in all_gates(recipe):
         needs = CATALOGUE[gate.metric].needs
         outputs = applicable_outputs(gate, recipe.outputs, output_names) if needs else []
         lacking = {name: [n for n in needs if _missing(recipe.outputs.get(name, OutputSpec()), n, labelled)] for name in outputs}
         if outputs and all(lacking.values()):
             name = outputs[0]
             wanted = " and ".join(NEED_HINTS[n] for n in lacking[name])
-            raise RecipeError(f"metric '{gate.metric}' needs {wanted} on output '{name}'; it would never be measured", field=f"{field}.metric")
+            raise RecipeError(
+                f"metric '{gate.metric}' needs {wanted} on output '{name}'; it would never be measured", field=f"{where}[{index}].metric"
+            )
 
 
 def check_not_already_fp16(recipe: Recipe, model_path: Path) -> None:
