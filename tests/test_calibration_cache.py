@@ -20,6 +20,7 @@ from quant.methods.base import BuildContext
 from quant.methods.static_int8 import quantize_with_exclusions
 from quant.model import file_sha256
 from quant.recipe.schema import DataSet, ImageInput, StaticInt8Options
+from quant.testpoint import InjectedFailure
 from tests.conftest import (
     HEIGHT,
     base_recipe,
@@ -180,3 +181,19 @@ def test_scratch_of_a_killed_calibration_is_removed_and_a_live_one_kept(calibrat
         scratch.mkdir(parents=True)
     _ranges(model, images, cache)
     assert not dead.exists() and live.is_dir()
+
+
+def test_the_calibration_test_point_strikes_one_sample_in_and_leaves_no_entry(
+    calibration_setup: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crash-safety tests kill a run at this point; it must be inside the work, after one sample."""
+    model, images, cache = calibration_setup
+    monkeypatch.setenv("QUANT_TEST_FAIL_AT", "calibration")
+    runs: list[int] = []
+    source = _source(images)
+    with pytest.raises(InjectedFailure):
+        calibration_ranges(
+            model, file_sha256(model), source, INPUTS, method="minmax", percentile=99.999, op_types=None, cache_dir=cache, log=print, progress=runs.append
+        )
+    assert runs == [1]  # the first sample went through the model, the second never did
+    assert list((cache / "calibration").iterdir()) == []  # no cache entry, and the scratch folder is gone
