@@ -193,7 +193,8 @@ def test_the_calibration_test_point_strikes_one_sample_in_and_leaves_no_entry(
     source = _source(images)
     with pytest.raises(InjectedFailure):
         calibration_ranges(
-            model, file_sha256(model), source, INPUTS, method="minmax", percentile=99.999, op_types=None, cache_dir=cache, log=print, progress=runs.append
+            model, file_sha256(model), source, INPUTS, method="minmax", percentile=99.999, op_types=None, cache_dir=cache, log=print,
+            progress=runs.append,
         )
     assert runs == [1]  # the first sample went through the model, the second never did
     assert list((cache / "calibration").iterdir()) == []  # no cache entry, and the scratch folder is gone
