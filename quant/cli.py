@@ -71,6 +71,12 @@ def _internal_error(error: BaseException, verbose: bool = False) -> None:
 @click.option(
     "--verbose", is_flag=True, help="Also log every gate (observed value, threshold, verdict) and each build's figures; tracebacks on stderr."
 )
+@click.option(
+    "--allow-tuning-on-evaluation",
+    is_flag=True,
+    help="Let a fallback search (or inc's tuning) choose on the evaluation set when the recipe has no 'tuning' set. "
+    "Its passes are then optimistic; results.json, the summary and the verdict say so.",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -85,6 +91,7 @@ def main(
     allow_extends_from: tuple[Path, ...],
     quiet: bool,
     verbose: bool,
+    allow_tuning_on_evaluation: bool,
 ) -> None:
     """Quantize an FP32 ONNX model into the variants a recipe names, judge each against FP32
     with accuracy and speed gates, and promote the passing ones into a release folder.
@@ -101,9 +108,11 @@ def main(
     if quiet and verbose:
         _fail("--quiet and --verbose contradict each other; choose one", EXIT_BAD_INPUT)
     try:
-        code = _run_all(
-            Invocation(recipes, out_dir, cache_dir, only, validate, json_path, junit_path, release_version, list(allow_extends_from), quiet, verbose)
+        call = Invocation(
+            recipes, out_dir, cache_dir, only, validate, json_path, junit_path, release_version, list(allow_extends_from), quiet, verbose,
+            allow_tuning_on_evaluation,
         )
+        code = _run_all(call)
     except InputError as error:
         _fail(str(error), EXIT_BAD_INPUT)
     except QuantError as error:
@@ -143,6 +152,7 @@ class Invocation:
     allow_extends_from: list[Path]
     quiet: bool
     verbose: bool = False
+    allow_tuning_on_evaluation: bool = False
 
 
 def _run_all(call: Invocation) -> int:
@@ -171,6 +181,7 @@ def _run_all(call: Invocation) -> int:
             version=call.release_version,
             log=log,
             detail=log_stderr if call.verbose else (lambda message: None),
+            allow_tuning_on_evaluation=call.allow_tuning_on_evaluation,
         )
         result = run(recipe, options)
         if call.validate:

@@ -19,7 +19,7 @@ from quant.charset import Charset, output_charsets
 from quant.compare import by_slice_then_output
 from quant.destination import Destination, destination_for
 from quant.errors import BuildError, InputError, ModelError, OutputError, RecipeError
-from quant.evaluate import Reference, compare_variant, run_reference
+from quant.evaluate import compare_variant, run_reference
 from quant.executor import build_isolated
 from quant.gates import applicable_outputs, effective_gates, judge_all, latency_bounds, overall_verdict
 from quant.intervals import unsupported_reason
@@ -37,6 +37,7 @@ from quant.recipe.loader import LoadedRecipe
 from quant.recipe.schema import Recipe
 from quant.regression import PreviousRelease, compare_with_release, metric_table
 from quant.report.summary import summary_markdown
+from quant.splits import TUNED_ON_EVALUATION, Split, SplitName, tuning_source
 from quant.validation import all_gates, check_gate_needs, check_not_already_fp16, check_subgraph_compute
 
 SCHEMA_VERSION = 1
@@ -57,6 +58,7 @@ class RunOptions:
     version: str | None = None
     log: Log = log_stderr
     detail: Log = lambda message: None  # --verbose: every gate and build figure, not just the verdict
+    allow_tuning_on_evaluation: bool = False  # --allow-tuning-on-evaluation: searches may choose on the gate split
 
 
 @dataclass
@@ -82,6 +84,8 @@ class Prepared:
     charsets: dict[str, Charset]  # by output name, for the outputs that declare a character list
     previous: PreviousRelease | None  # the last release of this recipe, for regression gates and the comparison
     destination: Destination
+    tuning: SampleSource | None = None  # what searches choose on; the evaluation set itself only when tuned_on_evaluation
+    tuned_on_evaluation: bool = False
 
 
 # --------------------------------------------------------------------------- checks
@@ -155,17 +159,21 @@ def _prepare(loaded: LoadedRecipe, options: RunOptions) -> Prepared:
     evaluation = open_source(recipe.evaluation, loaded.base_dir, recipe.inputs, input_names, "evaluation")
     check_gate_needs(recipe, list(model.outputs), evaluation)
     _check_gates_supportable(recipe, len(evaluation), file)
-    calibration = None
-    if recipe.calibration is not None:
-        calibration = open_source(recipe.calibration, loaded.base_dir, recipe.inputs, input_names, "calibration")
-        check_disjoint(calibration, evaluation)
-        for _ in checked_feeds(calibration, model.inputs):
-            pass  # every calibration sample must decode and fit the model before any work starts
-    for _ in checked_feeds(evaluation, model.inputs):
-        pass
+    calibration = open_source(recipe.calibration, loaded.base_dir, recipe.inputs, input_names, "calibration") if recipe.calibration else None
+    tuning = open_source(recipe.tuning, loaded.base_dir, recipe.inputs, input_names, "tuning") if recipe.tuning else None
+    splits = [s for s in (calibration, tuning, evaluation) if s is not None]
+    for index, later in enumerate(splits):
+        for earlier in splits[:index]:
+            check_disjoint(earlier, later)
+    for split in splits:
+        for _ in checked_feeds(split, model.inputs):
+            pass  # every sample must decode and fit the model before any work starts
     variants = options.only or tuple(recipe.variants)
+    tuning, tuned_on_evaluation = tuning_source(recipe, tuple(variants), tuning, evaluation, options.allow_tuning_on_evaluation, file)
     destination = destination_for(recipe.promotion, loaded.base_dir, recipe.name, tuple(recipe.variants), options.version)
-    return Prepared(recipe, loaded, model, evaluation, calibration, tuple(variants), charsets, destination.previous(), destination)
+    return Prepared(
+        recipe, loaded, model, evaluation, calibration, tuple(variants), charsets, destination.previous(), destination, tuning, tuned_on_evaluation
+    )
 
 
 # --------------------------------------------------------------------------- one variant
@@ -175,12 +183,12 @@ def judge_variant(
     name: str,
     candidate: Path,
     prepared: Prepared,
-    reference: Reference,
+    split: Split,
     outcome: VariantOutcome,
     log: Log,
     detail: Log = lambda message: None,
 ) -> VariantOutcome:
-    """Compare, measure and gate one built model file; fills and returns `outcome`."""
+    """Compare, measure and gate one built model file on `split` (the gates' evaluation set, or a search's tuning set)."""
     recipe = prepared.recipe
     variant = recipe.variants[name]
     unchanged = nothing_quantized(variant.method, prepared.model.path, candidate, getattr(variant, "op_types", None))
@@ -192,13 +200,14 @@ def judge_variant(
         return outcome
     comparisons = compare_variant(
         candidate,
-        reference,
-        prepared.evaluation,
+        split.reference,
+        split.source,
         prepared.model.inputs,
         recipe.outputs,
         {n: c.characters for n, c in prepared.charsets.items()},
         recipe.bench.threads,
     )
+    outcome.judged_on = split.name
     outcome.metrics = {out: c.summary() for out, c in comparisons.items()}
     outcome.estimates = {out: c.estimates() for out, c in comparisons.items()}
     outcome.slices = by_slice_then_output(comparisons)
@@ -208,7 +217,7 @@ def judge_variant(
     outcome.model_sha256 = file_sha256(candidate)
     outcome.size_bytes = model_size(candidate)
     outcome.size_ratio = outcome.size_bytes / prepared.model.size_bytes
-    feeds = [f for _, f in zip(range(recipe.bench.samples), (f for _, f in checked_feeds(prepared.evaluation, prepared.model.inputs)))]
+    feeds = [f for _, f in zip(range(recipe.bench.samples), (f for _, f in checked_feeds(split.source, prepared.model.inputs)))]
     gates = effective_gates(recipe.gates, recipe.variants[name].gates)
     bench = recipe.bench
     outcome.latency = latency_ratio(
@@ -237,11 +246,11 @@ def build_context(prepared: Prepared, options: RunOptions, name: str) -> BuildCo
         work_dir=work_dir,
         cache_dir=options.cache_dir,
         calibration=prepared.calibration,
-        evaluation=prepared.evaluation,
+        tuning=prepared.tuning,
     )
 
 
-def run_variant(name: str, prepared: Prepared, reference: Reference, options: RunOptions) -> VariantOutcome:
+def run_variant(name: str, prepared: Prepared, evaluation: Split, tuning: Split | None, options: RunOptions) -> VariantOutcome:
     variant = prepared.recipe.variants[name]
     outcome = VariantOutcome(name=name, method=variant.method, options=variant.model_dump(mode="json", exclude={"gates"}))
     out_path = options.out_dir / "variants" / f"{name}.onnx"
@@ -250,15 +259,16 @@ def run_variant(name: str, prepared: Prepared, reference: Reference, options: Ru
         if getattr(variant, "repair", "off") != "off":
             from quant.fp16.repair import repair_fp16
 
-            return repair_fp16(name, prepared, reference, options, outcome, build_context=build_context, judge_variant=judge_variant)
+            return repair_fp16(name, prepared, evaluation, options, outcome, build_context=build_context, judge_variant=judge_variant)
         if getattr(variant, "fallback", None) is not None:
             from quant.search import search_fallback
 
-            return search_fallback(name, prepared, reference, options, outcome)
+            assert tuning is not None  # prepare() refused a search without a tuning split
+            return search_fallback(name, prepared, tuning, evaluation, options, outcome)
         result = build_isolated(variant, build_context(prepared, options, name), out_path)
         outcome.build = result.details
         options.detail(f"{name}: built {json.dumps(result.details, default=str)[:2000]}")
-        return judge_variant(name, result.path, prepared, reference, outcome, options.log, options.detail)
+        return judge_variant(name, result.path, prepared, evaluation, outcome, options.log, options.detail)
     except BuildError as error:
         outcome.status, outcome.error = "error", str(error)
         options.log(f"{name}: ERROR {error}")
@@ -350,6 +360,17 @@ def _samples_record(source: SampleSource | None) -> dict[str, Any] | None:
     return {"where": source.where, "fingerprint": source.fingerprint, "samples": [{"id": s.id, "sha256": s.fingerprint} for s in source.samples]}
 
 
+def _split(name: SplitName, source: SampleSource, prepared: Prepared, options: RunOptions) -> Split:
+    """A split with FP32's outputs on it (computed once, cached on disk)."""
+    with Progress(f"FP32 reference ({name})", len(source)) as bar:
+        reference = run_reference(
+            prepared.model.path, prepared.model.sha256, source, prepared.model.inputs,
+            inputs_signature(prepared.recipe.inputs),
+            options.cache_dir, prepared.recipe.bench.threads, progress=bar.update,
+        )  # fmt: skip
+    return Split(name, source, reference)
+
+
 def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     prepared = prepare(loaded, options)
@@ -370,14 +391,15 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
             ) from None
     prepared.destination.check_writable()  # before hours of building, not after
 
-    with Progress("FP32 reference", len(prepared.evaluation)) as bar:
-        reference = run_reference(
-            prepared.model.path, prepared.model.sha256, prepared.evaluation, prepared.model.inputs,
-            inputs_signature(recipe.inputs),
-            options.cache_dir, recipe.bench.threads, progress=bar.update,
-        )
+    evaluation = _split("evaluation", prepared.evaluation, prepared, options)
+    reference = evaluation.reference
+    tuning = None
+    if prepared.tuning is not None:
+        tuning = evaluation if prepared.tuned_on_evaluation else _split("tuning", prepared.tuning, prepared, options)
+    if prepared.tuned_on_evaluation:
+        options.log(TUNED_ON_EVALUATION)
     remove_stale_lock(loaded, options.out_dir)
-    outcomes = [run_variant(name, prepared, reference, options) for name in prepared.variants]
+    outcomes = [run_variant(name, prepared, evaluation, tuning, options) for name in prepared.variants]
 
     to_release, policy_met = _select_for_release(recipe, outcomes)
     published: Published | None = None
@@ -394,6 +416,8 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
         )
     release = published.where if published else None
     exit_code, verdict = run_verdict(recipe, outcomes, to_release, policy_met)
+    if prepared.tuned_on_evaluation:
+        verdict = f"{verdict} ({TUNED_ON_EVALUATION})"
     summary = summary_markdown(
         recipe.name,
         outcomes,
@@ -417,7 +441,18 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
                 "opset": prepared.model.opset,
             },
             "environment": environment(),
-            "data": {"calibration": _samples_record(prepared.calibration), "evaluation": _samples_record(prepared.evaluation)},
+            "data": {
+                "calibration": _samples_record(prepared.calibration),
+                "tuning": _samples_record(prepared.tuning),
+                "evaluation": _samples_record(prepared.evaluation),
+                # Which split produced which number: every variant's metrics and gates come from `gates`;
+                # a search's attempts and node ranking from `search` (variants[].search.tuned_on too).
+                "splits": {
+                    "gates": "evaluation",
+                    "search": None if tuning is None else tuning.name,
+                    "tuned_on_evaluation": prepared.tuned_on_evaluation,
+                },
+            },
             "charsets": {name: charset.source for name, charset in prepared.charsets.items()},
             "reference": {"seconds": round(reference.seconds, 3), "cache_hit": reference.cache_hit},
             "variants": {o.name: o.to_dict() for o in outcomes},

@@ -1,5 +1,8 @@
 """Automatic fallback for static INT8: keep the most sensitive nodes in float until every gate holds.
 
+Every choice is made on the tuning split (attempts judged, nodes ranked); the attempt chosen is then
+judged once more, on the evaluation split the search never read, and that verdict is the variant's.
+
 Each attempt reuses the cached calibration ranges, so only quantization and judging are repeated.
 Keeping nodes in float costs speed, so the search stops as soon as the latency or size gate is
 what fails: more float nodes cannot help there.
@@ -20,8 +23,9 @@ from quant.recipe.schema import StaticInt8Options
 from quant.sensitivity import NodeSensitivity, rank_nodes
 
 if TYPE_CHECKING:
-    from quant.evaluate import Reference
     from quant.runner import Prepared, RunOptions
+    from quant.splits import Split
+
 
 def default_steps(max_nodes: int) -> list[int]:
     """1, 2, 4, 8, ... up to max_nodes (max_nodes itself always tried last)."""
@@ -38,6 +42,7 @@ def _accuracy_failed(outcome: VariantOutcome) -> bool:
 
 def _attempt_record(outcome: VariantOutcome, excluded: list[str]) -> dict[str, Any]:
     record: dict[str, Any] = {
+        "split": outcome.judged_on,
         "nodes_in_float": len(excluded),
         "excluded": excluded,
         "passed": outcome.passed,
@@ -61,7 +66,9 @@ def _rank_in_child(float_model: Path, qdq_model: Path, feeds: list[dict[str, Any
     return rank_nodes(float_model, qdq_model, feeds, op_types)
 
 
-def _ranking(name: str, variant: StaticInt8Options, prepared: Prepared, options: RunOptions, first: VariantOutcome) -> list[NodeSensitivity]:
+def _ranking(
+    name: str, variant: StaticInt8Options, prepared: Prepared, tuning: Split, options: RunOptions, first: VariantOutcome
+) -> tuple[list[NodeSensitivity], list[str]]:
     """Rank on a QDQ build (the QOperator form has no per-tensor Q/DQ pairs to compare)."""
     from quant.runner import build_context
 
@@ -70,15 +77,11 @@ def _ranking(name: str, variant: StaticInt8Options, prepared: Prepared, options:
     if variant.format != "QDQ" or qdq_path is None:
         qdq_variant = variant.model_copy(update={"format": "QDQ", "fallback": None})
         qdq_path = build_isolated(qdq_variant, build_context(prepared, options, name), options.out_dir / "work" / name / "ranking-qdq.onnx").path
-    feeds = [
-        f
-        for _, f in zip(
-            range(variant.fallback.samples if variant.fallback else 8), (f for _, f in checked_feeds(prepared.evaluation, prepared.model.inputs))
-        )
-    ]
-    ranking, stats = run_isolated(_rank_in_child, float_model, qdq_path, feeds, variant.op_types)
-    options.log(f"{name}: ranked {len(ranking)} quantized nodes by added error in {stats['seconds']:.1f} s")
-    return ranking
+    count = variant.fallback.samples if variant.fallback else 8
+    samples = list(zip(range(count), checked_feeds(tuning.source, prepared.model.inputs)))
+    ranking, stats = run_isolated(_rank_in_child, float_model, qdq_path, [feeds for _, (_, feeds) in samples], variant.op_types)
+    options.log(f"{name}: ranked {len(ranking)} quantized nodes by added error on {len(samples)} {tuning.name} samples in {stats['seconds']:.1f} s")
+    return ranking, [sample.id for _, (sample, _) in samples]
 
 
 def _choose(judged: list[tuple[VariantOutcome, list[str]]]) -> tuple[int, str]:
@@ -100,8 +103,9 @@ def _choose(judged: list[tuple[VariantOutcome, list[str]]]) -> tuple[int, str]:
     return index, "no attempt quantized any node"
 
 
-def search_fallback(name: str, prepared: Prepared, reference: Reference, options: RunOptions, outcome: VariantOutcome) -> VariantOutcome:
-    """Build, judge, and if accuracy gates fail, retry with the most sensitive nodes in float."""
+def search_fallback(name: str, prepared: Prepared, tuning: Split, evaluation: Split, options: RunOptions, outcome: VariantOutcome) -> VariantOutcome:
+    """Build, judge on `tuning`, and if accuracy gates fail, retry with the most sensitive nodes in float;
+    the attempt chosen is judged again on `evaluation` (unless the two are the same split)."""
     from quant.runner import build_context, judge_variant
 
     variant = prepared.recipe.variants[name]
@@ -116,16 +120,17 @@ def search_fallback(name: str, prepared: Prepared, reference: Reference, options
         try:
             result = build_isolated(variant, build_context(prepared, options, name), out_path, extra_exclusions=excluded)
             trial.build = result.details
-            judge_variant(name, result.path, prepared, reference, trial, options.log, options.detail)
+            judge_variant(name, result.path, prepared, tuning, trial, options.log, options.detail)
         except BuildError as error:
             trial.status, trial.error = "error", str(error)
         attempts.append(_attempt_record(trial, excluded))
         judged.append((trial, excluded))
-        options.log(f"{name}: {len(excluded)} node(s) in float -> {trial.status}")
+        options.log(f"{name}: {len(excluded)} node(s) in float -> {trial.status} on the {tuning.name} samples")
         return trial
 
     first = attempt([])
     ranking: list[NodeSensitivity] = []
+    ranked_on: list[str] = []
     conclusion = "passed without keeping any node in float"
     if first.status == "nothing_quantized":
         conclusion = "nothing was quantized even with every node allowed; keeping nodes in float cannot change that, so no search"
@@ -133,7 +138,7 @@ def search_fallback(name: str, prepared: Prepared, reference: Reference, options
         if not _accuracy_failed(first):
             conclusion = "only speed/size gates failed; keeping nodes in float would make it slower, so no search"
         else:
-            ranking = _ranking(name, variant, prepared, options, first)
+            ranking, ranked_on = _ranking(name, variant, prepared, tuning, options, first)
             for k in fallback.steps or default_steps(fallback.max_nodes):
                 k = min(k, len(ranking), fallback.max_nodes)
                 if k == 0 or k in (a["nodes_in_float"] for a in attempts):
@@ -153,7 +158,10 @@ def search_fallback(name: str, prepared: Prepared, reference: Reference, options
                 conclusion = f"no attempt passed within {fallback.max_nodes} node(s) in float"
     index, why = _choose(judged)
     chosen, excluded = judged[index]
-    chosen.search = {
+    search = {
+        "tuned_on": tuning.name,
+        "tuning_samples": len(tuning.source),
+        "ranked_on": ranked_on,
         "attempts": attempts,
         "sensitivity": [n.to_dict() for n in ranking[:50]],
         "metrics": [m for m in HEADLINE_METRICS if any(m in a for a in attempts)],
@@ -162,10 +170,20 @@ def search_fallback(name: str, prepared: Prepared, reference: Reference, options
         "chosen_because": why,
         "conclusion": conclusion if chosen.passed else f"{conclusion}; the chosen attempt kept {len(excluded)} node(s) in float: {why}",
     }
-    if chosen.model_path is not None:
-        final = options.out_dir / "variants" / f"{name}.onnx"
-        final.parent.mkdir(parents=True, exist_ok=True)
-        final.write_bytes(chosen.model_path.read_bytes())
-        chosen.model_path = final
-        chosen.search["lock_file"] = str(write_lock(prepared.loaded, options.out_dir, name, [*variant.exclude_nodes, *excluded]))
-    return chosen
+    if chosen.model_path is None:
+        chosen.search = search
+        return chosen
+    final = options.out_dir / "variants" / f"{name}.onnx"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    final.write_bytes(chosen.model_path.read_bytes())
+    search["lock_file"] = str(write_lock(prepared.loaded, options.out_dir, name, [*variant.exclude_nodes, *excluded]))
+    if tuning is evaluation or chosen.status == "nothing_quantized":
+        verdict = chosen  # already judged on the evaluation split (tuning on it was allowed explicitly), or never judged
+        verdict.model_path = final
+    else:
+        options.log(f"{name}: judging the chosen attempt ({len(excluded)} node(s) in float) on the {evaluation.name} samples the search never read")
+        verdict = VariantOutcome(name=name, method=outcome.method, options=outcome.options, build=chosen.build)
+        judge_variant(name, final, prepared, evaluation, verdict, options.log, options.detail)
+        search["verdict_on_tuning"] = chosen.status
+    verdict.search = search
+    return verdict

@@ -106,14 +106,16 @@ def write_recipe(folder: Path, recipe: dict[str, Any], name: str = "recipe.yaml"
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> dict[str, Path]:
-    """A tiny model with calibration and evaluation image folders."""
+    """A tiny model with calibration, tuning and evaluation image folders (disjoint)."""
     model_path = tmp_path / "tiny.onnx"
     onnx.save(tiny_ctc_model(), str(model_path))
     calib = tmp_path / "calib"
     evaluation = tmp_path / "eval"
+    tune = tmp_path / "tune"
     write_images(calib, 12, seed=1, prefix="c")
     write_images(evaluation, 10, seed=2, prefix="e")
-    return {"root": tmp_path, "model": model_path, "calib": calib, "eval": evaluation}
+    write_images(tune, 10, seed=3, prefix="t")
+    return {"root": tmp_path, "model": model_path, "calib": calib, "eval": evaluation, "tune": tune}
 
 
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:

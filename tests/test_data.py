@@ -52,10 +52,10 @@ def test_limit_side_rounds_to_multiples(size: tuple[int, int], limit_type: str, 
     assert image_to_tensor(Image.new("RGB", size), spec(resize=resize)).shape == expected
 
 
-def _folder_source(folder: Path, samples: int | None = None, seed: int = 0, **inputs: object) -> ImageFolder:
+def _folder_source(folder: Path, samples: int | None = None, seed: int = 0, field: str = "calibration", **inputs: object) -> ImageFolder:
     dataset = DataSet.model_validate({"source": {"images": str(folder)}, "samples": samples, "seed": seed})
     image_input = spec(resize=inputs.get("resize", {"mode": "height", "height": 8, "min_width": 16}))
-    return open_source(dataset, Path("."), {"x": image_input}, ["x"], "calibration")  # type: ignore[return-value]
+    return open_source(dataset, Path("."), {"x": image_input}, ["x"], field)  # type: ignore[return-value]
 
 
 def test_seeded_sampling_is_reproducible_and_seed_dependent(tmp_path: Path) -> None:
@@ -113,8 +113,11 @@ def test_overlapping_sets_are_refused_even_under_other_names(tmp_path: Path) -> 
     write_images(evaluation, 3, seed=5)
     (evaluation / "copy.png").write_bytes((calib / "img_001.png").read_bytes())
     with pytest.raises(DataError) as caught:
-        check_disjoint(_folder_source(calib), _folder_source(evaluation))
+        check_disjoint(_folder_source(calib), _folder_source(evaluation, field="evaluation"))
     assert "copy.png" in str(caught.value) and caught.value.field == "evaluation.source"
+    with pytest.raises(DataError) as caught:
+        check_disjoint(_folder_source(evaluation, field="tuning"), _folder_source(evaluation, field="evaluation"))
+    assert "also tuning samples" in str(caught.value) and caught.value.field == "evaluation.source"
 
 
 def test_fingerprint_changes_when_an_image_changes(tmp_path: Path) -> None:

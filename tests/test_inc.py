@@ -50,11 +50,12 @@ def inc(inc_import_error: str | None) -> None:
 
 def _context(workspace: dict[str, Path], model_path: Path | None = None) -> BuildContext:
     """The context quant.runner.build_context gives a method, from the tiny workspace's recipe."""
-    recipe = base_recipe(model_path or workspace["model"], workspace["calib"], workspace["eval"])
+    tuning = {"source": {"images": str(workspace["tune"])}}
+    recipe = base_recipe(model_path or workspace["model"], workspace["calib"], workspace["eval"], tuning=tuning)
     info = inspect_model(model_path or workspace["model"])
     inputs = {name: ImageInput.model_validate(spec) for name, spec in recipe["inputs"].items()}
     root = workspace["root"]
-    sources = {f: open_source(DataSet.model_validate(recipe[f]), root, inputs, list(info.inputs), f) for f in ("calibration", "evaluation")}
+    sources = {f: open_source(DataSet.model_validate(recipe[f]), root, inputs, list(info.inputs), f) for f in ("calibration", "tuning")}
     return BuildContext(
         info.path,
         info.sha256,
@@ -62,7 +63,7 @@ def _context(workspace: dict[str, Path], model_path: Path | None = None) -> Buil
         root / "run" / "work" / "inc",
         root / "run" / "cache",
         sources["calibration"],
-        sources["evaluation"],
+        sources["tuning"],
         log=lambda _: None,
     )
 
@@ -74,11 +75,11 @@ def _build(workspace: dict[str, Path], model_path: Path | None = None, **options
 
 
 def _agreement(context: BuildContext, candidate: Path) -> float:
-    """Mean cosine of the candidate's output vs FP32 on the evaluation samples."""
-    assert context.evaluation is not None
+    """Mean cosine of the candidate's output vs FP32 on the context's (tuning) samples."""
+    assert context.tuning is not None
     fp32, quantized = session(context.model_path), session(candidate)
     return float(
-        np.mean([cosine(fp32.run(None, f)[0], quantized.run(None, f)[0]) for _, f in checked_feeds(context.evaluation, context.model_inputs)])
+        np.mean([cosine(fp32.run(None, f)[0], quantized.run(None, f)[0]) for _, f in checked_feeds(context.tuning, context.model_inputs)])
     )
 
 

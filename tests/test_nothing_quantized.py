@@ -76,7 +76,10 @@ def test_matmul_only_dynamic_int8_on_a_cnn_is_nothing_quantized_and_not_promoted
         "int8-dynamic": {"method": "dynamic_int8", "op_types": ["MatMul"]},
         "int8-static": {"method": "static_int8", "op_types": ["MatMul"], "fallback": {"max_nodes": 4}},
     }
-    recipe = base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants=variants, gates=GATES, outputs={"y": {"kind": "tensor"}})
+    recipe = base_recipe(
+        workspace["model"], workspace["calib"], workspace["eval"], variants=variants, gates=GATES, outputs={"y": {"kind": "tensor"}},
+        tuning={"source": {"images": str(workspace["tune"])}},
+    )  # fmt: skip
     done = run_cli("--recipe", str(write_recipe(root, recipe)), "--out", str(root / "run"), cwd=root)
     assert done.returncode == 0, done.stderr  # fp16 passes and is promoted
     results = _results(root)

@@ -52,7 +52,8 @@ def _search(workspace: dict[str, Path], gates: list[dict], broken: bool = True) 
     root = workspace["root"]
     if broken:
         onnx.save(tiny_ctc_model(weight_outlier=True), str(workspace["model"]))
-    path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants={"int8": BROKEN_INT8}, gates=gates))
+    recipe = base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants={"int8": BROKEN_INT8}, gates=gates)
+    path = write_recipe(root, {**recipe, "tuning": {"source": {"images": str(workspace["tune"])}}})
     done = run_cli("--recipe", str(path), "--out", str(root / "run"), cwd=root)
     assert done.returncode in (0, 1), done.stderr
     return done.returncode, json.loads((root / "run" / "results.json").read_text())["variants"]["int8"], done.stdout + done.stderr

@@ -65,7 +65,8 @@ def test_fallback_finds_the_node_and_the_lock_rebuilds_the_same_model(workspace:
     root = workspace["root"]
     onnx.save(tiny_ctc_model(weight_outlier=True), str(workspace["model"]))
     variants = {"int8": {"method": "static_int8", "per_channel": False, "op_types": ["Conv", "MatMul"], "fallback": {"max_nodes": 2, "samples": 4}}}
-    path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants=variants, gates=GATES))
+    recipe = base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants=variants, gates=GATES)
+    path = write_recipe(root, {**recipe, "tuning": {"source": {"images": str(workspace["tune"])}}})
     done = run_cli("--recipe", str(path), "--out", str(root / "run"), cwd=root)
     assert done.returncode == 0, done.stderr
     results = json.loads((root / "run" / "results.json").read_text())

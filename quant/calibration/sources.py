@@ -292,14 +292,16 @@ def open_source(dataset: DataSet, base_dir: Path, inputs: dict[str, ImageInput],
     return HFDataset(spec, dataset, base_dir, inputs, field)
 
 
-def check_disjoint(calibration: SampleSource, evaluation: SampleSource) -> None:
-    """Evaluation must be held out: refuse any sample whose content is also in the calibration set."""
-    calib = {s.fingerprint: s.id for s in calibration.samples}
-    shared = [(calib[s.fingerprint], s.id) for s in evaluation.samples if s.fingerprint in calib]
+def check_disjoint(earlier: SampleSource, later: SampleSource) -> None:
+    """Splits must not share a sample (by content, whatever the file names): refuse any sample of `later`
+    whose content is also in `earlier`. Calibration, tuning and evaluation are checked pairwise."""
+    seen = {s.fingerprint: s.id for s in earlier.samples}
+    shared = [(seen[s.fingerprint], s.id) for s in later.samples if s.fingerprint in seen]
     if shared:
-        first_calib, first_eval = shared[0]
+        first_earlier, first_later = shared[0]
         raise DataError(
-            f"{len(shared)} evaluation sample(s) are also calibration samples (e.g. '{first_eval}' = '{first_calib}'); the sets must be disjoint",
-            file=evaluation.where,
-            field="evaluation.source",
+            f"{len(shared)} {later.field} sample(s) are also {earlier.field} samples (e.g. '{first_later}' = '{first_earlier}'); "
+            "the sets must be disjoint",
+            file=later.where,
+            field=f"{later.field}.source",
         )

@@ -33,6 +33,7 @@ from quant.search import _attempt_record
 
 if TYPE_CHECKING:
     from quant.runner import Prepared, RunOptions
+    from quant.splits import Split
 
 
 def tuning_gates(recipe_gates: list[Gate], variant_gates: list[Gate]) -> list[Gate]:
@@ -77,7 +78,7 @@ def _reasons(preflight: Preflight, kept: list[str], flagged: list[str]) -> dict[
 def repair_fp16(
     name: str,
     prepared: Prepared,
-    reference: Reference,
+    evaluation: Split,
     options: RunOptions,
     outcome: VariantOutcome,
     build_context: Callable[[Prepared, RunOptions, str], BuildContext],
@@ -139,7 +140,7 @@ def repair_fp16(
     shutil.copyfile(built, final)
     outcome.build = {**details, "fp16_preflight": {**preflight.to_dict(), "split": "calibration", "source_model": str(source)}}
     outcome.build["kept_fp32_reasons"] = _reasons(preflight, [*variant.keep_fp32, *extra], flagged)
-    judge_variant(name, final, prepared, reference, outcome, options.log, options.detail)
+    judge_variant(name, final, prepared, evaluation, outcome, options.log, options.detail)
     if variant.repair == "auto":
         outcome.search = {
             "kind": "fp16_repair",

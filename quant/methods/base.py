@@ -24,7 +24,7 @@ class BuildContext:
     work_dir: Path  # scratch space for this variant
     cache_dir: Path  # shared across variants and runs; keys must include every input that matters
     calibration: SampleSource | None = None
-    evaluation: SampleSource | None = None  # only for methods with their own accuracy-aware tuning
+    tuning: SampleSource | None = None  # only for methods with their own accuracy-aware tuning: never the gates' evaluation set
     log: Callable[[str], None] = print
 
 

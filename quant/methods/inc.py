@@ -1,7 +1,7 @@
 """Static INT8 by Intel Neural Compressor's ONNX Runtime line (`onnx-neural-compressor` 1.0, optional extra).
 
 Plain static quantization, or INC's accuracy-aware tuning over op-type sets, scored against FP32 on a few
-evaluation samples. The INC quirks worked around here are described in notes/inc-findings.md.
+tuning samples (never the gates' evaluation set). The INC quirks worked around here are described in notes/inc-findings.md.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from quant.precision import quantized_op_counts
 from quant.recipe.schema import IncOptions
 
 INSTALL_HINT = 'pip install -e ".[inc]" && pip install --no-deps onnx-neural-compressor==1.0'
-EVAL_SAMPLES = 16  # enough to rank tuning candidates; the gates judge the chosen model on the full evaluation set
+TUNING_SAMPLES = 16  # enough to rank tuning candidates; the gates judge the chosen model on the held-out evaluation set
 PROVIDER = "CPUExecutionProvider"
 # Tuning narrows the quantized op types step by step: element-wise ops first (hard-swish and SE blocks
 # lose most accuracy there), then everything but the weighted ops, then convolutions or matmuls alone.
@@ -173,10 +173,10 @@ def _quantize_static(options: IncOptions, source: Path, reader: CalibrationReade
 
 
 class Scorer:
-    """Higher is better: mean cosine vs FP32 over every output of a few evaluation samples (FP32 run once)."""
+    """Higher is better: mean cosine vs FP32 over every output of a few tuning samples (FP32 run once)."""
 
-    def __init__(self, fp32: Path, evaluation: SampleSource, model_inputs: dict[str, Dims]) -> None:
-        self.feeds: list[Feeds] = [feeds for _, feeds in checked_feeds(evaluation, model_inputs)]
+    def __init__(self, fp32: Path, tuning: SampleSource, model_inputs: dict[str, Dims]) -> None:
+        self.feeds: list[Feeds] = [feeds for _, feeds in checked_feeds(tuning, model_inputs)]
         reference = session(fp32)
         self.names = [o.name for o in reference.get_outputs()]
         self.references = [reference.run(self.names, feeds) for feeds in self.feeds]
@@ -245,12 +245,12 @@ def _candidates(options: IncOptions, present: set[str]) -> list[list[str]]:
 def _tune(options: IncOptions, context: BuildContext, source: Path, reader: CalibrationReader, scratch: Path, out_path: Path) -> dict[str, Any]:
     from onnx_neural_compressor.quantization import tuning
 
-    if context.evaluation is None:
-        raise BuildError("inc with tune: true needs evaluation samples to score the trials")
+    if context.tuning is None:
+        raise BuildError("inc with tune: true needs tuning samples to score the trials")
     candidates = _candidates(options, _optimized_op_types(source, scratch))
     if not candidates:
         raise BuildError("none of the op types to quantize occur in the model")
-    scorer = Scorer(context.model_path, context.evaluation.subset(EVAL_SAMPLES), context.model_inputs)
+    scorer = Scorer(context.model_path, context.tuning.subset(TUNING_SAMPLES), context.model_inputs)
     tracker = TrialLog(scorer, [{"op_types": c} for c in candidates], scratch / "best_trial.onnx", context.log)
     config_set = [_static_config(options, c, len(reader)) for c in candidates]
     tuning_config = tuning.TuningConfig(config_set=config_set, tolerable_loss=options.tolerable_loss, max_trials=options.max_trials)

@@ -622,7 +622,15 @@ class Recipe(Strict):
     inputs: dict[str, ImageInput] = Field(default_factory=dict, description="Per model input name: how images become its tensor.")
     outputs: dict[str, OutputSpec] = Field(default_factory=dict, description="Per model output name: how to compare it (default: tensor).")
     calibration: DataSet | None = Field(default=None, description="Calibration samples (needed by static INT8 and inc).")
-    evaluation: DataSet = Field(description="Held-out samples every variant and FP32 run on; never the calibration samples.")
+    tuning: DataSet | None = Field(
+        default=None,
+        description="Samples the tool makes its data-driven choices on: the fallback search's attempts and node ranking, inc's "
+        "accuracy-aware tuning. Disjoint from calibration and evaluation, so the gates judge on samples no choice was made on. "
+        "Needed by any variant with `fallback` or `tune: true` (or run with --allow-tuning-on-evaluation, and the results say so).",
+    )
+    evaluation: DataSet = Field(
+        description="Held-out samples every variant and FP32 run on and the gates judge on; never the calibration or tuning samples."
+    )
     variants: dict[str, Variant] = Field(description="Variants to build, by name.")
     gates: list[Gate] = Field(default_factory=list, description="Gates applied to every variant unless the variant overrides them.")
     bench: Bench = Field(default_factory=Bench)
