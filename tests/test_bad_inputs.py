@@ -627,6 +627,12 @@ def d_overlap_same_folder(ctx: Ctx) -> Path:
     return ctx.calib
 
 
+def r_search_without_tuning(ctx: Ctx) -> Path:
+    # A fallback search with no tuning set would choose on the samples the gates judge on.
+    ctx.recipe["variants"] = {"int8": {"method": "static_int8", "fallback": {"max_nodes": 2}}}  # type: ignore[index]
+    return ctx.recipe_path
+
+
 def d_overlap_renamed_copy(ctx: Ctx) -> Path:
     shutil.copyfile(ctx.calib / "c_002.png", ctx.eval / "zz_copy.png")
     return ctx.eval
@@ -821,6 +827,7 @@ CASES = [
     Case("data-npz-bad-member", "data", d_npz_bad_member, "evaluation.source.npz", "not a readable .npz"),
     Case("data-overlap-same-folder", "data", d_overlap_same_folder, "evaluation.source", "must be disjoint"),
     Case("data-overlap-renamed-copy", "data", d_overlap_renamed_copy, "evaluation.source", "zz_copy.png"),
+    Case("recipe-search-without-tuning", "recipe", r_search_without_tuning, "tuning", "--allow-tuning-on-evaluation"),
     Case("data-fp32-cannot-run-sample", "data", d_fp32_cannot_run, "evaluation.source", "the FP32 model fails on sample"),
     Case("data-labels-missing", "data", d_labels_missing, "evaluation.source.labels", "labels file not found"),
     Case("data-labels-malformed", "data", d_labels_malformed, "evaluation.source.labels", "line 2"),

@@ -20,6 +20,7 @@ def _derived(workspace: dict[str, Path], remove: bool) -> dict[str, Any]:
         "outputs": {**nulled, "probs": {"kind": "ctc", "charset_metadata": "character"}},
         "calibration": {"source": {"images": str(workspace["calib"]), "labels": None}, "samples": None},
         "evaluation": {"source": {"images": str(workspace["eval"]), "labels": None, "slices": None}, "samples": None},
+        "tuning": None,  # the shipped tuning lines are for the shipped model; this family has no search
         "variants": {"int8-dynamic": None, "int8-static": None, "fp16": {"gates": None}} if remove else {},
         "gates": [{"metric": "ctc_exact_match", "min": 0.9}],
     }
