@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import onnx
 import pytest
@@ -18,6 +19,12 @@ from tests.conftest import base_recipe, run_cli, tiny_ctc_model, write_recipe
 # conv1 of the outlier model collapses under per-tensor INT8; keeping it in float restores the text.
 BROKEN_INT8 = {"method": "static_int8", "per_channel": False, "op_types": ["Conv", "MatMul"], "fallback": {"max_nodes": 2, "samples": 4}}
 
+
+
+def _recipe(workspace: dict[str, Path], **overrides: Any) -> dict[str, Any]:
+    """The tiny workspace's recipe with its tuning split: what every search chooses on."""
+    tuning = {"source": {"images": str(workspace["tune"])}}
+    return base_recipe(workspace["model"], workspace["calib"], workspace["eval"], tuning=tuning, **overrides)
 
 def _trial(status: str, failed: int, passed: int = 1) -> VariantOutcome:
     gates = [GateResult("cosine", None, 0.9, None, 0.5, False) for _ in range(failed)]
@@ -52,8 +59,7 @@ def _search(workspace: dict[str, Path], gates: list[dict], broken: bool = True) 
     root = workspace["root"]
     if broken:
         onnx.save(tiny_ctc_model(weight_outlier=True), str(workspace["model"]))
-    recipe = base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants={"int8": BROKEN_INT8}, gates=gates)
-    path = write_recipe(root, {**recipe, "tuning": {"source": {"images": str(workspace["tune"])}}})
+    path = write_recipe(root, _recipe(workspace, variants={"int8": BROKEN_INT8}, gates=gates))
     done = run_cli("--recipe", str(path), "--out", str(root / "run"), cwd=root)
     assert done.returncode in (0, 1), done.stderr
     return done.returncode, json.loads((root / "run" / "results.json").read_text())["variants"]["int8"], done.stdout + done.stderr
@@ -95,7 +101,7 @@ def test_the_search_stops_once_accuracy_holds_and_only_size_fails(workspace: dic
 def test_a_first_attempt_that_cannot_be_built_is_not_searched(workspace: dict[str, Path]) -> None:
     root = workspace["root"]
     onnx.save(tiny_ctc_model(weight_outlier=True), str(workspace["model"]))
-    path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants={"int8": BROKEN_INT8}))
+    path = write_recipe(root, _recipe(workspace, variants={"int8": BROKEN_INT8}))
     # The stand-in bug strikes inside calibration, in the build process: the variant errors, the run goes on.
     done = run_cli("--recipe", str(path), "--out", str(root / "run"), cwd=root, env={"QUANT_TEST_FAIL_AT": "calibration"})
     variant = json.loads((root / "run" / "results.json").read_text())["variants"]["int8"]
@@ -110,7 +116,7 @@ def test_a_qoperator_variant_is_ranked_on_a_qdq_build_of_itself(workspace: dict[
     onnx.save(tiny_ctc_model(weight_outlier=True), str(workspace["model"]))
     variants = {"int8": {**BROKEN_INT8, "format": "QOperator"}}
     gates = [{"metric": "ctc_exact_match", "min": 0.9}]
-    path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants=variants, gates=gates))
+    path = write_recipe(root, _recipe(workspace, variants=variants, gates=gates))
     done = run_cli("--recipe", str(path), "--out", str(root / "run"), cwd=root)
     assert done.returncode == 0, done.stderr
     search = json.loads((root / "run" / "results.json").read_text())["variants"]["int8"]["search"]
