@@ -4,18 +4,22 @@ in FP32 — checked on tiny models that break a plain FP16 conversion the way re
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from quant.fp16.normalise import normalised_model
+from quant.fp16.repair import _search
 from quant.fp16.scan import scan
 from quant.model import file_sha256
-from tests.conftest import HEIGHT, base_recipe, run_cli, write_images, write_recipe
+from quant.outcome import VariantOutcome
+from tests.conftest import HEIGHT, REPO, base_recipe, run_cli, write_images, write_recipe
 
 CHANNELS = 4
 VARIANCE = 4.0e6  # a BatchNormalization running variance beyond FP16's 65504
@@ -166,6 +170,30 @@ def test_scan_reports_the_inside_of_layernormalization_and_softmax_with_measured
     assert all(f.headroom > 4 for f in result.findings if f.kind == "activation")  # every tensor looks harmless
 
 
+def test_repair_search_doubles_then_bisects_to_the_fewest_nodes_and_respects_max_nodes_and_the_budget() -> None:
+    ranked = [f"n{i}" for i in range(40)]
+    tried: list[list[str]] = []
+
+    def attempt_needing(count: int):  # passes once `count` of the ranked nodes are kept (a stand-in for build + validate)
+        def attempt(keep: list[str]) -> VariantOutcome:
+            tried.append(keep)
+            outcome = VariantOutcome(name="v", method="fp16", options={})
+            outcome.status = "passed" if len(set(keep) & set(ranked[:count])) == count else "failed"
+            return outcome
+
+        return attempt
+
+    first = VariantOutcome(name="v", method="fp16", options={}, status="failed")
+    conclusion = _search(attempt_needing(5), first, ["flagged"], ["flagged", *ranked], 32, time.perf_counter() + 600)
+    assert [len(keep) - 1 for keep in tried] == [1, 2, 4, 8, 6, 5] and "5 more" in conclusion
+    assert all(keep[0] == "flagged" for keep in tried)
+    tried.clear()
+    conclusion = _search(attempt_needing(20), first, [], ranked, 8, time.perf_counter() + 600)
+    assert [len(keep) for keep in tried] == [1, 2, 4, 8] and "no attempt passed" in conclusion
+    tried.clear()
+    assert "time budget" in _search(attempt_needing(1), first, [], ranked, 8, time.perf_counter() - 1) and not tried
+
+
 # --------------------------------------------------------------------------- repair, end to end
 
 
@@ -215,3 +243,33 @@ def test_repair_of_a_decomposed_layernorm_and_its_lock_rebuild_the_same_bytes(tm
     assert again.returncode == 0, again.stderr
     first, second = (folder / "variants" / "repaired.onnx" for folder in (tmp_path / "run", tmp_path / "again"))
     assert first.read_bytes() == second.read_bytes()
+
+
+# --------------------------------------------------------------------------- the real model
+
+
+@pytest.mark.integration
+def test_real_det_model_fp16_passes_after_normalisation_where_the_plain_conversion_fails(tmp_path: Path) -> None:
+    """PP-OCRv4 det: a BatchNormalization variance of 9.79e7 held in a Constant node; converted as shipped it loses
+    the map, normalised (BN folded into its Conv) it keeps it — judged on evaluation pages the repair never read."""
+    recipe = tmp_path / "det-small.yaml"
+    recipe.write_text(
+        f"extends: {REPO / 'recipes' / 'edge-cpu-det.yaml'}\n"
+        "name: det-small\n"
+        "calibration: {samples: 2}\n"
+        "evaluation: {samples: 3}\n"
+        "variants:\n"
+        "  fp16: {preflight: {samples: 2}}\n"
+        "  fp16-as-shipped: {method: fp16, normalize: false, gates: [{metric: map_iou, min: 0.999}]}\n"
+        "gates: [{metric: map_iou, min: 0.999}, {metric: nonfinite, max: 0}]\n"
+        "bench: {samples: 1, rounds: 3, warmup: 0}\n"
+        f"promotion: {{to: {tmp_path / 'releases'}}}\n"
+    )
+    run_cli("--recipe", str(recipe), "--out", str(tmp_path / "run"), "--only", "fp16", "--only", "fp16-as-shipped", cwd=tmp_path)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    repaired, plain = results["variants"]["fp16"], results["variants"]["fp16-as-shipped"]
+    iou = {name: next(g["observed"] for g in v["gates"] if g["metric"] == "map_iou") for name, v in (("repaired", repaired), ("plain", plain))}
+    assert iou["repaired"] >= 0.999 and iou["plain"] < 0.9, iou
+    assert plain["build"]["values_clipped_to_fp16_range"] > 0 and repaired["build"]["values_clipped_to_fp16_range"] == 0
+    assert repaired["build"]["normalized"] and repaired["build"]["fp16_preflight"]["samples"] == 2
+    assert repaired["size_ratio"] < 0.55

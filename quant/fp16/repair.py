@@ -165,23 +165,34 @@ def _search(
     candidates = [n for n in ranked if n not in flagged][:max_nodes]
     if not candidates:
         return f"failed on the tuning samples with the scan's {len(flagged)} node(s) in FP32, and the scan ranks no other node"
+    last = [0.0]  # the last attempt's duration: one is not started when it would end past the deadline
+
+    def affordable() -> bool:
+        return time.perf_counter() + last[0] < deadline
+
+    def passes(count: int) -> bool:
+        started = time.perf_counter()
+        passed = attempt([*flagged, *candidates[:count]]).passed
+        last[0] = time.perf_counter() - started
+        return passed
+
     failing, passing, k = 0, None, 1
-    while time.perf_counter() < deadline:
+    while affordable():
         k = min(k, len(candidates))
-        if attempt([*flagged, *candidates[:k]]).passed:
+        if passes(k):
             passing = k
             break
         failing = k
         if k == len(candidates):
             break
         k *= 2
-    while passing is not None and passing - failing > 1 and time.perf_counter() < deadline:
+    while passing is not None and passing - failing > 1 and affordable():
         middle = (failing + passing) // 2
-        if attempt([*flagged, *candidates[:middle]]).passed:
+        if passes(middle):
             passing = middle
         else:
             failing = middle
     if passing is None:
-        timed_out = time.perf_counter() >= deadline
+        timed_out = not affordable()
         return f"no attempt passed on the tuning samples {'within the time budget' if timed_out else f'with up to {len(candidates)} more node(s)'}"
     return f"passed on the tuning samples with the scan's {len(flagged)} node(s) and {passing} more from its ranking in FP32"

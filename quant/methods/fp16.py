@@ -95,15 +95,26 @@ def _write_external(converted: onnx.ModelProto, streamed: dict[str, _External], 
                 tensor.external_data.add(key=key, value=value)
 
 
-def _clipped_values(model: onnx.ModelProto) -> dict[str, int]:
-    """Per in-memory float initializer: how many values lie beyond FP16's range (clamped if it is converted)."""
-    counts = {}
-    for tensor in model.graph.initializer:
-        if tensor.data_type == onnx.TensorProto.FLOAT and tensor.data_location != onnx.TensorProto.EXTERNAL:
-            over = int(np.count_nonzero(np.abs(onnx.numpy_helper.to_array(tensor)) > MAX_FINITE))
-            if over:
-                counts[tensor.name] = over
-    return counts
+def _overflowing(model: onnx.ModelProto) -> dict[tuple[str, str], int]:
+    """Per in-memory float tensor (initializer, or a Constant-like node's attribute): how many of its values lie
+    beyond FP16's range, i.e. would be clamped if it is converted. Keyed by (initializer name, "") or
+    (node's first output, attribute name)."""
+
+    def over(tensor: onnx.TensorProto) -> int:
+        if tensor.data_type != onnx.TensorProto.FLOAT or tensor.data_location == onnx.TensorProto.EXTERNAL:
+            return 0
+        return int(np.count_nonzero(np.abs(onnx.numpy_helper.to_array(tensor)) > MAX_FINITE))
+
+    counts = {(t.name, ""): over(t) for t in model.graph.initializer}
+    counts |= {(n.output[0], a.name): over(a.t) for n in model.graph.node if n.output for a in n.attribute if a.HasField("t")}
+    return {key: count for key, count in counts.items() if count}
+
+
+def _clipped(converted: onnx.ModelProto, overflowing: dict[tuple[str, str], int]) -> int:
+    """How many of those values the conversion clamped (their tensor became FLOAT16)."""
+    tensors = {(t.name, ""): t for t in converted.graph.initializer}
+    tensors |= {(n.output[0], a.name): a.t for n in converted.graph.node if n.output for a in n.attribute if a.HasField("t")}
+    return sum(count for key, count in overflowing.items() if key in tensors and tensors[key].data_type == onnx.TensorProto.FLOAT16)
 
 
 def fp16_source(options: Fp16Options, context: BuildContext) -> Path:
@@ -124,7 +135,7 @@ def build_fp16(options: Fp16Options, context: BuildContext, out_path: Path, extr
     unknown = sorted(set(keep) - {n.name for n in model.graph.node})
     if unknown:
         raise BuildError(f"keep_fp32 names node(s) the {'normalised ' if source != context.model_path else ''}model does not have: {unknown[:5]}")
-    over = _clipped_values(model)
+    overflowing = _overflowing(model)
     kwargs = {
         "keep_io_types": options.keep_io_types,
         "node_block_list": keep or None,
@@ -138,7 +149,7 @@ def build_fp16(options: Fp16Options, context: BuildContext, out_path: Path, extr
     sort_topologically(converted.graph)
     if streamed:
         _write_external(converted, streamed, out_path)
-    clipped = sum(over.get(t.name, 0) for t in converted.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
+    clipped = _clipped(converted, overflowing)
     save_model(converted, out_path)
     blocked = options.op_block_list if options.op_block_list is not None else sorted(float16.DEFAULT_OP_BLOCK_LIST)
     details = {
