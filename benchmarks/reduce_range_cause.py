@@ -360,9 +360,15 @@ def requantized_weights(path: Path, fp32_path: Path, qmax: int, jitter: float, s
 
 
 def space_tally(
-    label: str, model: onnx.ModelProto | Path, prepared: object, feeds: list[dict[str, np.ndarray]], reference: list[tuple[int, ...]], threads: int
+    label: str,
+    model: onnx.ModelProto | Path,
+    prepared: object,
+    feeds: list[dict[str, np.ndarray]],
+    reference: list[tuple[int, ...]],
+    threads: int,
+    level: str = "int",
 ) -> None:
-    run = session(model, LEVELS["int"], threads)
+    run = session(model, LEVELS[level], threads)
     charset = next(iter(prepared.charsets.values())).characters  # type: ignore[attr-defined]
     agree = added = dropped = 0
     for feed, ref in zip(feeds, reference):
@@ -462,9 +468,12 @@ def activations_only(qdq_path: Path, fp32_path: Path) -> onnx.ModelProto:
 def decompose(prepared: object, paths: dict[str, Path], feeds: list[dict[str, np.ndarray]], threads: int) -> None:
     fp32 = session(prepared.model.path, LEVELS["int"], threads)  # type: ignore[attr-defined]
     reference = [greedy_decode(fp32.run(None, f)[0])[0] for f in feeds]
-    print(f"\n## 6. Which rounding adds the spaces: weights alone, activations alone ({len(feeds)} lines, float graphs)")
+    print(f"\n## 6. Which rounding adds the spaces: weights alone, activations alone ({len(feeds)} lines)")
     space_tally("FP32 prepared graph (BN folded)", paths["prepared"], prepared, feeds, reference, threads)
-    space_tally("activations only (float weights)", activations_only(paths["w8"], paths["prepared"]), prepared, feeds, reference, threads)
+    # Float simulation: at ORT_ENABLE_ALL onnxruntime's WeightBiasQuantization would quantize these float weights
+    # (per-tensor) itself, to fuse DQ -> Conv -> Q.
+    activations = activations_only(paths["w8"], paths["prepared"])
+    space_tally("activations only (float weights, sim)", activations, prepared, feeds, reference, threads, level="sim")
     for bits in ("w7", "w8"):
         space_tally(
             f"{bits[1]}-bit weights only (float activations)", weights_only(paths[bits], paths["prepared"]), prepared, feeds, reference, threads
