@@ -116,10 +116,10 @@ def quantize_conv_outputs(model: onnx.ModelProto, ranges: dict[str, tuple[float,
 
 
 def onnxruntime_friendly_activations(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, int]:
-    """NNCF's activation quantizers made fusable by onnxruntime's CPU kernels, same represented ranges:
-    int8 zero points shifted to uint8 (+128, the fast u8 x s8 path) and per-channel activation scales
-    (NNCF puts them on depthwise Conv inputs; QLinearConv takes one input scale) merged into one per-tensor
-    scale covering every channel's range."""
+    """NNCF's activation quantizers made fusable by onnxruntime's CPU kernels: int8 zero points shifted to
+    uint8 (+128: the same grid, and the fast u8 x s8 path) and per-channel activation scales (NNCF puts them
+    on depthwise Conv inputs; QLinearConv takes one input scale) merged into one per-tensor scale covering
+    every channel's range (coarser for the channels with a small range: this step costs accuracy)."""
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
     activation_params = {(n.input[1], n.input[2]) for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2}
@@ -127,7 +127,7 @@ def onnxruntime_friendly_activations(model: onnx.ModelProto) -> tuple[onnx.Model
     for scale_name, zp_name in activation_params:
         scale = numpy_helper.to_array(initializers[scale_name]).astype(np.float64)
         zero_point = numpy_helper.to_array(initializers[zp_name]).astype(np.int32)
-        if zero_point.dtype != np.uint8 and initializers[zp_name].data_type == TensorProto.INT8:
+        if initializers[zp_name].data_type == TensorProto.INT8:  # the same grid, shifted: exact
             zero_point = zero_point + 128
             shifted += 1
         if scale.size > 1:
