@@ -259,7 +259,7 @@ def run_variant(name: str, prepared: Prepared, evaluation: Split, tuning: Split 
         if getattr(variant, "repair", "off") != "off":
             from quant.fp16.repair import repair_fp16
 
-            return repair_fp16(name, prepared, evaluation, options, outcome, build_context=build_context, judge_variant=judge_variant)
+            return repair_fp16(name, prepared, evaluation, tuning, options, outcome, build_context=build_context, judge_variant=judge_variant)
         if getattr(variant, "fallback", None) is not None:
             from quant.search import search_fallback
 

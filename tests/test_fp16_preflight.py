@@ -90,11 +90,14 @@ def _run(path: Path, x: np.ndarray) -> np.ndarray:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
-def _workspace(tmp_path: Path, model: onnx.ModelProto, variants: dict, gates: list[dict]) -> Path:
+def _workspace(tmp_path: Path, model: onnx.ModelProto, variants: dict, gates: list[dict], tuning: bool = False) -> Path:
     onnx.save(model, str(tmp_path / "m.onnx"))
     write_images(tmp_path / "calib", 8, seed=1, prefix="c")
     write_images(tmp_path / "eval", 6, seed=2, prefix="e")
     recipe = base_recipe(tmp_path / "m.onnx", tmp_path / "calib", tmp_path / "eval", outputs={}, variants=variants, gates=gates)
+    if tuning:
+        write_images(tmp_path / "tune", 5, seed=3, prefix="t")
+        recipe["tuning"] = {"source": {"images": str(tmp_path / "tune")}}
     return write_recipe(tmp_path, recipe)
 
 
@@ -220,13 +223,17 @@ def test_repair_keeps_the_overflowing_batchnorm_in_fp32_where_a_plain_conversion
 
 def test_repair_of_a_decomposed_layernorm_and_its_lock_rebuild_the_same_bytes(tmp_path: Path) -> None:
     variants = {"plain": {"method": "fp16"}, "repaired": {"method": "fp16", "repair": "auto"}}
-    recipe = _workspace(tmp_path, decomposed_layernorm_model(), variants, [{"metric": "max_abs", "max": 0.05}, {"metric": "nonfinite", "max": 0}])
+    gates = [{"metric": "max_abs", "max": 0.05}, {"metric": "nonfinite", "max": 0}]
+    recipe = _workspace(tmp_path, decomposed_layernorm_model(), variants, gates, tuning=True)
     done = run_cli("--recipe", str(recipe), "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert _variant(results, "repaired")["status"] == "passed"
     kept = _variant(results, "repaired")["build"]["keep_fp32"]
     assert {"square", "variance"} <= set(kept) and "scale_up" not in kept
+    # Scanned on the calibration images, validated on the tuning images: never on the evaluation images the gates judge.
+    assert _variant(results, "repaired")["build"]["fp16_preflight"]["split"] == "calibration"
+    assert [a["split"] for a in _variant(results, "repaired")["search"]["attempts"]] == ["tuning"]
     # The plain model squares in FP16 (|x|² up to ~8e5 > 65504): it overflows on execution providers with FP16
     # kernels (onnxruntime's CPU has none for these ops and runs them in FP32 itself, so its gate cannot show it).
     # The repaired one hands the squares from Pow to ReduceMean in FP32, with no Cast to FP16 in between.

@@ -1,8 +1,9 @@
 """FP16 repair: keep in FP32 what the pre-flight flags, validate on the tuning samples, search only if that fails.
 
-Every choice here is made on the calibration samples (the tuning split): the scan, the validation of each
-attempt against the variant's accuracy gates, and the search. The evaluation samples only judge the final
-model, through the same `judge_variant` as every other variant, so the verdict is on data the repair never saw.
+Every choice here is made on data the gates never judge on: the scan reads calibration samples; each attempt
+is validated against the variant's accuracy gates on the recipe's tuning split (or, without one, on the
+scanned calibration samples), and so is the search. The evaluation samples only judge the final model,
+through the same `judge_variant` as every other variant, so the verdict is on data the repair never saw.
 
 The search adds the scan's ranked candidates (lowest headroom first) to the flagged set, 1, 2, 4, ... up to
 `max_nodes`, then bisects between the last failing and the first passing count, within `budget_seconds`.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,11 +58,21 @@ def _validate(name: str, candidate: Path, prepared: Prepared, tuning: SampleSour
     trial.status = "passed" if all(g.passed for g in trial.gates) else "failed"
 
 
-def _tuning_reference(prepared: Prepared, tuning: SampleSource, options: RunOptions) -> Reference:
-    recipe = prepared.recipe
+@dataclass(frozen=True)
+class _Validation:
+    name: str  # "tuning" or "calibration": recorded with every attempt
+    source: SampleSource
+    reference: Reference
+
+
+def _validation_split(prepared: Prepared, tuning: Split | None, scanned: SampleSource, options: RunOptions) -> _Validation:
+    """The recipe's tuning split (its FP32 outputs already computed), else the scanned calibration samples."""
+    if tuning is not None and tuning.name == "tuning":  # never the evaluation set, even when a search may tune on it
+        return _Validation("tuning", tuning.source, tuning.reference)
+    recipe, model = prepared.recipe, prepared.model
     signature = inputs_signature(recipe.inputs)
-    model = prepared.model
-    return run_reference(model.path, model.sha256, tuning, model.inputs, signature, options.cache_dir, recipe.bench.threads)
+    reference = run_reference(model.path, model.sha256, scanned, model.inputs, signature, options.cache_dir, recipe.bench.threads)
+    return _Validation("calibration", scanned, reference)
 
 
 def _reasons(preflight: Preflight, kept: list[str], flagged: list[str]) -> dict[str, str]:
@@ -79,6 +91,7 @@ def repair_fp16(
     name: str,
     prepared: Prepared,
     evaluation: Split,
+    tuning: Split | None,
     options: RunOptions,
     outcome: VariantOutcome,
     build_context: Callable[[Prepared, RunOptions, str], BuildContext],
@@ -86,13 +99,15 @@ def repair_fp16(
 ) -> VariantOutcome:
     """Scan, then (repair: auto) keep the flagged nodes in FP32, validate, search if needed; judge the result as usual.
 
+    The scan reads the first `preflight.samples` calibration samples. Attempts are validated on the recipe's
+    tuning split when it has one, else on those calibration samples; never on the evaluation split.
     The runner hands over how it makes a build context and judges a model (no import back into the runner)."""
     variant = prepared.recipe.variants[name]
     assert isinstance(variant, Fp16Options) and prepared.calibration is not None
     settings = variant.preflight
-    tuning = prepared.calibration.subset(settings.samples)
+    scanned = prepared.calibration.subset(settings.samples)
     context = build_context(prepared, options, name)
-    preflight, source = run_preflight(variant, context, tuning)
+    preflight, source = run_preflight(variant, context, scanned)
     flagged = preflight.flagged_nodes
     cost = "cached" if preflight.cache_hit else f"{preflight.seconds:.1f} s"
     found = f"{len(preflight.findings)} finding(s), {len(flagged)} node(s) flagged"
@@ -108,20 +123,20 @@ def repair_fp16(
         try:
             result = build_isolated(variant, context, work / f"repair-{len(attempts):02d}.onnx", extra_keep_fp32=extra)
             trial.build = result.details
-            _validate(name, result.path, prepared, tuning, tuning_reference, trial)
+            _validate(name, result.path, prepared, validation.source, validation.reference, trial)
         except BuildError as error:
             trial.status, trial.error = "error", str(error)
-        attempts.append({**_attempt_record(trial, extra), "kept_fp32": extra, "split": "calibration"})
+        attempts.append({**_attempt_record(trial, extra), "kept_fp32": extra, "split": validation.name})
         judged.append((trial, extra))
-        options.log(f"{name}: {len(extra)} node(s) kept in FP32 -> {trial.status} on the tuning samples")
+        options.log(f"{name}: {len(extra)} node(s) kept in FP32 -> {trial.status} on the {validation.name} samples")
         return trial
 
     conclusion = "scan only (repair: scan): nothing kept in FP32 beyond keep_fp32"
     extra: list[str] = []
     if variant.repair == "auto":
-        tuning_reference = _tuning_reference(prepared, tuning, options)
+        validation = _validation_split(prepared, tuning, scanned, options)
         first = attempt(flagged)
-        conclusion = f"passed on the tuning samples with the scan's {len(flagged)} node(s) in FP32"
+        conclusion = f"passed on the {validation.name} samples with the scan's {len(flagged)} node(s) in FP32"
         if not first.passed:
             conclusion = _search(attempt, first, flagged, preflight.ranked_candidates(), settings.max_nodes, started + settings.budget_seconds)
         chosen, extra = next(((o, e) for o, e in sorted(judged, key=lambda item: len(item[1])) if o.passed), None) or min(
@@ -147,7 +162,7 @@ def repair_fp16(
             "attempts": attempts,
             "metrics": [m for m in HEADLINE_METRICS if any(m in a for a in attempts)],
             "chosen_nodes_in_float": len(extra),
-            "split": f"calibration ({len(tuning)} samples): every attempt; evaluation: the final verdict only",
+            "split": f"{validation.name} ({len(validation.source)} samples): every attempt; evaluation: the final verdict only",
             "seconds": round(time.perf_counter() - started, 3),
             "conclusion": conclusion,
         }
@@ -164,7 +179,7 @@ def _search(
         return f"the first repair could not be built: {first.error}"
     candidates = [n for n in ranked if n not in flagged][:max_nodes]
     if not candidates:
-        return f"failed on the tuning samples with the scan's {len(flagged)} node(s) in FP32, and the scan ranks no other node"
+        return f"failed validation with the scan's {len(flagged)} node(s) in FP32, and the scan ranks no other node"
     last = [0.0]  # the last attempt's duration: one is not started when it would end past the deadline
 
     def affordable() -> bool:
@@ -194,5 +209,5 @@ def _search(
             failing = middle
     if passing is None:
         timed_out = not affordable()
-        return f"no attempt passed on the tuning samples {'within the time budget' if timed_out else f'with up to {len(candidates)} more node(s)'}"
-    return f"passed on the tuning samples with the scan's {len(flagged)} node(s) and {passing} more from its ranking in FP32"
+        return f"no attempt passed validation {'within the time budget' if timed_out else f'with up to {len(candidates)} more node(s)'}"
+    return f"passed validation with the scan's {len(flagged)} node(s) and {passing} more from its ranking in FP32"

@@ -32,7 +32,7 @@ def summary_lines(outcomes: list[VariantOutcome]) -> list[str]:
             if risky:
                 lines.append(f"- lowest headroom, {label}: " + ", ".join(f"{f['tensor']} ({f['op_type']}) {_headroom(f['headroom'])}" for f in risky))
         if outcome.search and outcome.search.get("kind") == "fp16_repair":
-            lines.append(f"- repair: {outcome.search['conclusion']}")
+            lines.append(f"- repair: {outcome.search['conclusion']} ({outcome.search['split']})")
     return lines
 
 

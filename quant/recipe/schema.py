@@ -357,7 +357,9 @@ class Fp16Repair(Strict):
     headroom: float = Field(
         default=4.0, gt=1, description="Keep a tensor's producer and readers in FP32 when 65504 / |x|max on the tuning samples is below this."
     )
-    samples: int = Field(default=8, ge=1, description="Calibration samples the scan and the repair's validation use (the tuning split).")
+    samples: int = Field(
+        default=8, ge=1, description="Calibration samples the scan reads (and the repair validates on when the recipe has no `tuning` set)."
+    )
     max_nodes: int = Field(
         default=32, ge=0, description="Nodes the search may keep in FP32 beyond the scan's own, when the first repair fails its gates."
     )
@@ -379,8 +381,9 @@ class Fp16Options(Strict):
     fold_batchnorm: bool = Field(default=True, description="With `normalize`: fold BatchNormalization into the Conv before it.")
     repair: Literal["off", "scan", "auto"] = Field(
         default="off",
-        description="scan: report what overflows FP16 (needs calibration data); auto: also keep it in FP32, validate on the tuning "
-        "samples with the variant's gates, and search more nodes only when that fails. The FP32 set goes into the lock file.",
+        description="scan: report what overflows FP16 (needs calibration data); auto: also keep it in FP32, validate with the variant's "
+        "accuracy gates on the `tuning` set (else on the scanned calibration samples), and search more nodes only when that fails. "
+        "The FP32 set goes into the lock file.",
     )
     preflight: Fp16Repair = Field(default_factory=Fp16Repair, description="Settings of the scan and repair.")
     gates: list[Gate] = Field(default_factory=list, description="Gates replacing the recipe-wide ones with the same metric and output.")
