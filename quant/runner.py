@@ -38,7 +38,7 @@ from quant.recipe.schema import Recipe
 from quant.regression import PreviousRelease, compare_with_release, metric_table
 from quant.report.summary import summary_markdown
 from quant.splits import TUNED_ON_EVALUATION, Split, SplitName, tuning_source
-from quant.validation import all_gates, check_gate_needs, check_not_already_fp16, check_subgraph_compute
+from quant.validation import all_gates, check_charset_covers_classes, check_gate_needs, check_not_already_fp16, check_subgraph_compute
 
 SCHEMA_VERSION = 1
 EXIT_INCONCLUSIVE = 4  # the CLI's exit code when only undecided (inconclusive) variants kept the policy from being met
@@ -154,6 +154,7 @@ def _prepare(loaded: LoadedRecipe, options: RunOptions) -> Prepared:
     check_not_already_fp16(recipe, model_path)
     check_subgraph_compute(recipe, model_path)
     charsets = output_charsets({n: s for n, s in recipe.outputs.items() if n in model.outputs}, model.metadata, loaded.base_dir)
+    check_charset_covers_classes(recipe, model.outputs, charsets)
     _check_recipe_against_model(recipe, model, charsets, file)
     input_names = list(model.inputs)
     evaluation = open_source(recipe.evaluation, loaded.base_dir, recipe.inputs, input_names, "evaluation")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from quant.calibration.sources import SampleSource
+from quant.charset import Charset
 from quant.errors import ModelError, RecipeError
 from quant.gates import applicable_outputs
 from quant.metrics.catalogue import CATALOGUE
@@ -84,3 +85,19 @@ def check_subgraph_compute(recipe: Recipe, model_path: Path) -> None:
             file=str(model_path),
             field=f"variants.{refused[0]}.method",
         )
+
+
+def check_charset_covers_classes(recipe: Recipe, output_dims: dict[str, list[int | str | None]], charsets: dict[str, Charset]) -> None:
+    """A character list shorter than the output's classes cannot turn them into text (a dictionary of
+    another model, or `use_space_char` off for a model that has the space class)."""
+    for name, charset in charsets.items():
+        dims, axis = output_dims.get(name, []), recipe.outputs[name].axis
+        classes = dims[axis] if -len(dims) <= axis < len(dims) else None
+        entries = len(charset.characters)
+        if isinstance(classes, int) and classes > entries:
+            field = f"outputs.{name}.{'charset_file' if 'file' in charset.source else 'charset_metadata'}"
+            raise RecipeError(
+                f"the character list has {entries} entries (the blank, the listed characters"
+                f"{', a space' if recipe.outputs[name].use_space_char else ''}) but output '{name}' has {classes} classes along axis {axis}",
+                field=field,
+            )

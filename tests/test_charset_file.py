@@ -72,3 +72,9 @@ def test_dictionary_lines_keep_spaces_and_only_lose_line_breaks(tmp_path: Path) 
     path.write_bytes(b"\xff\xfe")
     with pytest.raises(DataError, match="UTF-8"):
         read_dictionary(path, "f")
+
+
+def test_a_character_list_shorter_than_the_classes_is_refused(workspace: dict[str, Path]) -> None:
+    (workspace["root"] / "short_dict.txt").write_text("a\nb\nc\nd\n", encoding="utf-8")  # the model has 6 classes: blank + 5
+    code, _, err = _run(workspace, {"charset_file": "short_dict.txt", "use_space_char": False}, "short")
+    assert code == 2 and "outputs.probs.charset_file" in err and "5 entries" in err and "6 classes" in err
