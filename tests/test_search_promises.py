@@ -74,6 +74,9 @@ def test_when_no_attempt_passes_the_best_is_kept_and_the_report_says_it_failed(w
     # Attempts 1 and 2 both fail one gate: the one with fewer nodes in float is kept, not the last.
     assert search["chosen_attempt"] == 1 and search["chosen_nodes_in_float"] == 1
     assert search["attempts"][1]["excluded"] == ["conv1"]
+    # Each attempt records the headline metrics the report draws as the search's curve.
+    assert "ctc_exact_match" in search["metrics"] and all(m in a for a in search["attempts"] for m in search["metrics"])
+    assert search["attempts"][1]["ctc_exact_match"] >= 0.9 > search["attempts"][0]["ctc_exact_match"]
     assert "no attempt passed within 2" in search["conclusion"] and "kept 1 node(s) in float" in search["conclusion"]
     assert code == 1 and variant["status"] == "failed" and [g["metric"] for g in variant["gates"] if not g["passed"]] == ["max_abs"]
     assert "| int8 | static_int8 | FAIL |" in output
