@@ -139,11 +139,13 @@ def test_extended_paths_stay_relative_to_their_own_folder(workspace: dict[str, P
     root = workspace["root"]
     shared = root / "shared"
     shared.mkdir()
-    write_recipe(shared, base_recipe(Path("../tiny.onnx"), Path("../calib"), Path("../eval")), "base.yaml")
+    base = base_recipe(Path("../tiny.onnx"), Path("../calib"), Path("../eval"), tuning={"source": {"images": "../tune"}})
+    write_recipe(shared, base, "base.yaml")
     (root / "child.yaml").write_text("extends: shared/base.yaml\nname: child\n")
     loaded = load_recipe(str(root / "child.yaml"))
     assert (loaded.base_dir / loaded.recipe.model.path).resolve() == workspace["model"].resolve()
     assert (loaded.base_dir / loaded.recipe.evaluation.source.images).resolve() == workspace["eval"].resolve()
+    assert loaded.recipe.tuning is not None and (loaded.base_dir / loaded.recipe.tuning.source.images).resolve() == (root / "tune").resolve()
 
 
 def test_env_substitution_and_default(workspace: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:

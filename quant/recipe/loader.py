@@ -206,7 +206,7 @@ def rebase_paths(document: dict[str, Any], from_dir: Path, to_dir: Path) -> dict
     model = rebased.get("model")
     if isinstance(model, dict) and not model.get("package"):
         fix(model, "path")
-    for set_name in ("calibration", "evaluation"):
+    for set_name in ("calibration", "evaluation", "tuning"):
         data = rebased.get(set_name)
         if isinstance(data, dict) and isinstance(data.get("source"), dict):
             for key in ("images", "labels", "dataset", "npz"):
