@@ -481,7 +481,8 @@ class WeightOnlyOptions(Strict):
     symmetric: bool = Field(default=False, description="Symmetric blocks (no zero points). Not with k_quant or hqq, which are asymmetric.")
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
         default=0,
-        description="MatMulNBits compute type: 0 unset (the kernel's default), 1 fp32, 2 fp16, 3 bf16, 4 int8 (fastest on x86 CPUs).",
+        description="MatMulNBits compute type: 0 unset (the kernel's default), 1 fp32, 2 fp16, 3 bf16, 4 int8. 8-bit weights need 4 "
+        "to be fast (measured, onnxruntime 1.32, AVX-512 VNNI CPU: 5x slower than FP32 at 0, 0.84x at 4; benchmarks/seq2seq_decoder_latency.py).",
     )
     algorithm: Literal["default", "rtn", "k_quant", "hqq"] = Field(
         default="default",
