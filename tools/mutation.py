@@ -166,8 +166,8 @@ def run_module(name: str, work: Path, python: str, timeout: float, sample: int |
             run(_bin("cr-filter-operators"), str(session), str(config))
             if sample is not None:
                 _sample(session, sample, seed)
-            # The tests must pass on the unmutated tree, or every mutant would count as killed.
-            run(_bin("cosmic-ray"), "baseline", str(config))
+        # The tests must pass on the unmutated tree, or every mutant would count as killed.
+        run(_bin("cosmic-ray"), "baseline", str(config))
         started = time.monotonic()
         run(_bin("cosmic-ray"), "exec", str(config), str(session))
     tally = _tally(session)
@@ -206,8 +206,18 @@ def main() -> int:
         work.mkdir(parents=True, exist_ok=True)
         _copy_tree(args.source.resolve(), work)
     if args.retest_survivors:
-        shutil.rmtree(work / "tests")
-        shutil.copytree(args.source.resolve() / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        # The whole tree again (tests and code must fit each other), but the mutated files must be the ones the
+        # session's mutants were placed in: a survivor is only re-run against the same code and more tests.
+        fresh = Path(tempfile.mkdtemp(prefix="quant-mutation-source-"))
+        _copy_tree(args.source.resolve(), fresh)
+        for name in args.module or list(MODULES):
+            changed = [f for f in MODULES[name][0] if (work / f).exists() and (work / f).read_bytes() != (fresh / f).read_bytes()]
+            if changed:
+                sys.exit(f"{name}: {', '.join(changed)} changed since the session was made; run a new session instead")
+        for entry in COPIED:
+            shutil.rmtree(work / entry, ignore_errors=True) if (work / entry).is_dir() else (work / entry).unlink(missing_ok=True)
+        _copy_tree(fresh, work)
+        shutil.rmtree(fresh)
         for session in work.glob("*.sqlite"):
             if session.stem in (args.module or list(MODULES)):
                 print(f"{session.stem}: {_retest_survivors(session)} survivor(s) to test again", file=sys.stderr)
