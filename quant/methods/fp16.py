@@ -8,11 +8,14 @@ its cast clean-up raises on models whose last nodes are kept in FP32.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import helper
 from onnx.external_data_helper import load_external_data_for_tensor
 from onnxruntime.transformers import float16
 
@@ -117,6 +120,18 @@ def _clipped(converted: onnx.ModelProto, overflowing: dict[tuple[str, str], int]
     return sum(count for key, count in overflowing.items() if key in tensors and tensors[key].data_type == onnx.TensorProto.FLOAT16)
 
 
+@contextlib.contextmanager
+def _shapes_from_dims() -> Iterator[None]:
+    """onnxruntime's helper learns each converted weight's shape by reading its data (numpy_helper.to_array), which
+    fails for weights left on disk; the shape is in the tensor's dims, so it is taken from there (same value info)."""
+    original = float16.make_value_info_from_tensor
+    float16.make_value_info_from_tensor = lambda tensor: helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+    try:
+        yield
+    finally:
+        float16.make_value_info_from_tensor = original
+
+
 def fp16_source(options: Fp16Options, context: BuildContext) -> Path:
     """The FP32 model the conversion starts from: normalised (cached) unless the recipe says not to."""
     if not options.normalize:
@@ -144,7 +159,8 @@ def build_fp16(options: Fp16Options, context: BuildContext, out_path: Path, extr
     }
     if options.op_block_list is not None:
         kwargs["op_block_list"] = options.op_block_list
-    converted = float16.convert_float_to_float16(model, **kwargs)
+    with _shapes_from_dims():
+        converted = float16.convert_float_to_float16(model, **kwargs)
     round_trips = drop_fp16_round_trips(converted)
     sort_topologically(converted.graph)
     if streamed:
