@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from quant.seq2seq.capture import CapturedDecoderReader
 from quant.seq2seq.generate import Family, Feeds, GenerationConfig, generate
 
 VOCAB, DIM, START, END = 8, 4, 0, 5
@@ -149,3 +150,29 @@ def test_a_with_past_input_no_step_returned_is_named() -> None:
     ))
     with pytest.raises(ValueError, match=r"past_key_values\.0\.cross\.key"):
         generate(broken, image(0.0), CONFIG)
+
+
+def test_captured_reader_streams_the_real_feeds_of_each_decoder_step() -> None:
+    images = (image(value) for value in (0.0, 1.0, 2.0))  # a generator: the reader must stream it
+    reader = CapturedDecoderReader(tiny_family(), images, CONFIG, "decoder_with_past")
+    first = reader.get_next()
+    assert first is not None and reader.samples == 1  # only the first image generated so far
+    feeds = [first]
+    while (step := reader.get_next()) is not None:
+        feeds.append(step)
+    assert reader.samples == 3
+    assert len(feeds) == 4 + 3 + 2  # one decoder_with_past step per generated token (tokens 1-4, 2-4, 3-4)
+    embedding = np.arange(1, VOCAB * DIM + 1, dtype=np.float32).reshape(VOCAB, DIM)
+    for fed in feeds:
+        past = fed["past_key_values.0.decoder.key"][0, 0]
+        fed_tokens = [START] + list(range(int(fed["input_ids"][0, 0]) - past.shape[0] + 1, int(fed["input_ids"][0, 0])))
+        np.testing.assert_array_equal(past, embedding[fed_tokens])  # the keys FP32 generation made: never zeros
+    assert {float(f["past_key_values.0.encoder.key"].mean()) for f in feeds} == {0.0, 1.0, 2.0}
+
+
+def test_captured_reader_for_the_first_step_and_a_bad_part() -> None:
+    reader = CapturedDecoderReader(tiny_family(), [image(1.0)], CONFIG, "decoder")
+    fed = reader.get_next()
+    assert fed is not None and set(fed) == {"input_ids", "encoder_hidden_states"} and reader.get_next() is None
+    with pytest.raises(ValueError, match="decoder_with_past"):
+        CapturedDecoderReader(tiny_family(), [], CONFIG, "encoder")

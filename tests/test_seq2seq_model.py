@@ -1,7 +1,8 @@
 """The committed seq2seq OCR model (models/seq2seq-ocr) reads its held-out lines through quant's own code.
 
 Greedy generation with quant.seq2seq.generate, images through the recipe transform its README
-gives; and its decoders quantized by the weight_only method still generate text.
+gives; its decoders quantized by the weight_only method, or statically with keys/values captured
+from FP32 generation, still generate its text.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 import pytest
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from PIL import Image
 
 from quant.calibration.transforms import image_to_tensor
@@ -19,6 +21,7 @@ from quant.methods.base import BuildContext, builder_for
 from quant.metrics.ctc import edit_distance
 from quant.model import file_sha256
 from quant.recipe.schema import ImageInput, WeightOnlyOptions
+from quant.seq2seq.capture import CapturedDecoderReader
 from quant.seq2seq.generate import Family, GenerationConfig, generate
 from tests.conftest import REPO
 
@@ -79,3 +82,21 @@ def test_int8_weight_only_decoders_keep_the_text(fp32_texts: tuple[list[str], li
         assert (tmp_path / name).stat().st_size < source.stat().st_size / 2.5
     texts, _ = read(tmp_path)
     assert cer(texts, fp32_texts[0]) <= 0.01
+
+
+def test_static_int8_decoder_calibrated_on_captured_keys_values_keeps_reading(
+    fp32_texts: tuple[list[str], list[str]], tmp_path: Path
+) -> None:
+    calib = EVAL.parent / "calib"
+    names = [row.split("\t")[0] for row in (calib / "labels.tsv").read_text(encoding="utf-8").splitlines()[:4]]
+    images = ({"pixel_values": image_to_tensor(Image.open(calib / name), INPUT)} for name in names)
+    reader = CapturedDecoderReader(family(MODEL), images, GenerationConfig(1, 2, 49), "decoder_with_past")
+    for name in ("encoder_model.onnx", DECODERS[0]):
+        shutil.copy(MODEL / name, tmp_path / name)
+    quantize_static(
+        str(MODEL / DECODERS[1]), str(tmp_path / DECODERS[1]), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    )
+    assert reader.samples == 4
+    texts, _ = read(tmp_path)
+    assert cer(texts, fp32_texts[0]) <= 0.02  # measured 0.5 % (38 of 40 lines the same) on the 40 lines
