@@ -134,7 +134,9 @@ def search_fallback(name: str, prepared: Prepared, tuning: Split, evaluation: Sp
     conclusion = "passed without keeping any node in float"
     if first.status == "nothing_quantized":
         conclusion = "nothing was quantized even with every node allowed; keeping nodes in float cannot change that, so no search"
-    elif not first.passed and first.status != "error":
+    elif first.status == "error":
+        conclusion = "the build without any node in float failed, so there is nothing to rank; no search"
+    elif not first.passed:
         if not _accuracy_failed(first):
             conclusion = "only speed/size gates failed; keeping nodes in float would make it slower, so no search"
         else:

@@ -4,14 +4,17 @@ error (a bug: here an unexpected exception raised by the test point QUANT_TEST_F
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from quant.recipe.docs import recipes_markdown
 from tests.conftest import base_recipe, run_cli, write_recipe
 
 INTERNAL_LINE = re.compile(r"^quantize: error: internal error \(InjectedFailure: QUANT_TEST_FAIL_AT=(\w+)\); traceback written to (\S+)$")
@@ -66,12 +69,24 @@ def test_the_worst_recipe_decides_the_exit_code(workspace: dict[str, Path]) -> N
     passing = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], name="passes"), "passes.yaml")
     too_small = [{"metric": "size_ratio", "max": 0.01}]
     failing = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], name="fails", gates=too_small), "fails.yaml")
+    reports = ["--junit", str(root / "all.xml"), "--json", str(root / "all.json")]
     for order in ((failing, passing), (passing, failing)):
-        done = run_cli(*(a for r in order for a in ("--recipe", str(r))), "--out", str(root / "runs"), "--quiet", cwd=root)
+        done = run_cli(*(a for r in order for a in ("--recipe", str(r))), "--out", str(root / "runs"), "--quiet", *reports, cwd=root)
         assert done.returncode == 1, done.stderr
         assert "| fp16 | fp16 | PASS |" in done.stdout and "| fp16 | fp16 | FAIL |" in done.stdout
-    alone = run_cli("--recipe", str(passing), "--out", str(root / "alone"), "--quiet", cwd=root)
+        # One report for the invocation: a JUnit suite and a JSON document per recipe, in the order given.
+        suites = ET.parse(root / "all.xml").getroot().findall("testsuite")
+        documents = json.loads((root / "all.json").read_text())
+        names = [Path(r).stem for r in order]
+        assert [d["recipe"]["name"] for d in documents] == names and len(suites) == 2
+    alone = run_cli("--recipe", str(passing), "--out", str(root / "alone"), "--quiet", "--json", str(root / "alone.json"), cwd=root)
     assert alone.returncode == 0, alone.stderr
+    assert json.loads((root / "alone.json").read_text())["recipe"]["name"] == "passes"  # one recipe: the document itself
+
+
+def test_schema_markdown_prints_the_recipe_reference(tmp_path: Path) -> None:
+    done = run_cli("schema", "--markdown", cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout == recipes_markdown()
 
 
 def test_one_bad_recipe_among_several_exits_2_before_any_work(workspace: dict[str, Path]) -> None:

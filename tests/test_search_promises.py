@@ -112,6 +112,7 @@ def test_a_first_attempt_that_cannot_be_built_is_not_searched(workspace: dict[st
     search = variant["search"]
     assert len(search["attempts"]) == 1 and search["sensitivity"] == [] and "ranked" not in done.stderr
     assert search["chosen_because"].startswith("every attempt that quantized anything failed to build or run")
+    assert search["conclusion"].startswith("the build without any node in float failed, so there is nothing to rank; no search")
 
 
 def test_a_qoperator_variant_is_ranked_on_a_qdq_build_of_itself(workspace: dict[str, Path]) -> None:
