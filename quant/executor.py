@@ -88,16 +88,16 @@ def run_isolated(function: Callable[..., T], *args: Any) -> tuple[T, dict[str, f
     return result, {"seconds": round(seconds, 3), "peak_rss_mb": round(peak, 1)}  # type: ignore[return-value]
 
 
-def _build(options: Any, context: BuildContext, out_path: Path, extra: dict[str, Any]) -> BuildResult:
-    return builder_for(options)(options, context, out_path, **extra)
+def _build(options: Any, context: BuildContext, out_path: Path) -> BuildResult:
+    return builder_for(options)(options, context, out_path)
 
 
-def build_isolated(options: Any, context: BuildContext, out_path: Path, **extra: Any) -> BuildResult:
+def build_isolated(options: Any, context: BuildContext, out_path: Path) -> BuildResult:
     """Run a method's build in a child process and record its time and peak memory."""
     from quant.progress import Progress
 
     # The child cannot see the parent's --quiet (it is a fresh interpreter): pass it as its log function.
     child_context = BuildContext(**{**context.__dict__, "log": log_silent if Progress.quiet else log_to_stderr})
-    result, stats = run_isolated(_build, options, child_context, out_path, extra)
+    result, stats = run_isolated(_build, options, child_context, out_path)
     result.details.update({"build_seconds": stats["seconds"], "build_peak_rss_mb": stats["peak_rss_mb"]})
     return result

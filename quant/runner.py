@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from quant import __version__
 from quant.bench import latency_ratio
 from quant.calibration.reader import checked_feeds
@@ -23,8 +25,8 @@ from quant.evaluate import compare_variant, run_reference
 from quant.executor import build_isolated
 from quant.gates import applicable_outputs, effective_gates, judge_all, latency_bounds, overall_verdict
 from quant.intervals import unsupported_reason
-from quant.lockfile import remove_stale_lock
-from quant.methods.base import BuildContext
+from quant.lockfile import remove_stale_lock, write_lock
+from quant.methods.base import BuildContext, BuildResult
 from quant.metrics.catalogue import CATALOGUE, VARIANT_METRICS
 from quant.metrics.samples import interval_method
 from quant.model import ModelInfo, file_sha256, inspect_model, locate, model_size
@@ -34,9 +36,10 @@ from quant.progress import Progress
 from quant.promote import Published, Release
 from quant.provenance import environment
 from quant.recipe.loader import LoadedRecipe
-from quant.recipe.schema import Recipe
+from quant.recipe.schema import Recipe, StaticInt8Options
 from quant.regression import PreviousRelease, compare_with_release, metric_table
 from quant.report.summary import summary_markdown
+from quant.search import SearchSetup, search_fallback
 from quant.splits import TUNED_ON_EVALUATION, Split, SplitName, tuning_source
 from quant.validation import all_gates, check_charset_covers_classes, check_gate_needs, check_not_already_fp16, check_subgraph_compute
 
@@ -251,6 +254,34 @@ def build_context(prepared: Prepared, options: RunOptions, name: str) -> BuildCo
     )
 
 
+def _search(
+    name: str, variant: StaticInt8Options, prepared: Prepared, evaluation: Split, tuning: Split, options: RunOptions, outcome: VariantOutcome
+) -> VariantOutcome:
+    """The fallback search, handed this run's ways to build and to judge (on tuning, then the chosen one on
+    evaluation); the lock file records what it chose."""
+    context = build_context(prepared, options, name)
+
+    def build(variant_options: StaticInt8Options, out_path: Path) -> BuildResult:
+        return build_isolated(variant_options, context, out_path)
+
+    def judge_on(split: Split) -> Callable[[Path], VariantOutcome]:
+        def judge(candidate: Path) -> VariantOutcome:
+            trial = VariantOutcome(name=name, method=outcome.method, options=outcome.options)
+            return judge_variant(name, candidate, prepared, split, trial, options.log, options.detail)
+
+        return judge
+
+    def feeds(count: int) -> list[tuple[str, dict[str, np.ndarray]]]:
+        return [(sample.id, f) for _, (sample, f) in zip(range(count), checked_feeds(tuning.source, prepared.model.inputs))]
+
+    setup = SearchSetup(context.work_dir, options.out_dir / "variants" / f"{name}.onnx", tuning.name, len(tuning.source))
+    rejudge = None if tuning is evaluation else judge_on(evaluation)
+    chosen, excluded = search_fallback(variant, outcome, build, judge_on(tuning), rejudge, feeds, setup, options.log)
+    if chosen.model_path is not None and chosen.search is not None:
+        chosen.search["lock_file"] = str(write_lock(prepared.loaded, options.out_dir, name, [*variant.exclude_nodes, *excluded]))
+    return chosen
+
+
 def run_variant(name: str, prepared: Prepared, evaluation: Split, tuning: Split | None, options: RunOptions) -> VariantOutcome:
     variant = prepared.recipe.variants[name]
     outcome = VariantOutcome(name=name, method=variant.method, options=variant.model_dump(mode="json", exclude={"gates"}))
@@ -261,11 +292,9 @@ def run_variant(name: str, prepared: Prepared, evaluation: Split, tuning: Split 
             from quant.fp16.repair import repair_fp16
 
             return repair_fp16(name, prepared, evaluation, tuning, options, outcome, build_context=build_context, judge_variant=judge_variant)
-        if getattr(variant, "fallback", None) is not None:
-            from quant.search import search_fallback
-
+        if isinstance(variant, StaticInt8Options) and variant.fallback is not None:
             assert tuning is not None  # prepare() refused a search without a tuning split
-            return search_fallback(name, prepared, tuning, evaluation, options, outcome)
+            return _search(name, variant, prepared, evaluation, tuning, options, outcome)
         result = build_isolated(variant, build_context(prepared, options, name), out_path)
         outcome.build = result.details
         options.detail(f"{name}: built {json.dumps(result.details, default=str)[:2000]}")

@@ -6,25 +6,43 @@ judged once more, on the evaluation split the search never read, and that verdic
 Each attempt reuses the cached calibration ranges, so only quantization and judging are repeated.
 Keeping nodes in float costs speed, so the search stops as soon as the latency or size gate is
 what fails: more float nodes cannot help there.
-"""
 
+The caller hands the search its seams as callables, so the search knows nothing of how a run builds or
+judges: `build(options, out_path)` builds a variant's options into a file (the exclusions are typed
+options, `exclude_nodes`, set with `model_copy`), `judge(path)` judges a built file on the tuning split,
+and `rejudge(path)` judges the chosen one on the evaluation split (None when the two are one split).
+"""
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from quant.calibration.reader import checked_feeds
+import numpy as np
+
 from quant.errors import BuildError
-from quant.executor import build_isolated, run_isolated
-from quant.lockfile import write_lock
+from quant.executor import run_isolated
+from quant.files import copy_model
+from quant.methods.base import BuildResult
 from quant.metrics.catalogue import HEADLINE_METRICS, VARIANT_METRICS, worst_over_outputs
 from quant.outcome import VariantOutcome
 from quant.recipe.schema import StaticInt8Options
 from quant.sensitivity import NodeSensitivity, rank_nodes
 
-if TYPE_CHECKING:
-    from quant.runner import Prepared, RunOptions
-    from quant.splits import Split
+Build = Callable[[StaticInt8Options, Path], BuildResult]  # these options into this file (in a child process)
+Judge = Callable[[Path], VariantOutcome]  # compare, measure and gate a built file: a new outcome
+Feeds = Callable[[int], list[tuple[str, dict[str, np.ndarray]]]]  # the first n tuning samples (id, feeds), for the ranking
+
+
+@dataclass(frozen=True)
+class SearchSetup:
+    """Where the search writes (attempts under `work_dir`, the chosen model at `final`) and what it tunes on."""
+
+    work_dir: Path
+    final: Path
+    tuning_name: str
+    tuning_samples: int
 
 
 def default_steps(max_nodes: int) -> list[int]:
@@ -67,21 +85,17 @@ def _rank_in_child(float_model: Path, qdq_model: Path, feeds: list[dict[str, Any
 
 
 def _ranking(
-    name: str, variant: StaticInt8Options, prepared: Prepared, tuning: Split, options: RunOptions, first: VariantOutcome
-) -> tuple[list[NodeSensitivity], list[str]]:
-    """Rank on a QDQ build (the QOperator form has no per-tensor Q/DQ pairs to compare)."""
-    from quant.runner import build_context
-
+    variant: StaticInt8Options, first: VariantOutcome, build: Build, feeds: Feeds, work_dir: Path
+) -> tuple[list[NodeSensitivity], list[str], float]:
+    """Rank on a QDQ build (the QOperator form has no per-tensor Q/DQ pairs to compare); (ranking, sample ids, seconds)."""
     qdq_path = first.model_path
     float_model = Path(first.build["prepared_model"])
     if variant.format != "QDQ" or qdq_path is None:
         qdq_variant = variant.model_copy(update={"format": "QDQ", "fallback": None})
-        qdq_path = build_isolated(qdq_variant, build_context(prepared, options, name), options.out_dir / "work" / name / "ranking-qdq.onnx").path
-    count = variant.fallback.samples if variant.fallback else 8
-    samples = list(zip(range(count), checked_feeds(tuning.source, prepared.model.inputs)))
-    ranking, stats = run_isolated(_rank_in_child, float_model, qdq_path, [feeds for _, (_, feeds) in samples], variant.op_types)
-    options.log(f"{name}: ranked {len(ranking)} quantized nodes by added error on {len(samples)} {tuning.name} samples in {stats['seconds']:.1f} s")
-    return ranking, [sample.id for _, (sample, _) in samples]
+        qdq_path = build(qdq_variant, work_dir / "ranking-qdq.onnx").path
+    samples = feeds(variant.fallback.samples if variant.fallback else 8)
+    ranking, stats = run_isolated(_rank_in_child, float_model, qdq_path, [f for _, f in samples], variant.op_types)
+    return ranking, [sample_id for sample_id, _ in samples], stats["seconds"]
 
 
 def _choose(judged: list[tuple[VariantOutcome, list[str]]]) -> tuple[int, str]:
@@ -103,29 +117,39 @@ def _choose(judged: list[tuple[VariantOutcome, list[str]]]) -> tuple[int, str]:
     return index, "no attempt quantized any node"
 
 
-def search_fallback(name: str, prepared: Prepared, tuning: Split, evaluation: Split, options: RunOptions, outcome: VariantOutcome) -> VariantOutcome:
-    """Build, judge on `tuning`, and if accuracy gates fail, retry with the most sensitive nodes in float;
-    the attempt chosen is judged again on `evaluation` (unless the two are the same split)."""
-    from quant.runner import build_context, judge_variant
+def search_fallback(
+    variant: StaticInt8Options,
+    template: VariantOutcome,
+    build: Build,
+    judge: Judge,
+    rejudge: Judge | None,
+    feeds: Feeds,
+    setup: SearchSetup,
+    log: Callable[[str], None],
+) -> tuple[VariantOutcome, list[str]]:
+    """Build, judge on the tuning split, and if accuracy gates fail, retry with the most sensitive nodes in float;
+    the attempt chosen is judged again by `rejudge` on the evaluation split (None: tuning is the evaluation split).
 
-    variant = prepared.recipe.variants[name]
-    assert isinstance(variant, StaticInt8Options) and variant.fallback is not None
-    fallback = variant.fallback
+    Returns the variant's outcome (its model copied to `setup.final`) and the nodes the chosen attempt kept in
+    float beyond the recipe's own `exclude_nodes`. `template` names the variant for attempts that fail to build."""
+    assert variant.fallback is not None
+    fallback, name = variant.fallback, template.name
     attempts: list[dict[str, Any]] = []
     judged: list[tuple[VariantOutcome, list[str]]] = []
 
     def attempt(excluded: list[str]) -> VariantOutcome:
-        trial = VariantOutcome(name=name, method=outcome.method, options=outcome.options)
-        out_path = options.out_dir / "work" / name / f"fallback-{len(excluded):03d}.onnx"
+        options = variant.model_copy(update={"exclude_nodes": list(dict.fromkeys([*variant.exclude_nodes, *excluded]))})
+        result: BuildResult | None = None
         try:
-            result = build_isolated(variant, build_context(prepared, options, name), out_path, extra_exclusions=excluded)
-            trial.build = result.details
-            judge_variant(name, result.path, prepared, tuning, trial, options.log, options.detail)
+            result = build(options, setup.work_dir / f"fallback-{len(excluded):03d}.onnx")
+            trial = judge(result.path)
         except BuildError as error:
-            trial.status, trial.error = "error", str(error)
+            trial = VariantOutcome(name=name, method=template.method, options=template.options, status="error", error=str(error))
+        if result is not None:
+            trial.build = result.details
         attempts.append(_attempt_record(trial, excluded))
         judged.append((trial, excluded))
-        options.log(f"{name}: {len(excluded)} node(s) in float -> {trial.status} on the {tuning.name} samples")
+        log(f"{name}: {len(excluded)} node(s) in float -> {trial.status} on the {setup.tuning_name} samples")
         return trial
 
     first = attempt([])
@@ -140,7 +164,8 @@ def search_fallback(name: str, prepared: Prepared, tuning: Split, evaluation: Sp
         if not _accuracy_failed(first):
             conclusion = "only speed/size gates failed; keeping nodes in float would make it slower, so no search"
         else:
-            ranking, ranked_on = _ranking(name, variant, prepared, tuning, options, first)
+            ranking, ranked_on, seconds = _ranking(variant, first, build, feeds, setup.work_dir)
+            log(f"{name}: ranked {len(ranking)} quantized nodes by added error on {len(ranked_on)} {setup.tuning_name} samples in {seconds:.1f} s")
             for k in fallback.steps or default_steps(fallback.max_nodes):
                 k = min(k, len(ranking), fallback.max_nodes)
                 if k == 0 or k in (a["nodes_in_float"] for a in attempts):
@@ -161,8 +186,8 @@ def search_fallback(name: str, prepared: Prepared, tuning: Split, evaluation: Sp
     index, why = _choose(judged)
     chosen, excluded = judged[index]
     search = {
-        "tuned_on": tuning.name,
-        "tuning_samples": len(tuning.source),
+        "tuned_on": setup.tuning_name,
+        "tuning_samples": setup.tuning_samples,
         "ranked_on": ranked_on,
         "attempts": attempts,
         "sensitivity": [n.to_dict() for n in ranking[:50]],
@@ -174,18 +199,15 @@ def search_fallback(name: str, prepared: Prepared, tuning: Split, evaluation: Sp
     }
     if chosen.model_path is None:
         chosen.search = search
-        return chosen
-    final = options.out_dir / "variants" / f"{name}.onnx"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    final.write_bytes(chosen.model_path.read_bytes())
-    search["lock_file"] = str(write_lock(prepared.loaded, options.out_dir, name, [*variant.exclude_nodes, *excluded]))
-    if tuning is evaluation or chosen.status == "nothing_quantized":
+        return chosen, excluded
+    copy_model(chosen.model_path, setup.final)  # with its external-data file, when it has one
+    if rejudge is None or chosen.status == "nothing_quantized":
         verdict = chosen  # already judged on the evaluation split (tuning on it was allowed explicitly), or never judged
-        verdict.model_path = final
+        verdict.model_path = setup.final
     else:
-        options.log(f"{name}: judging the chosen attempt ({len(excluded)} node(s) in float) on the {evaluation.name} samples the search never read")
-        verdict = VariantOutcome(name=name, method=outcome.method, options=outcome.options, build=chosen.build)
-        judge_variant(name, final, prepared, evaluation, verdict, options.log, options.detail)
+        log(f"{name}: judging the chosen attempt ({len(excluded)} node(s) in float) on the evaluation samples the search never read")
+        verdict = rejudge(setup.final)
+        verdict.build = chosen.build
         search["verdict_on_tuning"] = chosen.status
     verdict.search = search
-    return verdict
+    return verdict, excluded

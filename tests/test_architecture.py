@@ -6,8 +6,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 import quant
 
 PACKAGE_ROOT = Path(quant.__file__).parent
@@ -71,7 +69,6 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-@pytest.mark.xfail(strict=True, reason="runner <-> search: the search imports build and judge back from the runner (issue 10, being removed)")
 def test_quant_has_no_import_cycle() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])

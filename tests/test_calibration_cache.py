@@ -17,7 +17,7 @@ from quant.calibration.reader import checked_feeds
 from quant.calibration.sources import open_source
 from quant.calibration.streaming import collect_ranges, quantize_static_default_op_types
 from quant.methods.base import BuildContext
-from quant.methods.static_int8 import quantize_with_exclusions
+from quant.methods.static_int8 import build_static_int8
 from quant.model import file_sha256
 from quant.recipe.schema import DataSet, ImageInput, StaticInt8Options
 from quant.testpoint import InjectedFailure
@@ -135,7 +135,7 @@ def test_the_model_calibrated_is_the_prepared_one(calibration_setup: tuple[Path,
     for opset in (13, 17):
         options = StaticInt8Options.model_validate({"method": "static_int8", "prepare": {"opset": opset, "preprocess": False}})
         context = BuildContext(model, file_sha256(model), INPUTS, tmp_path / "work", cache, calibration=_source(images), log=lambda _: None)
-        built = quantize_with_exclusions(options, context, tmp_path / f"int8-{opset}.onnx", [])
+        built = build_static_int8(options, context, tmp_path / f"int8-{opset}.onnx")
         assert max(o.version for o in onnx.load(str(built.path)).opset_import if o.domain in ("", "ai.onnx")) == opset
         keys[opset] = built.details["calibration"]
         assert not keys[opset]["cache_hit"]

@@ -85,3 +85,49 @@ def test_fallback_finds_the_node_and_the_lock_rebuilds_the_same_model(workspace:
     assert _sha(root / "relock" / "variants" / "int8.onnx") == _sha(root / "run" / "variants" / "int8.onnx")
     strip = lambda gates: [{k: g[k] for k in ("metric", "observed", "passed")} for g in gates if g["metric"] != "latency_ratio"]
     assert strip(relocked["variants"]["int8"]["gates"]) == strip(results["variants"]["int8"]["gates"])
+
+
+def _model_with_external_weights(path: Path) -> None:
+    """A tiny model whose weights live in an external-data file beside it, as a >2 GB model's must."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.arange(64, dtype=np.float32).reshape(8, 8), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path), save_as_external_data=True, location=f"{path.name}.data", size_threshold=0)
+
+
+def test_the_search_keeps_the_external_data_of_the_model_it_chooses(tmp_path: Path) -> None:
+    """The chosen attempt is copied to variants/ with its external-data file (a bare byte copy of the .onnx lost it)."""
+    from quant.methods.base import BuildResult
+    from quant.outcome import VariantOutcome
+    from quant.recipe.schema import StaticInt8Options
+    from quant.search import SearchSetup, search_fallback
+
+    built_options: list[StaticInt8Options] = []
+
+    def build(options: StaticInt8Options, out_path: Path) -> BuildResult:
+        built_options.append(options)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        _model_with_external_weights(out_path)
+        return BuildResult(out_path, {"prepared_model": str(out_path)})
+
+    def judge(candidate: Path) -> VariantOutcome:
+        return VariantOutcome(name="int8", method="static_int8", options={}, status="passed", model_path=candidate)
+
+    variant = StaticInt8Options(method="static_int8", exclude_nodes=["head"], fallback={"max_nodes": 2})
+    places = SearchSetup(work_dir=tmp_path / "work", final=tmp_path / "variants" / "int8.onnx", tuning_name="tuning", tuning_samples=0)
+    template = VariantOutcome(name="int8", method="static_int8", options={})
+    chosen, excluded = search_fallback(variant, template, build, judge, None, lambda n: [], places, lambda _: None)
+    assert excluded == [] and chosen.model_path == places.final
+    assert built_options[0].exclude_nodes == ["head"]  # the recipe's exclusions ride in the typed options
+    copied = onnx.load(str(places.final))  # loads the external data too: fails when the data file was left behind
+    assert onnx.numpy_helper.to_array(copied.graph.initializer[0]).sum() == sum(range(64))
+    assert (places.final.parent / "fallback-000.onnx.data").is_file()

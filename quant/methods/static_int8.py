@@ -25,8 +25,9 @@ CALIBRATION_METHODS = {
 }
 
 
-def quantize_with_exclusions(options: StaticInt8Options, context: BuildContext, out_path: Path, extra_exclusions: list[str]) -> BuildResult:
-    """Build the static INT8 model, leaving `options.exclude_nodes` + `extra_exclusions` in float."""
+@register("static_int8")
+def build_static_int8(options: StaticInt8Options, context: BuildContext, out_path: Path) -> BuildResult:
+    """Build the static INT8 model, leaving `options.exclude_nodes` in float (the fallback search adds to them)."""
     if context.calibration is None:
         raise BuildError("static_int8 needs a calibration data set")
     source = prepared_model(context.model_path, context.model_sha256, options.prepare, context.cache_dir)
@@ -45,7 +46,7 @@ def quantize_with_exclusions(options: StaticInt8Options, context: BuildContext, 
     )
     calibration_seconds = time.perf_counter() - started
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    excluded = list(dict.fromkeys([*options.exclude_nodes, *extra_exclusions]))
+    excluded = list(dict.fromkeys(options.exclude_nodes))
     quantize_static(
         source,
         out_path,
@@ -69,9 +70,4 @@ def quantize_with_exclusions(options: StaticInt8Options, context: BuildContext, 
         "quantized_ops": quantized_op_counts(out_path),
     }
     return BuildResult(out_path, details)
-
-
-@register("static_int8")
-def build_static_int8(options: StaticInt8Options, context: BuildContext, out_path: Path, extra_exclusions: list[str] | None = None) -> BuildResult:
-    return quantize_with_exclusions(options, context, out_path, extra_exclusions or [])
 
