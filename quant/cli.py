@@ -161,8 +161,9 @@ def _run_all(call: Invocation) -> int:
         for path, flag in ((call.json_path, "--json"), (call.junit_path, "--junit")):
             _check_report_path(path, flag)
 
-    from quant.report.html import render_html
-    from quant.runner import EXIT_INCONCLUSIVE, RunOptions, log_stderr, run
+    from quant.release.policy import EXIT_INCONCLUSIVE
+    from quant.report.files import write_json, write_junit, write_run_reports
+    from quant.runner import RunOptions, log_stderr, run
 
     # Across several recipes the worst outcome wins: a failed gate over an undecided one over a pass.
     severity = {EXIT_PASS: 0, EXIT_INCONCLUSIVE: 1, EXIT_GATE_FAILED: 2}
@@ -187,22 +188,15 @@ def _run_all(call: Invocation) -> int:
         if call.validate:
             click.echo(f"{recipe.path}: {result.verdict}")
             continue
-        (run_dir / "results.json").write_text(json.dumps(result.results, indent=2) + "\n", encoding="utf-8")
-        (run_dir / "summary.md").write_text(result.summary, encoding="utf-8")
-        (run_dir / "report.html").write_text(render_html(result.results), encoding="utf-8")
-        summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
-        if summary_file:
-            with open(summary_file, "a", encoding="utf-8") as handle:
-                handle.write(result.summary + "\n")
+        assert result.results is not None  # a run that is not --validate always has its results
+        write_run_reports(run_dir, result.results, result.summary)
         click.echo(result.summary)
         documents.append(result.results)
         worst = max(worst, result.exit_code, key=severity.__getitem__)
     if call.junit_path and documents:
-        call.junit_path.parent.mkdir(parents=True, exist_ok=True)
-        call.junit_path.write_text(_junit_all(documents), encoding="utf-8")
+        write_junit(call.junit_path, documents)
     if call.json_path and documents:
-        call.json_path.parent.mkdir(parents=True, exist_ok=True)
-        call.json_path.write_text(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2) + "\n", encoding="utf-8")
+        write_json(call.json_path, documents)
     return worst
 
 
@@ -216,16 +210,6 @@ def _check_report_path(path: Path | None, flag: str) -> None:
         raise OutputError(f"cannot create its folder: {error.strerror}", file=str(error.filename or path.parent), field=flag) from None
     if path.is_dir():
         raise OutputError("is a folder, not a file", file=str(path), field=flag)
-
-
-def _junit_all(documents: list[dict]) -> str:
-    from quant.report.junit import render_junit
-
-    if len(documents) == 1:
-        return render_junit(documents[0])
-    # Several recipes: one <testsuites> with a suite each.
-    bodies = [render_junit(d).split("<testsuites>", 1)[1].rsplit("</testsuites>", 1)[0] for d in documents]
-    return '<?xml version="1.0" encoding="UTF-8"?>\n<testsuites>' + "".join(bodies) + "</testsuites>\n"
 
 
 @main.command("schema")

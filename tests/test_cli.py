@@ -9,6 +9,7 @@ from pathlib import Path
 import onnx
 import pytest
 
+from quant.results import RunResults
 from tests.conftest import base_recipe, run_cli, tiny_ctc_model, write_recipe
 
 
@@ -42,6 +43,8 @@ def test_passing_run_promotes_a_verifiable_release(workspace: dict[str, Path]) -
     results = json.loads((root / "out.json").read_text())
     assert results["schema_version"] == 1 and results["exit_code"] == 0
     assert results == json.loads((root / "run" / "results.json").read_text())
+    text = (root / "run" / "results.json").read_text()
+    assert RunResults.from_json(text).to_json() == text  # a real run's results load back typed and write the same bytes
     assert "| fp16 | fp16 | PASS |" in done.stdout and (root / "run" / "summary.md").is_file()
     # A second run makes v2 and leaves v1 alone.
     again = run_cli("--recipe", str(path), "--out", str(root / "run"), "--only", "fp16", cwd=root)

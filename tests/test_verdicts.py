@@ -12,7 +12,7 @@ from quant.gates import judge, overall_verdict
 from quant.intervals import Interval, wilson
 from quant.outcome import VariantOutcome
 from quant.recipe.schema import Gate, OutputSpec, Recipe
-from quant.runner import EXIT_INCONCLUSIVE, run_verdict
+from quant.release.policy import EXIT_INCONCLUSIVE, run_verdict
 from tests.conftest import base_recipe, run_cli, write_recipe
 
 CTC = {"probs": OutputSpec(kind="ctc")}
@@ -86,9 +86,9 @@ def _outcome(name: str, status: str) -> VariantOutcome:
 def test_only_undecided_variants_in_the_way_exit_4_never_0_or_1(workspace: dict[str, Path]) -> None:
     recipe = Recipe.model_validate(base_recipe(workspace["model"], workspace["calib"], workspace["eval"]))
     undecided = [_outcome("a", "inconclusive"), _outcome("b", "failed")]
-    code, verdict = run_verdict(recipe, undecided, [], False)
+    code, verdict = run_verdict(recipe.promotion, undecided, [], False)
     assert code == EXIT_INCONCLUSIVE == 4 and verdict.startswith("INCONCLUSIVE") and "a (inconclusive)" in verdict
     strict = recipe.model_copy(update={"promotion": recipe.promotion.model_copy(update={"policy": "all_or_nothing"})})
-    assert run_verdict(strict, undecided, [], False)[0] == 1  # b failed: settling a cannot help
+    assert run_verdict(strict.promotion, undecided, [], False)[0] == 1  # b failed: settling a cannot help
     passing = [_outcome("a", "inconclusive"), _outcome("b", "passed")]
-    assert run_verdict(recipe, passing, passing[1:], True)[0] == 0
+    assert run_verdict(recipe.promotion, passing, passing[1:], True)[0] == 0

@@ -34,7 +34,8 @@ from quant.recipe.schema import Fp16Options, Gate
 from quant.search import _attempt_record
 
 if TYPE_CHECKING:
-    from quant.runner import Prepared, RunOptions
+    from quant.checks import RunInputs
+    from quant.runner import RunOptions
     from quant.splits import Split
 
 
@@ -45,7 +46,7 @@ def tuning_gates(recipe_gates: list[Gate], variant_gates: list[Gate]) -> list[Ga
     return [g.model_copy(update={"max_regression": None}) for g in gates]
 
 
-def _validate(name: str, candidate: Path, prepared: Prepared, tuning: SampleSource, reference: Reference, trial: VariantOutcome) -> None:
+def _validate(name: str, candidate: Path, prepared: RunInputs, tuning: SampleSource, reference: Reference, trial: VariantOutcome) -> None:
     """Compare a candidate with FP32 on the tuning samples and apply the accuracy gates (fills `trial`)."""
     recipe = prepared.recipe
     charsets = {n: c.characters for n, c in prepared.charsets.items()}
@@ -65,7 +66,7 @@ class _Validation:
     reference: Reference
 
 
-def _validation_split(prepared: Prepared, tuning: Split | None, scanned: SampleSource, options: RunOptions) -> _Validation:
+def _validation_split(prepared: RunInputs, tuning: Split | None, scanned: SampleSource, options: RunOptions) -> _Validation:
     """The recipe's tuning split (its FP32 outputs already computed), else the scanned calibration samples."""
     if tuning is not None and tuning.name == "tuning":  # never the evaluation set, even when a search may tune on it
         return _Validation("tuning", tuning.source, tuning.reference)
@@ -89,12 +90,12 @@ def _reasons(preflight: Preflight, kept: list[str], flagged: list[str]) -> dict[
 
 def repair_fp16(
     name: str,
-    prepared: Prepared,
+    prepared: RunInputs,
     evaluation: Split,
     tuning: Split | None,
     options: RunOptions,
     outcome: VariantOutcome,
-    build_context: Callable[[Prepared, RunOptions, str], BuildContext],
+    build_context: Callable[[RunInputs, RunOptions, str], BuildContext],
     judge_variant: Callable[..., VariantOutcome],
 ) -> VariantOutcome:
     """Scan, then (repair: auto) keep the flagged nodes in FP32, validate, search if needed; judge the result as usual.

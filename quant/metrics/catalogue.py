@@ -4,7 +4,7 @@ per-kind lists, the summary's headline, the report's accuracy axis, the search's
 comparison with the last release, the interval of each ratio metric) reads this table.
 
 Adding a metric: one `Metric(...)` here and the code that computes it (`compare.OutputComparison` for a
-per-output metric, `runner.judge_variant` for a variant-wide one). Nothing else.
+per-output metric, `judge.judge_variant` for a variant-wide one). Nothing else.
 """
 
 from __future__ import annotations

@@ -10,7 +10,16 @@ def _case_name(gate: dict[str, Any]) -> str:
     return f"{gate['metric']}[{gate['output']}]" if gate.get("output") else gate["metric"]
 
 
-def render_junit(results: dict[str, Any]) -> str:
+def render_junit(documents: list[dict[str, Any]]) -> str:
+    """One <testsuites> holding a <testsuite> per recipe run."""
+    root = ET.Element("testsuites")
+    for results in documents:
+        root.append(_suite(results))
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _suite(results: dict[str, Any]) -> ET.Element:
     recipe = results["recipe"]["name"]
     suite = ET.Element("testsuite", name=f"quant.{recipe}")
     tests = failures = errors = 0
@@ -45,7 +54,4 @@ def render_junit(results: dict[str, Any]) -> str:
     suite.set("tests", str(tests))
     suite.set("failures", str(failures))
     suite.set("errors", str(errors))
-    root = ET.Element("testsuites")
-    root.append(suite)
-    ET.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    return suite

@@ -1,0 +1,251 @@
+"""The run's documents, typed: results.json (what a run found) and manifest.json (what a release holds).
+
+Each serialises itself (`to_json`) and loads back typed (`from_json`), so a reader of results.json — the
+report, CI, the next run — works on the same structure the run wrote. A field that moves bumps
+SCHEMA_VERSION (and the README says so). Per-variant records stay the plain dictionaries
+`VariantOutcome.to_dict()` gives, so methods and metrics can add figures without a schema change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from quant import __version__
+from quant.calibration.sources import SampleSource
+from quant.checks import RunInputs
+from quant.model import file_sha256
+from quant.outcome import VariantOutcome, json_number
+from quant.provenance import environment
+from quant.regression import compare_with_release, metric_table
+from quant.splits import Split
+
+SCHEMA_VERSION = 1
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ToolRecord(Record):
+    name: str
+    version: str
+
+
+class RecipeRecord(Record):
+    name: str
+    file: str
+    sha256: str
+    resolved: dict[str, Any]
+
+
+class ModelRecord(Record):
+    file: str
+    sha256: str
+    size_bytes: int
+    opset: int
+
+
+class SampleRecord(Record):
+    id: str
+    sha256: str
+
+
+class SamplesRecord(Record):
+    where: str
+    fingerprint: str
+    samples: list[SampleRecord]
+
+
+class SplitsRecord(Record):
+    """Which split produced which number: every variant's metrics and gates come from `gates`; a search's
+    attempts and node ranking from `search` (variants[].search.tuned_on too)."""
+
+    gates: str
+    search: str | None
+    tuned_on_evaluation: bool
+
+
+class DataRecord(Record):
+    calibration: SamplesRecord | None
+    tuning: SamplesRecord | None
+    evaluation: SamplesRecord
+    splits: SplitsRecord
+
+
+class ReferenceRecord(Record):
+    seconds: float
+    cache_hit: bool
+
+
+class PromotionRecord(Record):
+    """The policy's outcome, plus what the destination recorded (the folder; or registry, versions and alias)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    policy: str
+    met: bool
+    promoted: list[str]
+    release: str | None
+
+
+class Document(Record):
+    def to_json(self) -> str:
+        """Standard JSON (NaN and infinities written as strings), indented, one trailing newline."""
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        # Python mode, then json_number: pydantic's JSON mode would turn NaN and infinities into null.
+        return json_number(self.model_dump())
+
+    @classmethod
+    def from_json(cls, text: str) -> Any:
+        return cls.model_validate(json.loads(text))
+
+
+class RunResults(Document):
+    """results.json."""
+
+    schema_version: int = SCHEMA_VERSION
+    tool: ToolRecord
+    started: str
+    finished: str
+    recipe: RecipeRecord
+    model: ModelRecord
+    environment: dict[str, Any]
+    data: DataRecord
+    charsets: dict[str, dict[str, Any]]
+    reference: ReferenceRecord
+    variants: dict[str, dict[str, Any]]  # VariantOutcome.to_dict() by variant name
+    regression: dict[str, Any] | None
+    promotion: PromotionRecord
+    verdict: str
+    exit_code: int
+
+
+class ManifestRecipe(Record):
+    name: str
+    file: str
+    sha256: str
+    resolved: dict[str, Any]
+
+
+class SourceModelRecord(Record):
+    file: str
+    sha256: str
+    size_bytes: int
+
+
+class DataFingerprint(Record):
+    fingerprint: str
+    samples: int
+
+
+class ManifestVariant(Record):
+    method: str
+    options: dict[str, Any]
+    file: str
+    size_ratio: float | None
+    latency_ratio: float | None
+    metrics: dict[str, dict[str, Any]]  # by output, '' holding the variant-wide ones
+    gates: list[dict[str, Any]]
+
+
+class Manifest(Document):
+    """manifest.json of a release, before the destination adds its version and file list."""
+
+    schema_version: int = SCHEMA_VERSION
+    recipe: ManifestRecipe
+    source_model: SourceModelRecord
+    data: dict[str, DataFingerprint]  # "evaluation" and, with a calibration set, "calibration"
+    charsets: dict[str, dict[str, Any]]
+    created: str
+    environment: dict[str, Any]
+    variants: dict[str, ManifestVariant]
+
+
+# --------------------------------------------------------------------------- made from a run
+
+
+def variant_metric_table(outcome: VariantOutcome) -> dict[str, dict[str, float]]:
+    """The variant's metrics by output, '' holding size and latency (what the manifest keeps and regression gates read)."""
+    latency = outcome.latency.ratio if outcome.latency else None
+    return metric_table(outcome.metrics, {"size_ratio": outcome.size_ratio, "latency_ratio": latency})
+
+
+def _samples(source: SampleSource | None) -> SamplesRecord | None:
+    if source is None:
+        return None
+    samples = [SampleRecord(id=s.id, sha256=s.fingerprint) for s in source.samples]
+    return SamplesRecord(where=source.where, fingerprint=source.fingerprint, samples=samples)
+
+
+def build_manifest(inputs: RunInputs, promoted: list[VariantOutcome], started: str) -> Manifest:
+    recipe_file = inputs.loaded.path
+    data = {"evaluation": DataFingerprint(fingerprint=inputs.evaluation.fingerprint, samples=len(inputs.evaluation))}
+    if inputs.calibration is not None:
+        data["calibration"] = DataFingerprint(fingerprint=inputs.calibration.fingerprint, samples=len(inputs.calibration))
+    return Manifest(
+        recipe=ManifestRecipe(name=inputs.recipe.name, file=recipe_file.name, sha256=file_sha256(recipe_file), resolved=inputs.loaded.resolved),
+        source_model=SourceModelRecord(file=inputs.model.path.name, sha256=inputs.model.sha256, size_bytes=inputs.model.size_bytes),
+        data=data,
+        charsets={name: charset.source for name, charset in inputs.charsets.items()},
+        created=started,
+        environment=environment(),
+        variants={
+            o.name: ManifestVariant(
+                method=o.method,
+                options=o.options,
+                file=f"{o.name}.onnx",
+                size_ratio=o.size_ratio,
+                latency_ratio=o.latency.ratio if o.latency else None,
+                metrics=variant_metric_table(o),
+                gates=[g.to_dict() for g in o.gates],
+            )
+            for o in promoted
+        },
+    )
+
+
+def build_results(
+    inputs: RunInputs,
+    evaluation: Split,
+    tuning: Split | None,
+    outcomes: list[VariantOutcome],
+    promotion: PromotionRecord,
+    verdict: str,
+    exit_code: int,
+    started: str,
+) -> RunResults:
+    loaded, model = inputs.loaded, inputs.model
+    regression = None
+    if inputs.previous:
+        regression = compare_with_release(inputs.previous, {o.name: variant_metric_table(o) for o in outcomes if o.latency})
+    return RunResults(
+        tool=ToolRecord(name="quant", version=__version__),
+        started=started,
+        finished=now(),
+        recipe=RecipeRecord(name=inputs.recipe.name, file=str(loaded.path), sha256=file_sha256(loaded.path), resolved=loaded.resolved),
+        model=ModelRecord(file=str(model.path), sha256=model.sha256, size_bytes=model.size_bytes, opset=model.opset),
+        environment=environment(),
+        data=DataRecord(
+            calibration=_samples(inputs.calibration),
+            tuning=_samples(inputs.tuning),
+            evaluation=_samples(inputs.evaluation),
+            splits=SplitsRecord(gates="evaluation", search=None if tuning is None else tuning.name, tuned_on_evaluation=inputs.tuned_on_evaluation),
+        ),
+        charsets={name: charset.source for name, charset in inputs.charsets.items()},
+        reference=ReferenceRecord(seconds=round(evaluation.reference.seconds, 3), cache_hit=evaluation.reference.cache_hit),
+        variants={o.name: o.to_dict() for o in outcomes},
+        regression=regression,
+        promotion=promotion,
+        verdict=verdict,
+        exit_code=exit_code,
+    )
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
