@@ -10,7 +10,6 @@ from pathlib import Path
 from quant.calibration.reader import checked_feeds
 from quant.calibration.sources import SampleSource, check_disjoint, open_source
 from quant.charset import Charset, output_charsets
-from quant.destination import Destination, destination_for
 from quant.errors import InputError, ModelError, OutputError, RecipeError
 from quant.gates import applicable_outputs
 from quant.intervals import unsupported_reason
@@ -19,7 +18,8 @@ from quant.metrics.samples import interval_method
 from quant.model import ModelInfo, inspect_model, locate
 from quant.recipe.loader import LoadedRecipe
 from quant.recipe.schema import Recipe
-from quant.regression import PreviousRelease
+from quant.release.destination import Destination, destination_for
+from quant.release.previous import PreviousRelease
 from quant.splits import tuning_source
 from quant.validation import all_gates, check_charset_covers_classes, check_gate_needs, check_not_already_fp16, check_subgraph_compute
 

@@ -17,8 +17,8 @@ from quant.calibration.reader import Dims, checked_feeds
 from quant.calibration.sources import SampleSource
 from quant.compare import OutputComparison
 from quant.errors import BuildError, DataError, ModelError
+from quant.files import remove_abandoned
 from quant.model import session
-from quant.promote import alive as process_alive
 from quant.recipe.schema import OutputSpec
 from quant.testpoint import pause_point
 
@@ -58,10 +58,8 @@ def run_reference(
     names = [o.name for o in fp32.get_outputs()]
     if (folder / "complete").is_file():
         return Reference(folder, names, 0.0, True)
-    for stale in folder.parent.glob(f"{folder.name}.tmp*"):  # left by a killed run: never complete, never used
-        pid = stale.name.rsplit(".tmp", 1)[-1]
-        if pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    # Left by a killed run: never complete, never used.
+    remove_abandoned(folder.parent.glob(f"{folder.name}.tmp*"), lambda name: name.rsplit(".tmp", 1)[-1])
     scratch = folder.with_name(folder.name + f".tmp{os.getpid()}")
     quiet_run = ort.RunOptions()
     quiet_run.log_severity_level = 4  # a failing sample is reported once, as a DataError, not also in onnxruntime's log

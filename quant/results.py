@@ -20,7 +20,7 @@ from quant.checks import RunInputs
 from quant.model import file_sha256
 from quant.outcome import VariantOutcome, json_number
 from quant.provenance import environment
-from quant.regression import compare_with_release, metric_table
+from quant.release.previous import changes_since_release, metric_table
 from quant.splits import Split
 
 SCHEMA_VERSION = 1
@@ -223,7 +223,7 @@ def build_results(
     loaded, model = inputs.loaded, inputs.model
     regression = None
     if inputs.previous:
-        regression = compare_with_release(inputs.previous, {o.name: variant_metric_table(o) for o in outcomes if o.latency})
+        regression = changes_since_release(inputs.previous, {o.name: variant_metric_table(o) for o in outcomes if o.latency})
     return RunResults(
         tool=ToolRecord(name="quant", version=__version__),
         started=started,

@@ -24,9 +24,9 @@ from quant.methods.base import BuildContext, BuildResult
 from quant.outcome import VariantOutcome
 from quant.precision import one_value_per_sample, source_precision
 from quant.progress import Progress
-from quant.promote import Published, Release
 from quant.recipe.loader import LoadedRecipe
 from quant.recipe.schema import StaticInt8Options
+from quant.release.bundle import Published, Release
 from quant.release.policy import ranked, run_verdict, select_for_release
 from quant.report.summary import summary_markdown
 from quant.results import PromotionRecord, RunResults, build_manifest, build_results, now, variant_metric_table

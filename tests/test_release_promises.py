@@ -17,7 +17,7 @@ import pytest
 from onnx import numpy_helper
 
 from quant.errors import OutputError
-from quant.promote import STAGING_PREFIX, existing_versions, next_version, promote, remove_stale_staging
+from quant.release.folder import STAGING_PREFIX, existing_versions, next_version, promote, remove_stale_staging
 from quant.testpoint import InjectedFailure
 from tests.conftest import tiny_ctc_model
 
@@ -134,7 +134,7 @@ def test_the_release_is_staged_complete_beside_the_target_and_only_then_renamed(
     root = tmp_path / "releases"
     marker = tmp_path / "paused"
     script = (
-        "import sys, json; from pathlib import Path; from quant.promote import promote\n"
+        "import sys, json; from pathlib import Path; from quant.release.folder import promote\n"
         "models = {k: Path(v) for k, v in json.loads(sys.argv[1]).items()}\n"
         "promote(Path(sys.argv[2]), 'tiny', models, {}, {k: {} for k in models})\n"
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from onnxruntime.quantization.calibrate import save_tensors_data
 from quant.calibration.reader import Dims, checked_feeds
 from quant.calibration.sources import Feeds, SampleSource
 from quant.calibration.streaming import collect_ranges, quantize_static_default_op_types
-from quant.promote import alive as process_alive
+from quant.files import remove_abandoned
 from quant.testpoint import pause_point
 
 CACHE_FORMAT = 1
@@ -102,10 +101,7 @@ def calibration_ranges(
     started = time.perf_counter()
     work_root = cache_dir / "calibration"
     work_root.mkdir(parents=True, exist_ok=True)
-    for stale in work_root.glob(".work-*"):  # scratch of a killed run
-        pid = stale.name.split("-")[1]
-        if pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_abandoned(work_root.glob(".work-*"), lambda name: name.split("-")[1])  # scratch of a killed run
     # A private scratch folder: runs sharing a cache never overwrite each other's augmented model, and it goes away.
     with tempfile.TemporaryDirectory(dir=work_root, prefix=f".work-{os.getpid()}-") as work_dir:
         ranges = collect_ranges(

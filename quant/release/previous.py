@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from quant.metrics.catalogue import HEADLINE_METRICS, VARIANT_METRICS, worst_over_outputs
-from quant.promote import existing_versions
 
 # The headline metrics and the variant-wide ones: what a reader compares between two releases.
 COMPARED = (*HEADLINE_METRICS, *VARIANT_METRICS)
@@ -25,21 +22,11 @@ class PreviousRelease:
         return None if entry is None else entry.get("metrics")
 
 
-def last_release(release_dir: Path) -> PreviousRelease | None:
-    """The newest complete version, if its manifest can be read."""
-    for version in reversed(existing_versions(release_dir)):
-        try:
-            return PreviousRelease(version, json.loads((release_dir / version / "manifest.json").read_text(encoding="utf-8")))
-        except (OSError, ValueError):
-            continue
-    return None
-
-
 def metric_table(output_metrics: dict[str, dict[str, float]], variant_metrics: dict[str, float]) -> dict[str, dict[str, float]]:
     return {**output_metrics, "": dict(variant_metrics)}
 
 
-def compare_with_release(previous: PreviousRelease, current: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
+def changes_since_release(previous: PreviousRelease, current: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
     """Per variant in both: previous value, current value and change of the headline metrics (worst output)."""
     variants: dict[str, dict[str, dict[str, float]]] = {}
     for name, tables in current.items():

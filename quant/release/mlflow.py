@@ -25,16 +25,12 @@ from typing import Any
 import onnx
 
 from quant.errors import OutputError
+from quant.files import alive, check_can_create
 from quant.model import file_sha256
-from quant.promote import Published, Release, alive, check_can_create, copy_with_metadata
 from quant.recipe.schema import Promotion, resolve
-from quant.regression import PreviousRelease
+from quant.release.bundle import Published, Release, copy_with_metadata
+from quant.release.previous import PreviousRelease
 from quant.testpoint import pause_point
-
-# MLflow 3 sends usage telemetry by default; machines here have no internet and a release tool should not phone home.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # logs and progress are ours (and --quiet means quiet)
 
 SQLITE_PREFIX = "sqlite:///"
 METRIC_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_.\- /]")
@@ -45,6 +41,11 @@ WRITER_TAG = "quant.writer"  # host:pid of the run that registered the version
 
 def _mlflow() -> Any:
     """The mlflow module, or one clear bad-input error when the optional extra is not installed."""
+    # Set before mlflow is imported, and only by a run that uses it: MLflow 3 sends usage telemetry by default
+    # (machines here have no internet and a release tool should not phone home), and its progress bars are not ours.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # --quiet means quiet
     try:
         import mlflow
         import mlflow.onnx
@@ -120,10 +121,6 @@ class MlflowRegistry:
 
     def name_for(self, variant: str) -> str:
         return self.model_name.replace("{variant}", variant).replace("{recipe}", self.recipe)
-
-    @property
-    def one_model_per_variant(self) -> bool:
-        return "{variant}" in self.model_name
 
     # ------------------------------------------------------------------ before building
 
