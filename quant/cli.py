@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from quant.errors import WRITE_ERRNOS, InputError, OutputError, QuantError
-from quant.progress import Progress
+from quant.progress import log_stderr
 from quant.recipe.loader import load_recipe
 from quant.recipe.schema import recipe_json_schema
 
@@ -163,12 +163,11 @@ def _run_all(call: Invocation) -> int:
 
     from quant.release.policy import EXIT_INCONCLUSIVE
     from quant.report.files import write_json, write_junit, write_run_reports
-    from quant.runner import RunOptions, log_stderr, run
+    from quant.runner import RunOptions, run
 
     # Across several recipes the worst outcome wins: a failed gate over an undecided one over a pass.
     severity = {EXIT_PASS: 0, EXIT_INCONCLUSIVE: 1, EXIT_GATE_FAILED: 2}
 
-    Progress.quiet = call.quiet
     log = (lambda message: None) if call.quiet else log_stderr
     worst = EXIT_PASS
     documents = []
@@ -180,6 +179,7 @@ def _run_all(call: Invocation) -> int:
             only=call.only,
             validate_only=call.validate,
             version=call.release_version,
+            quiet=call.quiet,
             log=log,
             detail=log_stderr if call.verbose else (lambda message: None),
             allow_tuning_on_evaluation=call.allow_tuning_on_evaluation,

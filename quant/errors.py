@@ -12,13 +12,9 @@ WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 class QuantError(Exception):
     """Base of every error the tool raises on purpose."""
 
-    exit_code = 3
-
 
 class InputError(QuantError):
-    """Bad input from the user: exit code 2, one clear line, nothing written to the release."""
-
-    exit_code = 2
+    """Bad input from the user: exit code 2 (the CLI maps it), one clear line, nothing written to the release."""
 
     def __init__(self, message: str, *, file: str | None = None, field: str | None = None) -> None:
         self.file = file

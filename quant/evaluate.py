@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from quant.calibration.reader import Dims, checked_feeds
+from quant.calibration.reader import checked_feeds
 from quant.calibration.sources import SampleSource
 from quant.compare import OutputComparison
 from quant.errors import BuildError, DataError, ModelError
 from quant.files import remove_abandoned
-from quant.model import session
+from quant.model import Dims, session
 from quant.recipe.schema import OutputSpec
 from quant.testpoint import pause_point
 
@@ -89,7 +89,7 @@ def reference_outputs(reference: Reference, index: int) -> list[np.ndarray]:
         return [stored[f"o{i}"] for i in range(len(reference.output_names))]
 
 
-def compare_variant(
+def evaluate_variant(
     variant_path: Path,
     reference: Reference,
     source: SampleSource,
@@ -97,8 +97,6 @@ def compare_variant(
     output_specs: dict[str, OutputSpec],
     charsets: dict[str, list[str]],
     threads: int,
-    limit: int | None = None,
-    progress: Callable[[int], None] | None = None,
 ) -> dict[str, OutputComparison]:
     """Run the variant on every evaluation sample and compare each output with FP32's."""
     try:
@@ -107,16 +105,12 @@ def compare_variant(
         raise BuildError(f"the variant does not load in onnxruntime: {str(error).splitlines()[0][:300]}") from None
     comparisons = {name: OutputComparison(output_specs.get(name, OutputSpec()), charsets.get(name)) for name in reference.output_names}
     for index, (sample, feeds) in enumerate(checked_feeds(source, model_inputs)):
-        if limit is not None and index >= limit:
-            break
         try:
             outputs = candidate.run(reference.output_names, feeds)
         except Exception as error:
             raise BuildError(f"the variant fails to run on '{sample.id}': {str(error).splitlines()[0][:300]}") from None
         for name, expected, actual in zip(reference.output_names, reference_outputs(reference, index), outputs):
             comparisons[name].add(sample.id, expected, actual, sample.label, sample.slice)
-        if progress:
-            progress(index + 1)
         if index == 0:
             pause_point("evaluation")
     return comparisons

@@ -9,7 +9,6 @@ import io
 import logging
 import multiprocessing
 import resource
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -22,14 +21,6 @@ from quant.errors import WRITE_ERRNOS, BuildError, OutputError, QuantError
 from quant.methods.base import BuildContext, BuildResult, builder_for
 
 T = TypeVar("T")
-
-
-def log_to_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def log_silent(message: str) -> None:
-    """The build log under --quiet (a top-level function: it must pickle into the build process)."""
 
 
 def _peak_rss_mb() -> float:
@@ -93,11 +84,9 @@ def _build(options: Any, context: BuildContext, out_path: Path) -> BuildResult:
 
 
 def build_isolated(options: Any, context: BuildContext, out_path: Path) -> BuildResult:
-    """Run a method's build in a child process and record its time and peak memory."""
-    from quant.progress import Progress
+    """Run a method's build in a child process and record its time and peak memory.
 
-    # The child cannot see the parent's --quiet (it is a fresh interpreter): pass it as its log function.
-    child_context = BuildContext(**{**context.__dict__, "log": log_silent if Progress.quiet else log_to_stderr})
-    result, stats = run_isolated(_build, options, child_context, out_path)
+    The child is a fresh interpreter: `context.log` must be a top-level function (it is pickled)."""
+    result, stats = run_isolated(_build, options, context, out_path)
     result.details.update({"build_seconds": stats["seconds"], "build_peak_rss_mb": stats["peak_rss_mb"]})
     return result

@@ -9,7 +9,7 @@ from quant.bench import latency_ratio
 from quant.calibration.reader import checked_feeds
 from quant.checks import RunInputs
 from quant.compare import by_slice_then_output
-from quant.evaluate import compare_variant
+from quant.evaluate import evaluate_variant
 from quant.gates import effective_gates, judge_all, latency_bounds, overall_verdict
 from quant.model import file_sha256, model_size
 from quant.outcome import VariantOutcome
@@ -38,7 +38,7 @@ def judge_variant(
         outcome.size_ratio = outcome.size_bytes / inputs.model.size_bytes
         log(f"{name}: NOTHING QUANTIZED: {unchanged}")
         return outcome
-    comparisons = compare_variant(
+    comparisons = evaluate_variant(
         candidate,
         split.reference,
         split.source,

@@ -21,6 +21,10 @@ PROTOBUF_LIMIT = 2**31 - 1
 MIN_OPSET = 7
 
 
+# A tensor's declared shape: fixed sizes, symbolic names, or None when unknown.
+Dims = list[int | str | None]
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What the rest of the tool needs to know about a checked model."""
@@ -29,10 +33,9 @@ class ModelInfo:
     sha256: str
     size_bytes: int  # the .onnx file plus its external data files
     opset: int
-    inputs: dict[str, list[int | str | None]]
-    outputs: dict[str, list[int | str | None]]
+    inputs: dict[str, Dims]
+    outputs: dict[str, Dims]
     metadata: dict[str, str]
-    has_external_data: bool
 
 
 def locate(source: ModelSource, base_dir: Path) -> Path:
@@ -132,7 +135,7 @@ def inspect_model(path: Path) -> ModelInfo:
     except Exception as error:
         raise ModelError(f"fails onnx.checker ({type(error).__name__}: {str(error)[:160]})", file=str(path), field="model.path") from None
     initializer_names = {t.name for t in model.graph.initializer}
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = default_opset(model)
     if 0 < opset < MIN_OPSET:  # 0: no default-domain ops at all
         raise ModelError(
             f"opset {opset} is too old: onnxruntime needs opset {MIN_OPSET} or later (convert it with onnx.version_converter)",
@@ -149,8 +152,12 @@ def inspect_model(path: Path) -> ModelInfo:
         inputs={i.name: _dims(i) for i in model.graph.input if i.name not in initializer_names},
         outputs={o.name: _dims(o) for o in model.graph.output},
         metadata={p.key: p.value for p in model.metadata_props},
-        has_external_data=bool(externals),
     )
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's opset for the default ONNX domain (0 when it imports none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def model_size(path: Path) -> int:

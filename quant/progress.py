@@ -1,4 +1,4 @@
-"""Progress on stderr: a live bar in a terminal, a few plain lines in CI logs."""
+"""Progress and log lines on stderr (stdout is the summary alone): a live bar in a terminal, a few plain lines in CI logs."""
 
 from __future__ import annotations
 
@@ -7,12 +7,19 @@ import time
 from types import TracebackType
 
 
+def log_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def log_nothing(message: str) -> None:
+    """The log under --quiet (a top-level function: it must pickle into a build's child process)."""
+
+
 class Progress:
-    """Use as `with Progress("calibration", total) as bar: bar.update(done)`."""
+    """Use as `with Progress("calibration", total, quiet) as bar: bar.update(done)`."""
 
-    quiet = False  # set by the CLI's --quiet
-
-    def __init__(self, label: str, total: int) -> None:
+    def __init__(self, label: str, total: int, quiet: bool = False) -> None:
+        self.quiet = quiet
         self.label = label
         self.total = max(total, 1)
         self.tty = sys.stderr.isatty()

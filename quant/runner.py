@@ -4,7 +4,6 @@ policy, publish, and hand back the typed results. Each step is a module of its o
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from quant.lockfile import remove_stale_lock, write_lock
 from quant.methods.base import BuildContext, BuildResult
 from quant.outcome import VariantOutcome
 from quant.precision import one_value_per_sample, source_precision
-from quant.progress import Progress
+from quant.progress import Progress, log_nothing, log_stderr
 from quant.recipe.loader import LoadedRecipe
 from quant.recipe.schema import StaticInt8Options
 from quant.release.bundle import Published, Release
@@ -36,10 +35,6 @@ from quant.splits import TUNED_ON_EVALUATION, Split, SplitName
 Log = Callable[[str], None]
 
 
-def log_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 @dataclass(frozen=True)
 class RunOptions:
     out_dir: Path
@@ -47,6 +42,7 @@ class RunOptions:
     only: tuple[str, ...] = ()
     validate_only: bool = False
     version: str | None = None
+    quiet: bool = False  # --quiet: no progress, and builds log nothing
     log: Log = log_stderr
     detail: Log = lambda message: None  # --verbose: every gate and build figure, not just the verdict
     allow_tuning_on_evaluation: bool = False  # --allow-tuning-on-evaluation: searches may choose on the gate split
@@ -102,7 +98,7 @@ def _splits(inputs: RunInputs, options: RunOptions) -> tuple[Split, Split | None
 
 def _split(name: SplitName, source: SampleSource, inputs: RunInputs, options: RunOptions) -> Split:
     """A split with FP32's outputs on it (computed once, cached on disk)."""
-    with Progress(f"FP32 reference ({name})", len(source)) as bar:
+    with Progress(f"FP32 reference ({name})", len(source), options.quiet) as bar:
         reference = run_reference(
             inputs.model.path, inputs.model.sha256, source, inputs.model.inputs,
             inputs_signature(inputs.recipe.inputs),
@@ -151,6 +147,7 @@ def build_context(inputs: RunInputs, options: RunOptions, name: str) -> BuildCon
         cache_dir=options.cache_dir,
         calibration=inputs.calibration,
         tuning=inputs.tuning,
+        log=log_nothing if options.quiet else log_stderr,  # top-level functions: the build runs in a child process
     )
 
 

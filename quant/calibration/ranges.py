@@ -18,10 +18,11 @@ from pathlib import Path
 import onnxruntime
 from onnxruntime.quantization.calibrate import save_tensors_data
 
-from quant.calibration.reader import Dims, checked_feeds
+from quant.calibration.reader import checked_feeds
 from quant.calibration.sources import Feeds, SampleSource
 from quant.calibration.streaming import collect_ranges, quantize_static_default_op_types
 from quant.files import remove_abandoned
+from quant.model import Dims
 from quant.testpoint import pause_point
 
 CACHE_FORMAT = 1
@@ -90,7 +91,6 @@ def calibration_ranges(
     op_types: list[str] | None,
     cache_dir: Path,
     log: Callable[[str], None],
-    progress: Callable[[int], None] | None = None,
 ) -> CalibrationRanges:
     key = cache_key(model_sha256, source.fingerprint, source.feeds_signature, method, percentile, op_types)
     cache_file = cache_dir / "calibration" / f"{key}.json"
@@ -112,7 +112,6 @@ def calibration_ranges(
             # The tensors quantize_static itself would calibrate for these op types.
             op_types_to_calibrate=op_types or quantize_static_default_op_types(),
             work_dir=Path(work_dir),
-            progress=progress,
         )
     # save_tensors_data writes to a temporary file and renames it: a crash never leaves half a cache.
     save_tensors_data(ranges, cache_file)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from quant.calibration.sources import Feeds, Sample, SampleSource
 from quant.errors import DataError
-
-Dims = list[int | str | None]
+from quant.model import Dims
 
 
 def _fits(shape: tuple[int, ...], dims: Dims) -> bool:
@@ -66,10 +65,9 @@ def checked_feeds(source: SampleSource, model_inputs: dict[str, Dims]) -> Iterat
 class CalibrationReader(CalibrationDataReader):
     """onnxruntime's reader protocol over a sample source; loads one sample per call, never all at once."""
 
-    def __init__(self, source: SampleSource, model_inputs: dict[str, Dims], progress: Callable[[int], None] | None = None) -> None:
+    def __init__(self, source: SampleSource, model_inputs: dict[str, Dims]) -> None:
         self.source = source
         self.model_inputs = model_inputs
-        self.progress = progress
         self._iterator: Iterator[tuple[Sample, Feeds]] | None = None
         self.count = 0
 
@@ -80,8 +78,6 @@ class CalibrationReader(CalibrationDataReader):
         if item is None:
             return None
         self.count += 1
-        if self.progress:
-            self.progress(self.count)
         return item[1]
 
     def rewind(self) -> None:

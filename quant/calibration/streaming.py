@@ -67,7 +67,7 @@ __all__ = [
     "ranges_to_json",
 ]
 
-_CALIBRATION_METHODS: dict[str, CalibrationMethod] = {
+CALIBRATION_METHODS: dict[str, CalibrationMethod] = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
     "percentile": CalibrationMethod.Percentile,
@@ -123,8 +123,8 @@ def _resolve_settings(
     scenario: str,
     max_pass_bytes: int,
 ) -> _Settings:
-    if method not in _CALIBRATION_METHODS:
-        raise ValueError(f"method must be one of {sorted(_CALIBRATION_METHODS)}, not {method!r}")
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"method must be one of {sorted(CALIBRATION_METHODS)}, not {method!r}")
     if method == "percentile" and not 0 <= percentile <= 100:
         raise ValueError(f"percentile must be in [0, 100], not {percentile}")
     if max_pass_bytes <= 0:
@@ -514,7 +514,7 @@ def _histogram_result(
         scenario=settings.scenario,
     )
     collector.histogram_dict = _histogram_dict(observed, stats, histograms, settings)
-    return TensorsData(_CALIBRATION_METHODS[settings.method], collector.compute_collection_result())
+    return TensorsData(CALIBRATION_METHODS[settings.method], collector.compute_collection_result())
 
 
 # ------------------------------------------------------------------------------ public

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from quant.calibration.sources import SampleSource, inputs_signature
 from quant.errors import BuildError
-from quant.evaluate import Reference, compare_variant, run_reference
+from quant.evaluate import Reference, evaluate_variant, run_reference
 from quant.executor import build_isolated
 from quant.fp16.preflight import run_preflight
 from quant.fp16.scan import Preflight
@@ -50,7 +50,7 @@ def _validate(name: str, candidate: Path, prepared: RunInputs, tuning: SampleSou
     """Compare a candidate with FP32 on the tuning samples and apply the accuracy gates (fills `trial`)."""
     recipe = prepared.recipe
     charsets = {n: c.characters for n, c in prepared.charsets.items()}
-    comparisons = compare_variant(candidate, reference, tuning, prepared.model.inputs, recipe.outputs, charsets, recipe.bench.threads)
+    comparisons = evaluate_variant(candidate, reference, tuning, prepared.model.inputs, recipe.outputs, charsets, recipe.bench.threads)
     trial.metrics = {out: c.summary() for out, c in comparisons.items()}
     trial.model_path = candidate
     trial.size_bytes = model_size(candidate)
@@ -122,7 +122,8 @@ def repair_fp16(
     def attempt(extra: list[str]) -> VariantOutcome:
         trial = VariantOutcome(name=name, method=outcome.method, options=outcome.options)
         try:
-            result = build_isolated(variant, context, work / f"repair-{len(attempts):02d}.onnx", extra_keep_fp32=extra)
+            kept = variant.model_copy(update={"keep_fp32": list(dict.fromkeys([*variant.keep_fp32, *extra]))})  # typed options, not extra arguments
+            result = build_isolated(kept, context, work / f"repair-{len(attempts):02d}.onnx")
             trial.build = result.details
             _validate(name, result.path, prepared, validation.source, validation.reference, trial)
         except BuildError as error:

@@ -31,6 +31,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from quant.calibration.streaming import collect_ranges
+from quant.model import default_opset
 
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 FP16_TINY = 2.0**-24  # the smallest FP16 subnormal
@@ -214,7 +215,7 @@ def with_count_probes(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` whose reductions each get a float `<node>__fp16_scan_count` tensor (elements per output)."""
     probed = onnx.ModelProto()
     probed.CopyFrom(model)
-    opset = next((o.version for o in probed.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = default_opset(probed)
     nodes: list[onnx.NodeProto] = []
     for node in probed.graph.node:
         nodes.append(node)

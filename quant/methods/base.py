@@ -1,4 +1,4 @@
-"""What every method shares: the build context it receives, the result it returns, and the registry."""
+"""What every method shares: the build context it receives, the result it returns, and the builders by method name."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onnxruntime.quantization import QuantType
 from pydantic import BaseModel
 
 from quant.calibration.sources import SampleSource
+from quant.model import Dims
 
-Dims = list[int | str | None]
+# The recipe's integer type names, as onnxruntime's quantizers take them.
+QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 
 
 @dataclass(frozen=True)
@@ -37,14 +40,14 @@ class BuildResult:
 
 
 Builder = Callable[[Any, BuildContext, Path], BuildResult]
-_REGISTRY: dict[str, Builder] = {}
+_BUILDERS: dict[str, Builder] = {}
 
 
 def register(method: str) -> Callable[[Builder], Builder]:
     """Methods register themselves under the name recipes use in `method:`."""
 
     def add(builder: Builder) -> Builder:
-        _REGISTRY[method] = builder
+        _BUILDERS[method] = builder
         return builder
 
     return add
@@ -54,6 +57,6 @@ def builder_for(options: BaseModel) -> Builder:
     import quant.methods  # noqa: F401  (importing the package registers every method)
 
     method = options.method
-    if method not in _REGISTRY:
+    if method not in _BUILDERS:
         raise KeyError(f"no builder registered for method '{method}'")
-    return _REGISTRY[method]
+    return _BUILDERS[method]

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.quantization import quantize_dynamic
 
-from quant.methods.base import BuildContext, BuildResult, register
+from quant.methods.base import QUANT_TYPES, BuildContext, BuildResult, register
 from quant.methods.prepare import prepared_model
 from quant.model import PROTOBUF_LIMIT, model_size
 from quant.precision import has_subgraphs, quantized_op_counts
 from quant.recipe.schema import DynamicInt8Options
-
-QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 
 
 @register("dynamic_int8")

@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from quant.model import default_opset
+
 HARDSWISH_OPSET = 14
 
 
@@ -209,7 +211,7 @@ def fold_affine_before_conv(index: GraphIndex) -> int:
 def fuse_exact(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
     """All three rewrites; the model must already be at opset 14 or later when HardSwish is wanted."""
     index = GraphIndex(model.graph)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = default_opset(model)
     counts = {
         "hardswish": fuse_hardswish(index) if opset >= HARDSWISH_OPSET else 0,
         "affine_after_conv": fold_affine_after_conv(index),

@@ -140,13 +140,13 @@ def fp16_source(options: Fp16Options, context: BuildContext) -> Path:
 
 
 @register("fp16")
-def build_fp16(options: Fp16Options, context: BuildContext, out_path: Path, extra_keep_fp32: list[str] | None = None) -> BuildResult:
+def build_fp16(options: Fp16Options, context: BuildContext, out_path: Path) -> BuildResult:
     source = fp16_source(options, context)
     # Weights in external data files are never loaded whole (a >2 GB model cannot even be held in one
     # protobuf): the converter sees them with their data on disk and only changes their type.
     model = load_proto(source, load_external=False)
     streamed = _take_external(model, source.parent)
-    keep = list(dict.fromkeys([*options.keep_fp32, *(extra_keep_fp32 or [])]))
+    keep = list(dict.fromkeys(options.keep_fp32))
     unknown = sorted(set(keep) - {n.name for n in model.graph.node})
     if unknown:
         raise BuildError(f"keep_fp32 names node(s) the {'normalised ' if source != context.model_path else ''}model does not have: {unknown[:5]}")

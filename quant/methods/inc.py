@@ -22,13 +22,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from quant.calibration.reader import CalibrationReader, Dims, checked_feeds
+from quant.calibration.reader import CalibrationReader, checked_feeds
 from quant.calibration.sources import Feeds, SampleSource
 from quant.errors import BuildError
 from quant.methods.base import BuildContext, BuildResult, register
 from quant.methods.prepare import prepared_model
 from quant.metrics.numeric import cosine
-from quant.model import save_model, session
+from quant.model import Dims, default_opset, save_model, session
 from quant.precision import quantized_op_counts
 from quant.recipe.schema import IncOptions
 
@@ -129,7 +129,7 @@ def _check_per_channel(options: IncOptions, model_path: Path) -> None:
     if options.format != "QDQ" or not options.per_channel:
         return
     model = onnx.load(str(model_path), load_external_data=False)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = default_opset(model)
     if opset < 13:
         raise BuildError(
             f"QDQ with per_channel needs opset 13 or later, but the model is opset {opset} (INC would silently use per-tensor "

@@ -14,7 +14,7 @@ from onnx import version_converter
 
 from quant.errors import BuildError
 from quant.methods.fold import HARDSWISH_OPSET, fuse_exact
-from quant.model import load_proto, save_model
+from quant.model import default_opset, load_proto, save_model
 from quant.recipe.schema import Prepare
 
 
@@ -56,7 +56,7 @@ def prepared_model(model_path: Path, model_sha256: str, prepare: Prepare, cache_
 
 def _upgrade_opset(source: Path, opset: int, out: Path) -> Path:
     model = load_proto(source)
-    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    current = default_opset(model)
     if current >= opset:
         return source
     try:

@@ -5,24 +5,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import QuantFormat, quantize_static
 
 from quant.calibration.ranges import calibration_ranges
+from quant.calibration.streaming import CALIBRATION_METHODS
 from quant.errors import BuildError
-from quant.methods.base import BuildContext, BuildResult, register
+from quant.methods.base import QUANT_TYPES, BuildContext, BuildResult, register
 from quant.methods.prepare import prepared_model
 from quant.model import PROTOBUF_LIMIT, file_sha256, model_size
 from quant.precision import quantized_op_counts
 from quant.recipe.schema import StaticInt8Options
 
-QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 FORMATS = {"QDQ": QuantFormat.QDQ, "QOperator": QuantFormat.QOperator}
-CALIBRATION_METHODS = {
-    "minmax": CalibrationMethod.MinMax,
-    "entropy": CalibrationMethod.Entropy,
-    "percentile": CalibrationMethod.Percentile,
-    "distribution": CalibrationMethod.Distribution,
-}
 
 
 @register("static_int8")
