@@ -7,9 +7,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from quant.calibration.reader import checked_feeds
-from quant.calibration.sources import SampleSource, check_disjoint, open_source
 from quant.charset import Charset, output_charsets
+from quant.data.feeds import checked_feeds
+from quant.data.sources import SampleSource, check_disjoint, open_source
 from quant.errors import InputError, ModelError, OutputError, RecipeError
 from quant.gates import applicable_outputs
 from quant.intervals import unsupported_reason

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from quant.calibration.reader import checked_feeds
-from quant.calibration.sources import SampleSource
 from quant.compare import OutputComparison
+from quant.data.feeds import checked_feeds
+from quant.data.sources import SampleSource
 from quant.errors import BuildError, DataError, ModelError
 from quant.files import remove_abandoned
 from quant.model import Dims, session

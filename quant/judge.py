@@ -6,9 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from quant.bench import latency_ratio
-from quant.calibration.reader import checked_feeds
 from quant.checks import RunInputs
 from quant.compare import by_slice_then_output
+from quant.data.feeds import checked_feeds
 from quant.evaluate import evaluate_variant
 from quant.gates import effective_gates, judge_all, latency_bounds, overall_verdict
 from quant.model import file_sha256, model_size

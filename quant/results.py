@@ -15,8 +15,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from quant import __version__
-from quant.calibration.sources import SampleSource
 from quant.checks import RunInputs
+from quant.data.sources import SampleSource
 from quant.model import file_sha256
 from quant.outcome import VariantOutcome, json_number
 from quant.provenance import environment

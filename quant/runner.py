@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from quant import __version__
-from quant.calibration.reader import checked_feeds
-from quant.calibration.sources import SampleSource, inputs_signature
 from quant.checks import RunInputs, check_inputs, check_output_folders
+from quant.data.feeds import checked_feeds
+from quant.data.sources import SampleSource, inputs_signature
 from quant.errors import BuildError
 from quant.evaluate import run_reference
 from quant.executor import build_isolated

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from quant.calibration.sources import Feeds
+from quant.data.sources import Feeds
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 A choice made by looking at data (which nodes stay float, which tuning trial wins) fits the samples
 it looked at; judged on those same samples, it passes by construction. So the fallback search and
 inc's accuracy-aware tuning read the *tuning* split, and the gates judge on the *evaluation* split,
-which no choice has seen. The three splits are disjoint by content (quant.calibration.sources).
+which no choice has seen. The three splits are disjoint by content (quant.data.sources).
 Tuning on the evaluation split is possible only when asked for explicitly, and the results say so.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from quant.calibration.sources import SampleSource
+from quant.data.sources import SampleSource
 from quant.errors import RecipeError
 from quant.evaluate import Reference
 from quant.recipe.schema import IncOptions, Recipe, StaticInt8Options

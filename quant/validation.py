@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quant.calibration.sources import SampleSource
 from quant.charset import Charset
+from quant.data.sources import SampleSource
 from quant.errors import ModelError, RecipeError
 from quant.gates import applicable_outputs
 from quant.metrics.catalogue import CATALOGUE

@@ -13,9 +13,9 @@ import yaml
 from PIL import Image
 
 from quant.calibration.ranges import CalibrationRanges, calibration_ranges
-from quant.calibration.reader import checked_feeds
-from quant.calibration.sources import open_source
 from quant.calibration.streaming import collect_ranges, quantize_static_default_op_types
+from quant.data.feeds import checked_feeds
+from quant.data.sources import open_source
 from quant.methods.base import BuildContext
 from quant.methods.static_int8 import build_static_int8
 from quant.model import file_sha256

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from quant.calibration.reader import CalibrationReader, checked_feeds
-from quant.calibration.sources import ImageFolder, NpzTensors, check_disjoint, open_source
-from quant.calibration.transforms import image_to_tensor
+from quant.calibration.reader import CalibrationReader
+from quant.data.feeds import checked_feeds
+from quant.data.sources import ImageFolder, NpzTensors, check_disjoint, open_source
+from quant.data.transforms import image_to_tensor
 from quant.errors import DataError
 from quant.recipe.schema import DataSet, ImageInput
 from tests.conftest import write_images

@@ -8,7 +8,7 @@ import datasets  # part of the [test] extra: a missing install must fail, not sk
 import numpy as np
 import pytest
 
-from quant.calibration.sources import open_source
+from quant.data.sources import open_source
 from quant.errors import DataError
 from quant.recipe.schema import DataSet, ImageInput
 from tests.conftest import HEIGHT, base_recipe, run_cli, write_images, write_recipe

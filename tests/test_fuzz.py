@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from quant.calibration.sources import open_source
+from quant.data.sources import open_source
 from quant.errors import DataError, InputError
 from quant.recipe.loader import LoadedRecipe, load_recipe
 from quant.recipe.schema import DataSet, ImageInput, ResizeFixed, ResizeLimitSide, ResizeToHeight

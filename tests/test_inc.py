@@ -13,8 +13,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from quant.calibration.reader import checked_feeds
-from quant.calibration.sources import open_source
+from quant.data.feeds import checked_feeds
+from quant.data.sources import open_source
 from quant.errors import BuildError
 from quant.methods.base import BuildContext, BuildResult
 from quant.methods.inc import INSTALL_HINT, build_inc

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quant.calibration.sources import open_source
 from quant.compare import OutputComparison
+from quant.data.sources import open_source
 from quant.errors import DataError
 from quant.metrics.ctc import confidence_margins
 from quant.recipe.schema import DataSet, ImageInput, OutputSpec

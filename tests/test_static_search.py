@@ -52,7 +52,7 @@ def test_sensitivity_ranks_the_broken_node_first(workspace: dict[str, Path]) -> 
     assert run_cli("--recipe", str(path), "--out", str(root / "run"), cwd=root).returncode == 1
     from PIL import Image
 
-    from quant.calibration.transforms import image_to_tensor
+    from quant.data.transforms import image_to_tensor
     from quant.recipe.schema import ImageInput
 
     spec = ImageInput.model_validate(base_recipe(workspace["model"], workspace["calib"], workspace["eval"])["inputs"]["x"])

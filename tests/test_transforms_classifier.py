@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from pydantic import ValidationError
 
-from quant.calibration.transforms import image_to_tensor
+from quant.data.transforms import image_to_tensor
 from quant.recipe.schema import ImageInput
 from tests.conftest import HEIGHT, base_recipe, run_cli, write_recipe
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import onnxruntime
 from onnxruntime.quantization.calibrate import save_tensors_data
 
-from quant.calibration.reader import checked_feeds
-from quant.calibration.sources import Feeds, SampleSource
 from quant.calibration.streaming import collect_ranges, quantize_static_default_op_types
+from quant.data.feeds import checked_feeds
+from quant.data.sources import Feeds, SampleSource
 from quant.files import remove_abandoned
 from quant.model import Dims
 from quant.testpoint import pause_point

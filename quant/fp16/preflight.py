@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from quant.calibration.ranges import SourceFeeds
-from quant.calibration.sources import SampleSource
+from quant.data.sources import SampleSource
 from quant.executor import run_isolated
 from quant.fp16.scan import Finding, Preflight, scan
 from quant.methods.base import BuildContext, Dims

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quant.calibration.sources import SampleSource, inputs_signature
+from quant.data.sources import SampleSource, inputs_signature
 from quant.errors import BuildError
 from quant.evaluate import Reference, evaluate_variant, run_reference
 from quant.executor import build_isolated

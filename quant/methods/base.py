@@ -10,7 +10,7 @@ from typing import Any
 from onnxruntime.quantization import QuantType
 from pydantic import BaseModel
 
-from quant.calibration.sources import SampleSource
+from quant.data.sources import SampleSource
 from quant.model import Dims
 
 # The recipe's integer type names, as onnxruntime's quantizers take them.

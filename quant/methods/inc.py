@@ -22,8 +22,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from quant.calibration.reader import CalibrationReader, checked_feeds
-from quant.calibration.sources import Feeds, SampleSource
+from quant.calibration.reader import CalibrationReader
+from quant.data.feeds import checked_feeds
+from quant.data.sources import Feeds, SampleSource
 from quant.errors import BuildError
 from quant.methods.base import BuildContext, BuildResult, register
 from quant.methods.prepare import prepared_model

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from quant.calibration.transforms import image_to_tensor
+from quant.data.transforms import image_to_tensor
 from quant.errors import DataError
 from quant.recipe.schema import DataSet, DatasetSource, ImageFolderSource, ImageInput, NpzSource, resolve
 
