@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from quant.calibration.reader import checked_feeds
-from quant.calibration.sources import open_source
+from quant.data.feeds import checked_feeds
+from quant.data.sources import open_source
 from quant.fp16.normalise import normalised_model
 from quant.fp16.scan import scan
 from quant.model import inspect_model, locate, session

@@ -240,21 +240,18 @@ def run_side_by_side(args: argparse.Namespace) -> None:
 
     import onnxruntime as ort
 
-    from quant.calibration.reader import checked_feeds
-    from quant.calibration.sources import open_source
+    from quant.data.feeds import checked_feeds
+    from quant.data.sources import open_source
     from quant.methods.base import BuildContext
     from quant.methods.prepare import prepared_model
     from quant.methods.static_int8 import quantize_with_exclusions
     from quant.metrics.ctc import edit_distance, greedy_decode, to_text
     from quant.recipe.loader import load_recipe
     from quant.recipe.schema import ImageFolderSource
-    from quant.runner import RunOptions, prepare
+    from quant.checks import check_inputs
 
     args.work.mkdir(parents=True, exist_ok=True)
-    prepared = prepare(
-        load_recipe(args.recipe),
-        RunOptions(out_dir=args.work, cache_dir=args.work / "cache"),
-    )
+    prepared = check_inputs(load_recipe(args.recipe))
     recipe = prepared.recipe
     options = recipe.variants["int8-static"].model_copy(update={"fallback": None})
     context = BuildContext(

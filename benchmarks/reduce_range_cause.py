@@ -32,15 +32,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from quant.calibration.reader import checked_feeds
-from quant.calibration.sources import SampleSource, open_source
+from quant.data.feeds import checked_feeds
+from quant.data.sources import SampleSource, open_source
 from quant.methods.base import BuildContext
 from quant.methods.prepare import prepared_model
 from quant.methods.static_int8 import quantize_with_exclusions
 from quant.metrics.ctc import edit_distance, greedy_decode, to_text
 from quant.recipe.loader import load_recipe
 from quant.recipe.schema import ImageFolderSource
-from quant.runner import RunOptions, prepare
+from quant.checks import check_inputs
 
 LEVELS = {
     "sim": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -103,7 +103,7 @@ def normalised(text: str) -> str:
 
 def build_variants(recipe_path: str, work: Path) -> tuple[object, dict[str, Path]]:
     loaded = load_recipe(recipe_path)
-    prepared = prepare(loaded, RunOptions(out_dir=work, cache_dir=work / "cache"))
+    prepared = check_inputs(loaded)
     options = prepared.recipe.variants["int8-static"]
     context = BuildContext(
         prepared.model.path,

@@ -18,7 +18,7 @@ from pathlib import Path
 import onnxruntime as ort
 from PIL import Image
 
-from quant.calibration.transforms import image_to_tensor
+from quant.data.transforms import image_to_tensor
 from quant.recipe.schema import ImageInput
 from quant.seq2seq.generate import Family, GenerationConfig, generate
 
