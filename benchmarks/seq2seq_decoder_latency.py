@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from quant.calibration.transforms import image_to_tensor
+from quant.data.transforms import image_to_tensor
 from quant.seq2seq.generate import Family, GenerationConfig, generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools" / "seq2seq_ocr"))

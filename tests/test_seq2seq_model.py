@@ -16,7 +16,7 @@ import pytest
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from PIL import Image
 
-from quant.calibration.transforms import image_to_tensor
+from quant.data.transforms import image_to_tensor
 from quant.methods.base import BuildContext, builder_for
 from quant.metrics.ctc import edit_distance
 from quant.model import file_sha256
