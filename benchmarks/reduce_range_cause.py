@@ -131,7 +131,7 @@ def extra_source(prepared: object, folder: Path) -> SampleSource:
     recipe = prepared.recipe  # type: ignore[attr-defined]
     spec = recipe.evaluation.model_copy(
         update={
-            "source": ImageFolderSource(images=str(folder), labels="labels.tsv"),
+            "source": ImageFolderSource(images=str(folder.resolve()), labels="labels.tsv"),
             "samples": None,
         }
     )
@@ -491,6 +491,7 @@ def main() -> None:
         default=[],
         help="More line folders (images + labels.tsv) to measure on.",
     )
+    parser.add_argument("--only-extra", action="store_true", help="Section 2 on the --extra-eval folders only.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--layer-lines", type=int, default=24)
     parser.add_argument("--draws", type=int, default=3, help="Rounding draws per bit width in section 5.")
@@ -509,7 +510,7 @@ def main() -> None:
     if "fidelity" not in args.skip:
         kernel_fidelity(paths, feeds[:8], args.threads)
     if "text" not in args.skip:
-        sources: Iterable[tuple[str, SampleSource]] = [("the recipe's evaluation lines", prepared.evaluation)]
+        sources: Iterable[tuple[str, SampleSource]] = [] if args.only_extra else [("the recipe's evaluation lines", prepared.evaluation)]
         sources = [
             *sources,
             *((str(folder), extra_source(prepared, folder)) for folder in args.extra_eval),
