@@ -240,15 +240,15 @@ def run_side_by_side(args: argparse.Namespace) -> None:
 
     import onnxruntime as ort
 
+    from quant.checks import check_inputs
     from quant.data.feeds import checked_feeds
     from quant.data.sources import open_source
     from quant.methods.base import BuildContext
     from quant.methods.prepare import prepared_model
-    from quant.methods.static_int8 import quantize_with_exclusions
+    from quant.methods.static_int8 import build_static_int8
     from quant.metrics.ctc import edit_distance, greedy_decode, to_text
     from quant.recipe.loader import load_recipe
     from quant.recipe.schema import ImageFolderSource
-    from quant.checks import check_inputs
 
     args.work.mkdir(parents=True, exist_ok=True)
     prepared = check_inputs(load_recipe(args.recipe))
@@ -260,8 +260,7 @@ def run_side_by_side(args: argparse.Namespace) -> None:
         prepared.model.inputs,
         args.work / "build",
         args.work / "cache",
-        prepared.calibration,
-        prepared.evaluation,
+        calibration=prepared.calibration,
     )
     source_model = prepared_model(context.model_path, context.model_sha256, options.prepare, context.cache_dir)
     calib_feeds = [f for _, f in checked_feeds(prepared.calibration, prepared.model.inputs)]
@@ -269,7 +268,7 @@ def run_side_by_side(args: argparse.Namespace) -> None:
 
     quant_path = args.work / "quant_int8_static.onnx"
     if not quant_path.is_file():
-        quantize_with_exclusions(options, context, quant_path, [])
+        build_static_int8(options, context, quant_path)
     models["quant static INT8"] = quant_path
 
     nncf_path = args.work / "nncf_default.onnx"

@@ -32,15 +32,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from quant.checks import check_inputs
 from quant.data.feeds import checked_feeds
 from quant.data.sources import SampleSource, open_source
 from quant.methods.base import BuildContext
 from quant.methods.prepare import prepared_model
-from quant.methods.static_int8 import quantize_with_exclusions
+from quant.methods.static_int8 import build_static_int8
 from quant.metrics.ctc import edit_distance, greedy_decode, to_text
 from quant.recipe.loader import load_recipe
 from quant.recipe.schema import ImageFolderSource
-from quant.checks import check_inputs
 
 LEVELS = {
     "sim": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -111,15 +111,14 @@ def build_variants(recipe_path: str, work: Path) -> tuple[object, dict[str, Path
         prepared.model.inputs,
         work / "build",
         work / "cache",
-        prepared.calibration,
-        prepared.evaluation,
+        calibration=prepared.calibration,
     )
     paths = {}
     for bits, reduce_range in (("w7", True), ("w8", False)):
         out = work / f"rec_int8_{bits}.onnx"
         if not out.is_file():
             variant = options.model_copy(update={"reduce_range": reduce_range, "fallback": None})
-            result = quantize_with_exclusions(variant, context, out, [])
+            result = build_static_int8(variant, context, out)
             print(f"built {out.name}: {result.details['quantized_ops']}")
         paths[bits] = out
     # The graph the quantizer started from: same tensor names as the quantized models, for per-layer errors.
