@@ -173,13 +173,6 @@ def minmax_ranges(model_path: Path, names: list[str], feeds: list[dict[str, np.n
 # --------------------------------------------------------------------------- measurement
 
 
-def wilson(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    p = successes / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return centre - half, centre + half
-
-
 def bootstrap_delta(
     edits_variant: np.ndarray,
     edits_fp32: np.ndarray,
@@ -243,6 +236,7 @@ def run_side_by_side(args: argparse.Namespace) -> None:
     from quant.checks import check_inputs
     from quant.data.feeds import checked_feeds
     from quant.data.sources import open_source
+    from quant.intervals import wilson
     from quant.methods.base import BuildContext
     from quant.methods.prepare import prepared_model
     from quant.methods.static_int8 import build_static_int8
@@ -374,8 +368,8 @@ def run_side_by_side(args: argparse.Namespace) -> None:
         delta = (edits.sum() - fp32_edits.sum()) / lengths.sum() * 100
         low, high = bootstrap_delta(edits, fp32_edits, lengths)
         q1, median, q3 = np.percentile(per_round[name], [25, 50, 75])
-        rl, rh = wilson(raw, n)
-        nl, nh = wilson(nfkc, n)
+        rl, rh = wilson(raw, n).low, wilson(raw, n).high
+        nl, nh = wilson(nfkc, n).low, wilson(nfkc, n).high
         print(
             f"| {name} | {ops.get('QLinearConv', 0)} / {ops.get('Conv', 0) + ops.get('FusedConv', 0)} / {ops.get('QLinearMatMul', 0)} "
             f"| {raw / n:.3f} [{rl:.2f}, {rh:.2f}] | {nfkc / n:.3f} [{nl:.2f}, {nh:.2f}] "

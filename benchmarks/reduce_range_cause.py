@@ -35,6 +35,7 @@ import onnxruntime as ort
 from quant.checks import check_inputs
 from quant.data.feeds import checked_feeds
 from quant.data.sources import SampleSource, open_source
+from quant.intervals import wilson
 from quant.methods.base import BuildContext
 from quant.methods.prepare import prepared_model
 from quant.methods.static_int8 import build_static_int8
@@ -65,15 +66,6 @@ def with_outputs(path: Path, names: list[str]) -> onnx.ModelProto:
         if name not in existing:
             model.graph.output.append(onnx.ValueInfoProto(name=name))
     return model
-
-
-def wilson(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    if total == 0:
-        return math.nan, math.nan
-    p = successes / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return centre - half, centre + half
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
@@ -239,8 +231,8 @@ def text_agreement(
     print(f"{'variant':8s} {'raw agreement [95% CI]':>26s} {'NFKC agreement [95% CI]':>26s} {'CER vs FP32 (NFKC)':>19s} {'label CER delta':>16s}")
     for name, t in tallies.items():
         raw, norm = sum(t.raw), sum(t.norm)
-        lo, hi = wilson(raw, n)
-        nlo, nhi = wilson(norm, n)
+        lo, hi = wilson(raw, n).low, wilson(raw, n).high
+        nlo, nhi = wilson(norm, n).low, wilson(norm, n).high
         delta = (t.label_edits - t.label_edits_fp32) / t.label_length * 100 if t.label_length else math.nan
         print(
             f"{name:8s} {raw / n:8.3f} [{lo:.3f}, {hi:.3f}]      {norm / n:8.3f} [{nlo:.3f}, {nhi:.3f}]"
