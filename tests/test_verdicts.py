@@ -92,3 +92,21 @@ def test_only_undecided_variants_in_the_way_exit_4_never_0_or_1(workspace: dict[
     assert run_verdict(strict.promotion, undecided, [], False)[0] == 1  # b failed: settling a cannot help
     passing = [_outcome("a", "inconclusive"), _outcome("b", "passed")]
     assert run_verdict(recipe.promotion, passing, passing[1:], True)[0] == 0
+
+
+def test_junit_shows_intervals_and_never_passes_an_inconclusive_gate() -> None:
+    import xml.etree.ElementTree as ET
+
+    from quant.report.junit import render_junit
+
+    rounds = {"": {"latency_ratio": Interval(0.85, 0.95, 60, "bootstrap")}}
+    straddling = judge(gate(metric="latency_ratio", max=0.9), {}, {"latency_ratio": 0.88}, CTC, intervals=rounds)
+    lines = {"probs": {"ctc_exact_match": wilson(190, 200)}}
+    holding = judge(gate(metric="ctc_exact_match", min=0.9), {"probs": {"ctc_exact_match": 0.95}}, {}, CTC, intervals=lines)
+    results = {"recipe": {"name": "r"}, "variants": {"v": {"status": "inconclusive", "gates": [straddling.to_dict(), holding.to_dict()]}}}
+    suite = ET.fromstring(render_junit([results]).split("\n", 1)[1]).find("testsuite")
+    assert suite is not None and suite.get("failures") == "1"
+    latency, agreement = suite.findall("testcase")
+    failure = latency.find("failure")
+    assert failure is not None and failure.get("type") == "GateInconclusive"
+    assert agreement.find("failure") is None and "n=200" in (agreement.findtext("system-out") or "")
