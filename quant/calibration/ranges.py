@@ -91,6 +91,7 @@ def calibration_ranges(
     op_types: list[str] | None,
     cache_dir: Path,
     log: Callable[[str], None],
+    progress: Callable[[int], None] | None = None,  # samples done, per pass (the calibration test point's test counts them)
 ) -> CalibrationRanges:
     key = cache_key(model_sha256, source.fingerprint, source.feeds_signature, method, percentile, op_types)
     cache_file = cache_dir / "calibration" / f"{key}.json"
@@ -112,6 +113,7 @@ def calibration_ranges(
             # The tensors quantize_static itself would calibrate for these op types.
             op_types_to_calibrate=op_types or quantize_static_default_op_types(),
             work_dir=Path(work_dir),
+            progress=progress,
         )
     # save_tensors_data writes to a temporary file and renames it: a crash never leaves half a cache.
     save_tensors_data(ranges, cache_file)
