@@ -32,10 +32,19 @@ def test_real_rec_model_static_int8_is_quantized_and_judged(tmp_path: Path) -> N
     ops = {n.op_type for n in onnx.load(str(tmp_path / "run" / "variants" / "int8-static.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert static["size_ratio"] < 0.4  # weights really are 8-bit
-    # FP16 keeps rec's text: every accuracy gate of the shipped recipe holds (latency is the machine's business).
+    # FP16 keeps rec's text. On 24 lines one differing line is already 4 % (FP16 agrees on 99.3 % of the 552
+    # eval lines), so: at most one line differs, and every other accuracy gate of the shipped recipe holds on its
+    # point value (24 lines are too few for an interval gate to clear; latency is the machine's business).
     accuracy_gates = [g for g in fp16["gates"] if g["metric"] not in ("latency_ratio", "size_ratio")]
-    assert {g["metric"] for g in accuracy_gates} >= {"ctc_exact_match_norm"}
-    assert all(g["passed"] for g in accuracy_gates), accuracy_gates
+    agreement = next(g["observed"] for g in accuracy_gates if g["metric"] == "ctc_exact_match_norm")
+    assert agreement >= 1 - 1 / 24 - 1e-9, accuracy_gates
+    point_gates = [g for g in accuracy_gates if g["metric"] != "ctc_exact_match_norm" and g["must_clear"] != "interval"]
+    assert {g["metric"] for g in point_gates} >= {"ctc_cer_norm", "label_cer_delta"}
+    assert all(g["passed"] for g in point_gates), point_gates
+    # and static INT8 built with plain MinMax is worse than FP16 where a reader feels it
+    static_delta = next(g["observed"] for g in static["gates"] if g["metric"] == "label_cer_delta")
+    fp16_delta = next(g["observed"] for g in fp16["gates"] if g["metric"] == "label_cer_delta")
+    assert static_delta > fp16_delta
     assert {g["metric"] for g in static["gates"]} >= {"ctc_exact_match_norm", "latency_ratio"}
     # The exit code is the promotion policy's verdict (all_passing: 0 when a variant passed every gate).
     assert done.returncode in (0, 1, 4) and (done.returncode == 0) == any(v["status"] == "passed" for v in (static, fp16))
