@@ -7,11 +7,11 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from quant.intervals import Interval
-from quant.metrics.catalogue import VARIANT_METRICS, badness, kind_metrics
+from quant.metrics.catalogue import TIMED_METRICS, VARIANT_METRICS, badness, kind_metrics
 from quant.recipe.schema import Gate, OutputSpec
 
 Verdict = Literal["passed", "failed", "inconclusive"]
-REMEASURED = frozenset({"latency_ratio"})  # measured again while undecided; its interval always decides
+REMEASURED = frozenset(TIMED_METRICS)  # measured again while undecided; its interval always decides
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,6 @@ def judge_all(
     return [judge(g, output_metrics, variant_metrics, output_specs, previous, intervals) for g in gates]
 
 
-def latency_bounds(gates: list[Gate]) -> list[tuple[float | None, float | None]]:
-    """The thresholds the latency measurement must settle (it measures more rounds while one is straddled)."""
-    return [(g.min, g.max) for g in gates if g.metric in REMEASURED and (g.min is not None or g.max is not None)]
+def latency_bounds(gates: list[Gate], metric: str = "latency_ratio") -> list[tuple[float | None, float | None]]:
+    """The thresholds on the timed `metric` the latency measurement must settle (it measures more rounds while one is straddled)."""
+    return [(g.min, g.max) for g in gates if g.metric == metric and (g.min is not None or g.max is not None)]

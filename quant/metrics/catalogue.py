@@ -39,6 +39,7 @@ class Metric:
     perfect: float | None = None  # its value when the variant's outputs equal FP32's, where that is a finite number
     gate: bool = True  # False: reported beside another metric, not a gate of its own
     needs: tuple[Need, ...] = ()
+    timed: bool = False  # measured in timed rounds: its interval is over rounds, more are measured while undecided
 
     @property
     def variant_wide(self) -> bool:
@@ -160,16 +161,105 @@ _PER_KIND = [
 ]
 _VARIANT_WIDE = [
     Metric("size_ratio", "variant file size / FP32 file size", lower_is_better=True),
-    Metric("latency_ratio", "variant median latency / FP32 median latency (interleaved runs)", lower_is_better=True),
+    Metric("latency_ratio", "variant median latency / FP32 median latency (interleaved runs)", lower_is_better=True, timed=True),
+]
+# Encoder–decoder families (quant.seq2seq.compare): greedy generation of the variant family vs the FP32
+# family on the same images. Variant-wide: a family has no single output to name.
+_GENERATION = [
+    Metric(
+        "seq_exact_match",
+        "fraction of images whose greedily generated token sequence equals FP32's exactly",
+        headline=10,
+        interval="rate",
+        perfect=1.0,
+    ),
+    Metric(
+        "seq_cer_vs_fp32",
+        "character error rate of the variant's generated text vs FP32's generated text",
+        lower_is_better=True,
+        headline=12,
+        interval="bootstrap",
+        perfect=0.0,
+    ),
+    Metric(
+        "seq_label_cer",
+        "character error rate of the variant's generated text vs the ground-truth labels",
+        lower_is_better=True,
+        interval="bootstrap",
+        needs=("labels",),
+    ),
+    Metric(
+        "seq_label_cer_reference",
+        "seq_label_cer of FP32 itself (reported beside seq_label_cer)",
+        lower_is_better=True,
+        interval="bootstrap",
+        gate=False,
+        needs=("labels",),
+    ),
+    Metric(
+        "seq_label_cer_delta",
+        "seq_label_cer of the variant minus seq_label_cer of FP32",
+        lower_is_better=True,
+        headline=11,
+        interval="bootstrap",
+        perfect=0.0,
+        needs=("labels",),
+    ),
+    Metric(
+        "teacher_forced_top1",
+        "fraction of FP32's decoding steps where the variant, fed FP32's tokens, picks FP32's token",
+        headline=13,
+        interval="rate",
+        perfect=1.0,
+    ),
+    Metric(
+        "teacher_forced_kl",
+        "mean KL divergence (nats) of the variant's next-token distribution from FP32's, the variant fed FP32's tokens",
+        lower_is_better=True,
+        interval="bootstrap",
+        perfect=0.0,
+    ),
+    Metric(
+        "seq_early_divergence",
+        "fraction of images whose generated tokens leave FP32's within the first k (compare's `early_tokens`, default 3)",
+        lower_is_better=True,
+        interval="rate",
+        perfect=0.0,
+    ),
+    Metric(
+        "first_divergence_median",
+        "median 0-based position of the first token where the variant leaves FP32's sequence, over the images "
+        "where it does (inf when none does)",
+    ),
+    Metric(
+        "seq_unfinished",
+        "fraction of images where the variant generated max_new_tokens without the end token (a looping decoder)",
+        lower_is_better=True,
+        interval="rate",
+    ),
+    Metric(
+        "image_latency_ratio",
+        "variant / FP32 median time per image: encoder plus whole greedy generation (interleaved rounds)",
+        lower_is_better=True,
+        timed=True,
+    ),
+    Metric(
+        "token_latency_ratio",
+        "variant / FP32 median time per generated token, encoder included (interleaved rounds)",
+        lower_is_better=True,
+        timed=True,
+    ),
 ]
 
-CATALOGUE: dict[str, Metric] = {m.name: m for m in (*_NUMERIC, *_PER_KIND, *_VARIANT_WIDE)}
+CATALOGUE: dict[str, Metric] = {m.name: m for m in (*_NUMERIC, *_PER_KIND, *_VARIANT_WIDE, *_GENERATION)}
 
 # Derived views, for readers that want a plain sequence.
 GATE_METRICS: tuple[str, ...] = tuple(name for name, m in CATALOGUE.items() if m.gate)
 VARIANT_METRICS: tuple[str, ...] = tuple(name for name, m in CATALOGUE.items() if m.variant_wide)
 HEADLINE_METRICS: tuple[str, ...] = tuple(m.name for m in sorted((m for m in CATALOGUE.values() if m.headline), key=lambda m: m.headline or 0))
 INTERVAL_METRICS: tuple[str, ...] = tuple(name for name, m in CATALOGUE.items() if m.interval)
+TIMED_METRICS: tuple[str, ...] = tuple(name for name, m in CATALOGUE.items() if m.timed)
+GENERATION_METRICS: tuple[str, ...] = tuple(m.name for m in _GENERATION if not m.timed)
 
 
 def kind_metrics(kind: str) -> tuple[str, ...]:

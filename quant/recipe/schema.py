@@ -12,9 +12,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
-from quant.metrics.catalogue import GATE_METRICS, INTERVAL_METRICS
+from quant.metrics.catalogue import GATE_METRICS, INTERVAL_METRICS, TIMED_METRICS
 
-INTERVAL_GATE_METRICS = (*INTERVAL_METRICS, "latency_ratio")  # latency: an interval over its timed rounds (quant.bench)
+INTERVAL_GATE_METRICS = (*INTERVAL_METRICS, *TIMED_METRICS)  # latency: an interval over its timed rounds (quant.bench)
 
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 

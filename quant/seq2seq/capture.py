@@ -10,11 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from quant.seq2seq.generate import Family, Feeds, GenerationConfig, generate
+from quant.seq2seq.generate import ENCODER_STATES, PAST_PREFIX, Family, Feeds, GenerationConfig, generate
 
 DECODER_PARTS = ("decoder", "decoder_with_past")
+
+
+class ZeroStateError(ValueError):
+    """A decoder step was about to be calibrated on all-zero keys/values or encoder states."""
+
+
+def check_real_state(part: str, feeds: Feeds) -> Feeds:
+    """Refuse an all-zero past key/value or encoder state: calibrating on those gives ranges of nothing
+    (the garbage static decoders of the field). Real generation never produces an exactly zero tensor."""
+    for name, value in feeds.items():
+        if (name.startswith(PAST_PREFIX) or name == ENCODER_STATES) and value.size and not np.any(value):
+            raise ZeroStateError(
+                f"{part} calibration feed '{name}' {list(value.shape)} is all zeros: calibrate on states captured from FP32 generation"
+            )
+    return feeds
 
 
 class CapturedDecoderReader(CalibrationDataReader):
@@ -33,7 +49,7 @@ class CapturedDecoderReader(CalibrationDataReader):
 
         def keep(part: str, fed: Feeds) -> None:
             if part == self.part:
-                steps.append(fed)
+                steps.append(check_real_state(part, fed))
 
         generate(self.family, encoder_feeds, self.config, observe=keep)
         return steps
@@ -46,3 +62,20 @@ class CapturedDecoderReader(CalibrationDataReader):
 
     def get_next(self) -> Feeds | None:
         return next(self._feeds, None)
+
+
+class CapturedFeeds:
+    """Re-iterable feeds of a decoder part from FP32 generation: each pass generates again (histogram
+    calibration reads the data several times), holding one input's steps at a time. `encoder_feeds`
+    must be re-iterable too (a list, or an object whose __iter__ starts over)."""
+
+    def __init__(self, family: Family, encoder_feeds: Iterable[Feeds], config: GenerationConfig, part: str) -> None:
+        if iter(encoder_feeds) is encoder_feeds:
+            raise TypeError("encoder_feeds is read once per pass: give a list or another re-iterable, not an iterator")
+        CapturedDecoderReader(family, [], config, part)  # checks the part name before any generation
+        self.family, self.encoder_feeds, self.config, self.part = family, encoder_feeds, config, part
+
+    def __iter__(self) -> Iterator[Feeds]:
+        reader = CapturedDecoderReader(self.family, self.encoder_feeds, self.config, self.part)
+        while (feeds := reader.get_next()) is not None:
+            yield feeds
