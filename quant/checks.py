@@ -21,6 +21,7 @@ from quant.recipe.schema import Recipe
 from quant.release.destination import Destination, destination_for
 from quant.release.previous import PreviousRelease
 from quant.splits import tuning_source
+from quant.stateful import check_state
 from quant.validation import all_gates, check_charset_covers_classes, check_gate_needs, check_not_already_fp16, check_subgraph_compute
 
 
@@ -111,7 +112,7 @@ def _check_inputs(loaded: LoadedRecipe, only: tuple[str, ...], version: str | No
     input_names = list(model.inputs)
     evaluation = open_source(recipe.evaluation, loaded.base_dir, recipe.inputs, input_names, "evaluation")
     check_gate_needs(recipe, list(model.outputs), evaluation)
-    _check_gates_supportable(recipe, len(evaluation), file)
+    _check_gates_supportable(recipe, len({s.sequence for s in evaluation.samples}) if recipe.state else len(evaluation), file)
     calibration = open_source(recipe.calibration, loaded.base_dir, recipe.inputs, input_names, "calibration") if recipe.calibration else None
     tuning = open_source(recipe.tuning, loaded.base_dir, recipe.inputs, input_names, "tuning") if recipe.tuning else None
     splits = [s for s in (calibration, tuning, evaluation) if s is not None]
@@ -121,6 +122,7 @@ def _check_inputs(loaded: LoadedRecipe, only: tuple[str, ...], version: str | No
     for split in splits:
         for _ in checked_feeds(split, model.inputs):
             pass  # every sample must decode and fit the model before any work starts
+    check_state(recipe.state, model, [s for s in (evaluation, tuning) if s is not None], file)
     variants = only or tuple(recipe.variants)
     tuning, tuned_on_evaluation = tuning_source(recipe, tuple(variants), tuning, evaluation, allow_tuning_on_evaluation, file)
     destination = destination_for(recipe.promotion, loaded.base_dir, recipe.name, tuple(recipe.variants), version)

@@ -1,13 +1,15 @@
-"""Running models on the evaluation set: FP32 once (outputs cached on disk), then each variant against it."""
+"""Running models on the evaluation set: FP32 once (outputs cached on disk), then each variant against it.
+With a recipe `state`, both run closed-loop over each sequence (quant.stateful)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +17,12 @@ import onnxruntime as ort
 
 from quant.compare import OutputComparison
 from quant.data.feeds import checked_feeds
-from quant.data.sources import SampleSource
+from quant.data.sources import Feeds, Sample, SampleSource
 from quant.errors import BuildError, DataError, ModelError
 from quant.files import remove_abandoned
 from quant.model import Dims, session
 from quant.recipe.schema import OutputSpec
+from quant.stateful import by_sequence, closed_loop
 from quant.testpoint import pause_point
 
 
@@ -31,10 +34,12 @@ class Reference:
     output_names: list[str]
     seconds: float
     cache_hit: bool
+    state: dict[str, str] = field(default_factory=dict)  # output -> input fed back within a sequence (closed loop)
 
 
-def _reference_key(model_sha256: str, source: SampleSource, inputs_signature: str) -> str:
-    return hashlib.sha256(f"{model_sha256}|{source.fingerprint}|{inputs_signature}".encode()).hexdigest()[:32]
+def _reference_key(model_sha256: str, source: SampleSource, inputs_signature: str, state: dict[str, str]) -> str:
+    text = f"{model_sha256}|{source.fingerprint}|{inputs_signature}|{json.dumps(state, sort_keys=True) if state else ''}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def run_reference(
@@ -46,9 +51,12 @@ def run_reference(
     cache_dir: Path,
     threads: int,
     progress: Callable[[int], None] | None = None,
+    state: dict[str, str] | None = None,
 ) -> Reference:
-    """FP32 outputs for every evaluation sample, computed once and kept on disk (bounded memory)."""
-    folder = cache_dir / "reference" / _reference_key(model_sha256, source, inputs_signature)
+    """FP32 outputs for every evaluation sample, computed once and kept on disk (bounded memory); with
+    `state`, each sequence closed-loop on FP32's own state."""
+    state = dict(state or {})
+    folder = cache_dir / "reference" / _reference_key(model_sha256, source, inputs_signature, state)
     try:
         fp32 = session(model_path, threads=threads)
     except Exception as error:  # onnxruntime's own exception types: the model passed the checker but cannot run
@@ -57,7 +65,7 @@ def run_reference(
         ) from None
     names = [o.name for o in fp32.get_outputs()]
     if (folder / "complete").is_file():
-        return Reference(folder, names, 0.0, True)
+        return Reference(folder, names, 0.0, True, state)
     # Left by a killed run: never complete, never used.
     remove_abandoned(folder.parent.glob(f"{folder.name}.tmp*"), lambda name: name.rsplit(".tmp", 1)[-1])
     scratch = folder.with_name(folder.name + f".tmp{os.getpid()}")
@@ -65,13 +73,16 @@ def run_reference(
     quiet_run.log_severity_level = 4  # a failing sample is reported once, as a DataError, not also in onnxruntime's log
     scratch.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    for index, (sample, feeds) in enumerate(checked_feeds(source, model_inputs)):
+
+    def run(sample: Sample, feeds: Feeds) -> dict[str, np.ndarray]:
         try:
-            outputs = fp32.run(names, feeds, quiet_run)
+            return dict(zip(names, fp32.run(names, feeds, quiet_run)))
         except Exception as error:  # fits the declared dims, but the graph cannot run it (e.g. a Reshape)
             detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
             raise DataError(f"the FP32 model fails on sample '{sample.id}': {detail}", file=source.where, field=f"{source.field}.source") from None
-        np.savez(scratch / f"{index:06d}.npz", **{f"o{i}": o for i, o in enumerate(outputs)})
+
+    for index, sample, outputs in closed_loop(checked_feeds(source, model_inputs), state, run):
+        np.savez(scratch / f"{index:06d}.npz", **{f"o{i}": outputs[name] for i, name in enumerate(names)})
         if progress:
             progress(index + 1)
         if index == 0:
@@ -81,7 +92,7 @@ def run_reference(
         shutil.rmtree(scratch, ignore_errors=True)
     else:
         os.replace(scratch, folder)
-    return Reference(folder, names, time.perf_counter() - started, False)
+    return Reference(folder, names, time.perf_counter() - started, False, state)
 
 
 def reference_outputs(reference: Reference, index: int) -> list[np.ndarray]:
@@ -97,20 +108,35 @@ def evaluate_variant(
     output_specs: dict[str, OutputSpec],
     charsets: dict[str, list[str]],
     threads: int,
+    teacher_forced: bool = False,
 ) -> dict[str, OutputComparison]:
-    """Run the variant on every evaluation sample and compare each output with FP32's."""
+    """Run the variant on every evaluation sample and compare each output with FP32's. With the reference's
+    `state`, the variant runs each sequence closed-loop on its own state (or on FP32's, `teacher_forced`,
+    which shows one step's error only) and each sequence is one sample of the comparison."""
     try:
         candidate = session(variant_path, threads=threads)
     except Exception as error:  # onnxruntime raises its own exception types for unloadable models
         raise BuildError(f"the variant does not load in onnxruntime: {str(error).splitlines()[0][:300]}") from None
     comparisons = {name: OutputComparison(output_specs.get(name, OutputSpec()), charsets.get(name)) for name in reference.output_names}
-    for index, (sample, feeds) in enumerate(checked_feeds(source, model_inputs)):
+    names = reference.output_names
+
+    def run(sample: Sample, feeds: Feeds) -> dict[str, np.ndarray]:
         try:
-            outputs = candidate.run(reference.output_names, feeds)
+            return dict(zip(names, candidate.run(names, feeds)))
         except Exception as error:
             raise BuildError(f"the variant fails to run on '{sample.id}': {str(error).splitlines()[0][:300]}") from None
-        for name, expected, actual in zip(reference.output_names, reference_outputs(reference, index), outputs):
+
+    def teacher(index: int) -> dict[str, np.ndarray]:
+        return dict(zip(names, reference_outputs(reference, index)))
+
+    def steps() -> Iterator[tuple[Sample, list[np.ndarray], list[np.ndarray]]]:
+        looped = closed_loop(checked_feeds(source, model_inputs), reference.state, run, teacher if teacher_forced else None)
+        for index, sample, outputs in looped:
+            yield sample, reference_outputs(reference, index), [outputs[name] for name in names]
+            if index == 0:
+                pause_point("evaluation")
+
+    for sample, expected_outputs, actual_outputs in by_sequence(steps()) if reference.state else steps():
+        for name, expected, actual in zip(names, expected_outputs, actual_outputs):
             comparisons[name].add(sample.id, expected, actual, sample.label, sample.slice)
-        if index == 0:
-            pause_point("evaluation")
     return comparisons

@@ -102,7 +102,7 @@ def _split(name: SplitName, source: SampleSource, inputs: RunInputs, options: Ru
         reference = run_reference(
             inputs.model.path, inputs.model.sha256, source, inputs.model.inputs,
             inputs_signature(inputs.recipe.inputs),
-            options.cache_dir, inputs.recipe.bench.threads, progress=bar.update,
+            options.cache_dir, inputs.recipe.bench.threads, progress=bar.update, state=inputs.recipe.state,
         )  # fmt: skip
     return Split(name, source, reference)
 

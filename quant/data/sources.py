@@ -34,6 +34,7 @@ class Sample:
     fingerprint: str
     label: str | None = None
     slice: str | None = None  # e.g. clean, blur, noise: results are also reported per slice
+    sequence: str | None = None  # the sequence a step belongs to (npz `sequence`): fed closed-loop when the recipe has `state`
 
 
 def _sha256(data: bytes) -> str:
@@ -191,9 +192,34 @@ class NpzTensors(SampleSource):
         counts = {n: int(a.shape[0]) if a.ndim else 0 for n, a in self._arrays.items()}
         if len(set(counts.values())) != 1 or 0 in counts.values():
             raise DataError(f"arrays need the same, non-zero number of samples on axis 0; got {counts}", file=str(path), field=f"{field}.source.npz")
-        chosen = _choose(list(range(next(iter(counts.values())))), dataset.samples, dataset.seed)
-        samples = [Sample(id=f"{path.name}[{i}]", fingerprint=self._row_hash(i)) for i in chosen]
+        rows = next(iter(counts.values()))
+        if spec.sequence is None:
+            chosen = _choose(list(range(rows)), dataset.samples, dataset.seed)
+            samples = [Sample(id=f"{path.name}[{i}]", fingerprint=self._row_hash(i)) for i in chosen]
+        else:
+            sequences = self._sequences(spec.sequence, rows, f"{field}.source.sequence")
+            chosen_ids = _choose(list(sequences), dataset.samples, dataset.seed)  # whole sequences, never cut
+            samples = [
+                Sample(id=f"{path.name}[{i}]", fingerprint=self._row_hash(i), sequence=name) for name in chosen_ids for i in sequences[name]
+            ]
         super().__init__(str(path), field, samples)
+
+    def _sequences(self, array_name: str, rows: int, field: str) -> dict[str, list[int]]:
+        """{sequence id: its rows in step order}; the rows of a sequence must be consecutive."""
+        with np.load(self.path, allow_pickle=False) as archive:
+            if array_name not in archive.files:
+                present = list(archive.files)
+                raise DataError(f"no array '{array_name}' for the sequence ids; arrays present: {present}", file=str(self.path), field=field)
+            ids = archive[array_name]
+        if ids.ndim != 1 or len(ids) != rows:
+            raise DataError(f"'{array_name}' needs one value per row ({rows}); its shape is {list(ids.shape)}", file=str(self.path), field=field)
+        sequences: dict[str, list[int]] = {}
+        for row, value in enumerate(ids.tolist()):
+            name = str(value)
+            if name in sequences and sequences[name][-1] != row - 1:
+                raise DataError(f"the rows of sequence '{name}' are not consecutive (row {row})", file=str(self.path), field=field)
+            sequences.setdefault(name, []).append(row)
+        return sequences
 
     def _array(self, name: str) -> np.ndarray:
         if name not in self._arrays:

@@ -72,7 +72,7 @@ def _validation_split(prepared: RunInputs, tuning: Split | None, scanned: Sample
         return _Validation("tuning", tuning.source, tuning.reference)
     recipe, model = prepared.recipe, prepared.model
     signature = inputs_signature(recipe.inputs)
-    reference = run_reference(model.path, model.sha256, scanned, model.inputs, signature, options.cache_dir, recipe.bench.threads)
+    reference = run_reference(model.path, model.sha256, scanned, model.inputs, signature, options.cache_dir, recipe.bench.threads, state=recipe.state)
     return _Validation("calibration", scanned, reference)
 
 

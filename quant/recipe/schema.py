@@ -203,6 +203,11 @@ class NpzSource(Strict):
         description="Model inputs whose rows are fed exactly as stored, without the batch axis of one otherwise added in front "
         "(a recurrent state such as [2, 1, 128]; a scalar such as a sample rate, stored as one number per row).",
     )
+    sequence: str | None = Field(
+        default=None,
+        description="Name of an array in the .npz (one value per row, not a model input) naming each row's sequence: the rows of a "
+        "sequence are consecutive, in step order, and `samples` then counts whole sequences. Needed where the recipe has `state`.",
+    )
 
 
 def _source_kind(value: object) -> str | None:
@@ -635,10 +640,26 @@ class Recipe(Strict):
     evaluation: DataSet = Field(
         description="Held-out samples every variant and FP32 run on and the gates judge on; never the calibration or tuning samples."
     )
+    state: dict[str, str] = Field(
+        default_factory=dict,
+        description="Closed-loop evaluation of a recurrent or streaming model: per output name, the input it feeds at the next step "
+        "(e.g. {stateN: state}). Evaluation and tuning then run sequences (`sequence` in their npz source): the first step of each is "
+        "fed as stored, every later step gets the model's own previous output (the variant its own, FP32 FP32's), so error that "
+        "builds up through the state is measured; each sequence is one sample of the comparison.",
+    )
     variants: dict[str, Variant] = Field(description="Variants to build, by name.")
     gates: list[Gate] = Field(default_factory=list, description="Gates applied to every variant unless the variant overrides them.")
     bench: Bench = Field(default_factory=Bench)
     promotion: Promotion = Field(default_factory=Promotion)
+
+    @field_validator("state")
+    @classmethod
+    def _one_output_per_input(cls, value: dict[str, str]) -> dict[str, str]:
+        fed = [name for name in value.values()]
+        twice = sorted({name for name in fed if fed.count(name) > 1})
+        if twice:
+            raise ValueError(f"input(s) {twice} are fed by more than one output; each input takes one output")
+        return value
 
     @field_validator("variants")
     @classmethod
