@@ -45,7 +45,10 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "search": (["quant/search.py"], ["tests/test_search_promises.py", "tests/test_static_search.py"]),
     "calibration-cache": (["quant/calibration/ranges.py"], ["tests/test_calibration_cache.py"]),
-    "promotion": (["quant/promote.py"], ["tests/test_release_promises.py", "tests/test_cli.py::test_passing_run_promotes_a_verifiable_release"]),
+    "promotion": (
+        ["quant/release/folder.py", "quant/release/bundle.py", "quant/release/previous.py", "quant/release/policy.py", "quant/files.py"],
+        ["tests/test_release_promises.py", "tests/test_verdicts.py", "tests/test_cli.py::test_passing_run_promotes_a_verifiable_release"],
+    ),
     "cli-exit-codes": (["quant/cli.py"], ["tests/test_exit_codes.py", "tests/test_cli.py"]),
 }
 
