@@ -124,3 +124,13 @@ def test_without_out_the_run_goes_to_runs_slash_the_recipe_name(workspace: dict[
     done = run_cli("--recipe", str(path), "--quiet", cwd=root)
     assert done.returncode == 0, done.stderr
     assert (root / "runs" / "tiny" / "results.json").is_file() and (root / "runs" / "tiny" / "cache").is_dir()
+
+
+def test_a_full_disk_after_the_run_exits_2_naming_the_report_file(workspace: dict[str, Path]) -> None:
+    """The disk fills while the reports are written, after the run: the file that could not be written is named, not the run folder."""
+    root = workspace["root"]
+    path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"]))
+    done = run_cli("--recipe", str(path), "--out", str(root / "run"), "--quiet", "--json", "/dev/full", cwd=root)  # every write: ENOSPC
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == "quantize: error: /dev/full, field '--json': cannot write: No space left on device\n"
+    assert (root / "run" / "results.json").is_file()  # the run's own reports were written before
