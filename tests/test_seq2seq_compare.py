@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -86,6 +87,8 @@ def test_swapped_tokens_diverge_where_fp32_writes_them(fp32: Family, tmp_path: P
     assert metrics["teacher_forced_top1"] == pytest.approx((steps - 4) / steps)  # 12 and 13 mispredicted in two lines
     assert [line.id for line in result.mismatches()] == ["a", "b"]
     assert result.divergence_summary()["positions"] == [3, 8]
+    record = json.loads(json.dumps(result.to_dict()))
+    assert record["samples"] == 4 and record["metrics"]["seq_exact_match"]["samples"] == 4 and len(record["mismatches"]) == 2
 
 
 def test_gates_take_generation_metrics_like_any_variant_wide_metric(fp32: Family, tmp_path: Path) -> None:

@@ -130,12 +130,23 @@ class GenerationComparison:
         """The first `limit` images whose text differs from FP32's."""
         return [line for line in self.lines if line.first_divergence is not None][:limit]
 
+    def to_dict(self, examples: int = 10) -> dict[str, object]:
+        """JSON-ready: every metric with its interval and sample count, where lines diverge, the first mismatches."""
+        median = self.first_divergence_median()
+        return {
+            "samples": self.samples,
+            "metrics": {name: e.to_dict() for name, e in self.estimates().items()},
+            "first_divergence_median": median if math.isfinite(median) else None,
+            "first_divergence": self.divergence_summary(),
+            "mismatches": [line.to_dict() for line in self.mismatches(examples)],
+        }
+
     def divergence_summary(self) -> dict[str, object]:
         positions = self.divergences()
         return {
             "images": self.samples,
             "diverging": len(positions),
-            "median": self.first_divergence_median(),
+            "median": self.first_divergence_median() if positions else None,
             f"within_first_{self.early_tokens}": sum(p < self.early_tokens for p in positions),
             "positions": sorted(positions),
         }
