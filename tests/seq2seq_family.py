@@ -14,6 +14,7 @@ path goes through constant-weight MatMuls, which the methods quantize:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,10 @@ def vocabulary() -> dict[int, str]:
     return {i: ("<s>" if i == START else "</s>" if i == END else chars[i]) for i in range(VOCAB)}
 
 
-def _model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[str], constants: dict[str, np.ndarray]) -> onnx.ModelProto:
+def part_model(
+    nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[str], constants: dict[str, np.ndarray]
+) -> onnx.ModelProto:
+    """One checked part graph: float outputs (K/V 4-D, others 3-D), `constants` as initializers, opset 17."""
     graph = helper.make_graph(
         nodes,
         "part",
@@ -59,8 +63,43 @@ def _model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outpu
     return model
 
 
-def _kv(name: str, length: str) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 1, length, DIM])
+def decoder_models(
+    key_nodes: list[onnx.NodeProto],
+    head_nodes: Callable[[str, str], list[onnx.NodeProto]],
+    constants: dict[str, np.ndarray],
+    dim: int,
+) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """optimum's two decoder parts around one step: `key_nodes` make "new_key" [1, 1, T, dim] from input_ids;
+    `head_nodes(attended_key, cross_key)` make "logits" from the self-attention keys (past ones for the with-past
+    part) and the cross-attention keys; "present.0.decoder.key" is the whole cache in both parts. The first part
+    returns the encoder states as cross keys/values, the with-past part concatenates its new key to the past."""
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "T"])
+
+    def kv(name: str, length: str) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 1, length, dim])
+
+    first = part_model(
+        [*key_nodes,
+         helper.make_node("Identity", ["new_key"], ["present.0.decoder.key"]),
+         helper.make_node("Identity", ["new_key"], ["present.0.decoder.value"]),
+         helper.make_node("Unsqueeze", ["encoder_hidden_states", "head_axis"], ["present.0.encoder.key"]),
+         helper.make_node("Identity", ["present.0.encoder.key"], ["present.0.encoder.value"]),
+         *head_nodes("present.0.decoder.key", "present.0.encoder.key")],
+        [ids, helper.make_tensor_value_info("encoder_hidden_states", TensorProto.FLOAT, [1, "S", dim])],
+        ["logits", "present.0.decoder.key", "present.0.decoder.value", "present.0.encoder.key", "present.0.encoder.value"],
+        constants,
+    )  # fmt: skip
+    with_past = part_model(
+        [*key_nodes,
+         helper.make_node("Concat", ["past_key_values.0.decoder.key", "new_key"], ["present.0.decoder.key"], axis=2),
+         helper.make_node("Concat", ["past_key_values.0.decoder.value", "new_key"], ["present.0.decoder.value"], axis=2),
+         *head_nodes("past_key_values.0.decoder.key", "past_key_values.0.encoder.key")],
+        [ids, kv("past_key_values.0.decoder.key", "P"), kv("past_key_values.0.decoder.value", "P"),
+         kv("past_key_values.0.encoder.key", "S"), kv("past_key_values.0.encoder.value", "S")],
+        ["logits", "present.0.decoder.key", "present.0.decoder.value"],
+        constants,
+    )  # fmt: skip
+    return first, with_past
 
 
 def _key_nodes() -> list[onnx.NodeProto]:
@@ -71,7 +110,7 @@ def _key_nodes() -> list[onnx.NodeProto]:
     ]
 
 
-def _head_nodes(self_key: str, attended_key: str, cross_key: str) -> list[onnx.NodeProto]:
+def _head_nodes(attended_key: str, cross_key: str) -> list[onnx.NodeProto]:
     """target = cache length + mean(cross keys) + attention_weight · mean(q · keysᵀ); logits = bump(ids - target) @ W_lm."""
     return [
         helper.make_node("MatMul", ["new_key", "w_query"], ["query"], name="query_proj"),
@@ -79,7 +118,7 @@ def _head_nodes(self_key: str, attended_key: str, cross_key: str) -> list[onnx.N
         helper.make_node("MatMul", ["query", "keys_t"], ["scores"], name="attention"),
         helper.make_node("ReduceMean", ["scores"], ["attention_mean"], keepdims=0),
         helper.make_node("Mul", ["attention_mean", "attention_weight"], ["attention_shift"]),
-        helper.make_node("Shape", [self_key], ["length"], start=2, end=3),
+        helper.make_node("Shape", ["present.0.decoder.key"], ["length"], start=2, end=3),
         helper.make_node("Cast", ["length"], ["length_f"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMean", [cross_key], ["offset"], keepdims=0),
         helper.make_node("Add", ["length_f", "offset"], ["count_target"]),
@@ -107,35 +146,13 @@ def write_family(folder: Path, *, lm_head: np.ndarray | None = None, attention_w
         "head_axis": np.array([1], dtype=np.int64),
         "w_lm": (np.eye(VOCAB) * LM_SCALE if lm_head is None else lm_head).astype(np.float32),
     }
-    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "T"])
-    states = helper.make_tensor_value_info("encoder_hidden_states", TensorProto.FLOAT, [1, "S", DIM])
-    encoder = _model(
+    encoder = part_model(
         [helper.make_node("MatMul", ["pixel_values", "w_enc"], ["last_hidden_state"], name="encoder_proj")],
         [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, [1, "S", DIM])],
         ["last_hidden_state"],
         {"w_enc": np.eye(DIM, dtype=np.float32)},
     )
-    first = _model(
-        [*_key_nodes(),
-         helper.make_node("Identity", ["new_key"], ["present.0.decoder.key"]),
-         helper.make_node("Identity", ["new_key"], ["present.0.decoder.value"]),
-         helper.make_node("Unsqueeze", ["encoder_hidden_states", "head_axis"], ["present.0.encoder.key"]),
-         helper.make_node("Identity", ["present.0.encoder.key"], ["present.0.encoder.value"]),
-         *_head_nodes("present.0.decoder.key", "present.0.decoder.key", "present.0.encoder.key")],
-        [ids, states],
-        ["logits", "present.0.decoder.key", "present.0.decoder.value", "present.0.encoder.key", "present.0.encoder.value"],
-        constants,
-    )  # fmt: skip
-    with_past = _model(
-        [*_key_nodes(),
-         helper.make_node("Concat", ["past_key_values.0.decoder.key", "new_key"], ["present.0.decoder.key"], axis=2),
-         helper.make_node("Concat", ["past_key_values.0.decoder.value", "new_key"], ["present.0.decoder.value"], axis=2),
-         *_head_nodes("present.0.decoder.key", "past_key_values.0.decoder.key", "past_key_values.0.encoder.key")],
-        [ids, _kv("past_key_values.0.decoder.key", "P"), _kv("past_key_values.0.decoder.value", "P"),
-         _kv("past_key_values.0.encoder.key", "S"), _kv("past_key_values.0.encoder.value", "S")],
-        ["logits", "present.0.decoder.key", "present.0.decoder.value"],
-        constants,
-    )  # fmt: skip
+    first, with_past = decoder_models(_key_nodes(), _head_nodes, constants, DIM)
     folder.mkdir(parents=True, exist_ok=True)
     for part, model in (("encoder", encoder), ("decoder", first), ("decoder_with_past", with_past)):
         onnx.save(model, str(folder / FILES[part]))
