@@ -139,3 +139,27 @@ def test_family_latency_ratios_per_image_and_per_token(fp32: Family, tmp_path: P
     assert set(result.metrics()) == {"image_latency_ratio", "token_latency_ratio"}
     gates = [Gate(metric="token_latency_ratio", max=0.9), Gate(metric="latency_ratio", max=1.1)]
     assert latency_bounds(gates, "token_latency_ratio") == [(None, 0.9)] and latency_bounds(gates) == [(None, 1.1)]
+
+
+def test_teacher_forcing_reuses_an_agreeing_run_and_forces_a_diverging_one(fp32: Family, tmp_path: Path) -> None:
+    variant = _family(tmp_path, lm_head=_swapped_head(12, 13))
+    fed: list[int] = []
+    counted = Family(variant.encoder, variant.decoder, _Counting(variant.decoder_with_past, fed))  # type: ignore[arg-type]
+    compare_generation(fp32, counted, [image(14.0)], CONFIG, Vocabulary.from_tokens(vocabulary()))  # 15..19: no 12 or 13
+    assert len(fed) == len(expected_tokens(14.0))  # one greedy run, no second one for teacher forcing
+    fed.clear()
+    compare_generation(fp32, counted, [image(8.0)], CONFIG, Vocabulary.from_tokens(vocabulary()))  # 9..19 with 12, 13
+    assert len(fed) == 2 * len(expected_tokens(8.0))  # the greedy run and the forced one
+    assert fed[len(fed) // 2 :] == expected_tokens(8.0)  # forced: FP32's tokens, not its own
+
+
+class _Counting:
+    """A session that records the token it is fed on every run."""
+
+    def __init__(self, session: object, fed: list[int]) -> None:
+        self.session, self.fed = session, fed
+        self.get_inputs, self.get_outputs = session.get_inputs, session.get_outputs  # type: ignore[attr-defined]
+
+    def run(self, names: object, feeds: dict) -> list:
+        self.fed.append(int(feeds["input_ids"][0, 0]))
+        return self.session.run(names, feeds)  # type: ignore[attr-defined]

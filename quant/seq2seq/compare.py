@@ -81,6 +81,14 @@ def teacher_forced_scores(reference: Generation, forced: Generation) -> tuple[in
     return agree, steps, float(np.sum(np.where(np.isnan(kl), np.inf, kl)))
 
 
+def _teacher_forced(variant: Family, feeds: Feeds, config: GenerationConfig, reference: Generation, free: Generation) -> Generation:
+    """The variant fed FP32's tokens. When its own greedy run chose exactly FP32's tokens, that run already was
+    fed them, step for step: its logits are reused instead of generating again."""
+    if free.tokens == reference.tokens and free.finished == reference.finished:
+        return free
+    return generate(variant, feeds, config, forced_tokens=reference.tokens)
+
+
 @dataclass(frozen=True)
 class LineComparison:
     """One image: both texts, the label, and where the variant left FP32's tokens."""
@@ -205,7 +213,7 @@ def compare_generation(
         else:
             ref = generate(reference, feeds, config)  # type: ignore[arg-type]
         var = generate(variant, feeds, config)
-        forced = generate(variant, feeds, config, forced_tokens=ref.tokens) if teacher_forced else None
+        forced = _teacher_forced(variant, feeds, config, ref, var) if teacher_forced else None
         label = labels[index] if labels is not None else None
         sample_id = ids[index] if ids is not None else str(index)
         line, row = _parts(sample_id, ref, var, forced, config, vocabulary, label, early_tokens)
