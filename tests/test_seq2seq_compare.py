@@ -114,6 +114,8 @@ def test_stored_generations_must_match_the_samples(fp32: Family) -> None:
     stored = reference_generations(fp32, [image(6.0)], CONFIG)
     with pytest.raises(ValueError, match="more samples"):
         compare_generation(stored, fp32, [image(6.0), image(7.0)], CONFIG, Vocabulary.from_tokens(vocabulary()))
+    with pytest.raises(ValueError, match="1 labels"):
+        compare_generation(fp32, fp32, [image(6.0), image(7.0)], CONFIG, Vocabulary.from_tokens(vocabulary()), labels=["hijklm"])
 
 
 def test_vocabulary_file_drops_special_tokens(tmp_path: Path) -> None:

@@ -214,6 +214,9 @@ def compare_generation(
             ref = generate(reference, feeds, config)  # type: ignore[arg-type]
         var = generate(variant, feeds, config)
         forced = _teacher_forced(variant, feeds, config, ref, var) if teacher_forced else None
+        for given, what in ((labels, "labels"), (ids, "ids")):
+            if given is not None and index >= len(given):
+                raise ValueError(f"more samples than the {len(given)} {what} given")
         label = labels[index] if labels is not None else None
         sample_id = ids[index] if ids is not None else str(index)
         line, row = _parts(sample_id, ref, var, forced, config, vocabulary, label, early_tokens)
