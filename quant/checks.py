@@ -71,7 +71,7 @@ def check_recipe_against_model(recipe: Recipe, model: ModelInfo, charsets: dict[
             )
 
 
-def _check_gates_supportable(recipe: Recipe, samples: int, file: str) -> None:
+def check_gates_supportable(recipe: Recipe, samples: int, file: str) -> None:
     """A gate that demands a 95 % interval the evaluation set is too small to ever give is a recipe error."""
     for where, index, gate in all_gates(recipe):
         method = interval_method(gate.metric)
@@ -112,7 +112,7 @@ def _check_inputs(loaded: LoadedRecipe, only: tuple[str, ...], version: str | No
     input_names = list(model.inputs)
     evaluation = open_source(recipe.evaluation, loaded.base_dir, recipe.inputs, input_names, "evaluation")
     check_gate_needs(recipe, list(model.outputs), evaluation)
-    _check_gates_supportable(recipe, len({s.sequence for s in evaluation.samples}) if recipe.state else len(evaluation), file)
+    check_gates_supportable(recipe, len({s.sequence for s in evaluation.samples}) if recipe.state else len(evaluation), file)
     calibration = open_source(recipe.calibration, loaded.base_dir, recipe.inputs, input_names, "calibration") if recipe.calibration else None
     tuning = open_source(recipe.tuning, loaded.base_dir, recipe.inputs, input_names, "tuning") if recipe.tuning else None
     splits = [s for s in (calibration, tuning, evaluation) if s is not None]

@@ -14,8 +14,8 @@ import click
 
 from quant.errors import WRITE_ERRNOS, InputError, OutputError, QuantError
 from quant.progress import log_stderr
+from quant.recipe.docs import recipe_json_schema
 from quant.recipe.loader import load_recipe
-from quant.recipe.schema import recipe_json_schema
 
 EXIT_PASS, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 

@@ -41,6 +41,25 @@ def write_lock_options(loaded: LoadedRecipe, out_dir: Path, variant: str, settin
         f"# Lock file written by quant from {loaded.path.name}: what the searches found (INT8 node exclusions, FP16 nodes kept in FP32).\n"
         f"# `quantize --recipe {path.name}` rebuilds them without searching.\n"
     )
+    return _write(path, header, document)
+
+
+def write_family_lock(loaded: LoadedRecipe, out_dir: Path, parts: dict[str, dict[str, str]], variant_parts: dict[str, dict[str, Any]]) -> Path:
+    """The run's family recipe with every choice pinned: each FP32 part's file and sha256 (`parts`, by role), and per variant
+    every part's method with all its options written out (groups such as `decoders` resolved; parts without one stay FP32)."""
+    path = lock_path(loaded, out_dir)
+    document = rebase_paths(loaded.resolved, loaded.base_dir, out_dir)
+    document["family"] = {**document["family"], "parts": parts}
+    for variant, chosen in variant_parts.items():
+        document["variants"][variant] = {**document["variants"][variant], "parts": chosen}
+    header = (
+        f"# Lock file written by quant from {loaded.path.name}: every part's FP32 file pinned by sha256 and every part's method with all\n"
+        f"# its options. `quantize --recipe {path.name}` builds the same variants from the same files (or refuses changed files).\n"
+    )
+    return _write(path, header, document)
+
+
+def _write(path: Path, header: str, document: dict[str, Any]) -> Path:
     staging = path.with_name(path.name + f".tmp{os.getpid()}")
     staging.write_text(header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
     os.replace(staging, path)

@@ -124,6 +124,7 @@ class RunResults(Document):
     promotion: PromotionRecord
     verdict: str
     exit_code: int
+    family: dict[str, Any] | None = None  # a model family: its FP32 parts and how it generates
 
 
 class ManifestRecipe(Record):
@@ -152,6 +153,7 @@ class ManifestVariant(Record):
     latency_ratio: float | None
     metrics: dict[str, dict[str, Any]]  # by output, '' holding the variant-wide ones
     gates: list[dict[str, Any]]
+    parts: dict[str, dict[str, Any]] | None = None  # a model family: per part (role), its file, method, options and sha256
 
 
 class Manifest(Document):
@@ -165,6 +167,7 @@ class Manifest(Document):
     created: str
     environment: dict[str, Any]
     variants: dict[str, ManifestVariant]
+    family: dict[str, Any] | None = None  # a model family: its FP32 parts and how it generates
 
 
 # --------------------------------------------------------------------------- made from a run
@@ -176,7 +179,7 @@ def variant_metric_table(outcome: VariantOutcome) -> dict[str, dict[str, float]]
     return metric_table(outcome.metrics, {"size_ratio": outcome.size_ratio, "latency_ratio": latency})
 
 
-def _samples(source: SampleSource | None) -> SamplesRecord | None:
+def samples_record(source: SampleSource | None) -> SamplesRecord | None:
     if source is None:
         return None
     samples = [SampleRecord(id=s.id, sha256=s.fingerprint) for s in source.samples]
@@ -232,9 +235,9 @@ def build_results(
         model=ModelRecord(file=str(model.path), sha256=model.sha256, size_bytes=model.size_bytes, opset=model.opset),
         environment=environment(),
         data=DataRecord(
-            calibration=_samples(inputs.calibration),
-            tuning=_samples(inputs.tuning),
-            evaluation=_samples(inputs.evaluation),
+            calibration=samples_record(inputs.calibration),
+            tuning=samples_record(inputs.tuning),
+            evaluation=samples_record(inputs.evaluation),
             splits=SplitsRecord(gates="evaluation", search=None if tuning is None else tuning.name, tuned_on_evaluation=inputs.tuned_on_evaluation),
         ),
         charsets={name: charset.source for name, charset in inputs.charsets.items()},

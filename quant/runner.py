@@ -23,6 +23,7 @@ from quant.methods.base import BuildContext, BuildResult
 from quant.outcome import VariantOutcome
 from quant.precision import one_value_per_sample, source_precision
 from quant.progress import Progress, log_nothing, log_stderr
+from quant.recipe.family import FamilyRecipe
 from quant.recipe.loader import LoadedRecipe
 from quant.recipe.schema import StaticInt8Options
 from quant.release.bundle import Published, Release
@@ -59,6 +60,11 @@ class RunResult:
 
 
 def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
+    if isinstance(loaded.recipe, FamilyRecipe):  # several parts generating together: quant.seq2seq.run
+        from quant.seq2seq.run import run_family
+
+        family = run_family(loaded, options)
+        return RunResult(family.exit_code, family.verdict, family.outcomes, family.results, family.summary, family.release)
     started = now()
     inputs = check_inputs(loaded, options.only, options.version, options.allow_tuning_on_evaluation)
     if options.validate_only:

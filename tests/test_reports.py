@@ -12,8 +12,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from quant.recipe.docs import recipes_markdown
-from quant.recipe.schema import recipe_json_schema
+from quant.recipe.docs import recipe_json_schema, recipes_markdown
 from tests.conftest import REPO, base_recipe, run_cli, tiny_ctc_model, write_images, write_recipe
 
 CHROMIUM_FLAGS = [

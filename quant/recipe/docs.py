@@ -5,9 +5,10 @@ from __future__ import annotations
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from quant.metrics.catalogue import CATALOGUE
+from quant.recipe import family as f
 from quant.recipe import schema as s
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
@@ -33,6 +34,11 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("gates[]", s.Gate),
     ("bench", s.Bench),
     ("promotion", s.Promotion),
+    ("Family recipe (top level, instead of `model`)", f.FamilyRecipe),
+    ("family", f.Family),
+    ("family.parts.<role>", f.FamilyPart),
+    ("family.generation", f.Generation),
+    ("variants.<name> (family)", f.FamilyVariant),
 ]
 
 
@@ -60,6 +66,14 @@ def _default(field: Any) -> str:
         value = field.default_factory()
         return f"`{value.model_dump(mode='json')}`" if isinstance(value, BaseModel) else f"`{value}`"
     return f"`{field.default}`" if field.default is not None else "—"
+
+
+def recipe_json_schema() -> dict[str, object]:
+    """The JSON Schema of a recipe (one model, or a family), for editors and for the committed recipes/recipe.schema.json."""
+    schema = TypeAdapter(s.Recipe | f.FamilyRecipe).json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "quant recipe"
+    return schema
 
 
 def recipes_markdown() -> str:

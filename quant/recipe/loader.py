@@ -13,6 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from quant.errors import RecipeError
+from quant.recipe.family import FamilyRecipe, is_family_document
 from quant.recipe.schema import Recipe
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +90,7 @@ def _check_tree(root: yaml.Node) -> None:
 class LoadedRecipe:
     """A validated recipe with where it came from."""
 
-    recipe: Recipe
+    recipe: Recipe | FamilyRecipe  # FamilyRecipe: a recipe with a `family` section (several parts) instead of `model`
     path: Path
     base_dir: Path
     resolved: dict[str, Any]  # the merged document that was validated, for lock files and hashes
@@ -206,6 +207,7 @@ def rebase_paths(document: dict[str, Any], from_dir: Path, to_dir: Path) -> dict
     model = rebased.get("model")
     if isinstance(model, dict) and not model.get("package"):
         fix(model, "path")
+    fix(rebased.get("family"), "folder")
     for set_name in ("calibration", "evaluation", "tuning"):
         data = rebased.get(set_name)
         if isinstance(data, dict) and isinstance(data.get("source"), dict):
@@ -307,8 +309,9 @@ def load_recipe(name_or_path: str, *, allow_extends_from: list[Path] | None = No
     document, base_dir = _load_document(path, (), [p.resolve() for p in allow_extends_from or []])
     document = _substitute_env(document, path)
     document = remove_nulled(_apply_preset(document, path))
+    schema: type[Recipe | FamilyRecipe] = FamilyRecipe if is_family_document(document) else Recipe
     try:
-        recipe = Recipe.model_validate(document)
+        recipe = schema.model_validate(document)
     except ValidationError as error:
         raise validation_error(error, document, path) from None
     return LoadedRecipe(recipe=recipe, path=path, base_dir=base_dir, resolved=document)

@@ -681,14 +681,6 @@ class Recipe(Strict):
         return value
 
 
-def recipe_json_schema() -> dict[str, object]:
-    """The JSON Schema of a recipe, for editors and for the committed recipes/recipe.schema.json."""
-    schema = Recipe.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "quant recipe"
-    return schema
-
-
 def resolve(base: Path, path: str) -> Path:
     """Resolve a recipe-relative path."""
     candidate = Path(path).expanduser()

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import onnx
 
 from quant.model import external_data_files
+
+
+@dataclass(frozen=True)
+class FamilyFile:
+    """One file of a promoted model family: an ONNX part (written with `metadata`) or an asset copied unchanged."""
+
+    source: Path
+    metadata: dict[str, str] | None  # None: not a model (vocab.json, generation_config.json): copied byte for byte
 
 
 @dataclass(frozen=True)
@@ -22,6 +30,7 @@ class Release:
     metrics: dict[str, dict[str, dict[str, float]]]  # variant -> output -> metric -> value
     ranked: list[str]  # variants, best first by promotion.rank_by
     all_gates_passed: bool  # every gate of every variant in the run, not only the promoted ones
+    families: dict[str, dict[str, FamilyFile]] = field(default_factory=dict)  # variant -> file name -> file, released as <variant>/<name>
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 from quant.errors import OutputError
 from quant.files import check_can_create, fsync_tree, remove_abandoned
 from quant.model import file_sha256
-from quant.release.bundle import Published, Release, copy_with_metadata
+from quant.release.bundle import FamilyFile, Published, Release, copy_with_metadata
 from quant.release.previous import PreviousRelease
 from quant.testpoint import pause_point
 
@@ -73,6 +73,7 @@ def promote(
     manifest: dict[str, Any],
     metadata: dict[str, dict[str, str]],
     version: str | None = None,
+    families: dict[str, dict[str, FamilyFile]] | None = None,
 ) -> Path:
     """Stage everything in a hidden folder beside the target, then rename it into place in one step."""
     release_dir = release_root / recipe_name
@@ -93,6 +94,8 @@ def promote(
         for variant, path in models.items():
             for written in copy_with_metadata(path, staging / f"{variant}.onnx", metadata[variant]):
                 promoted.append(PromotedFile(variant, written.name, file_sha256(written)))
+        for variant, files in (families or {}).items():
+            promoted += _stage_family(staging, variant, files)
         manifest = {**manifest, "version": version, "files": [f.__dict__ for f in promoted]}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
         sums = [f"{f.sha256}  {f.file}" for f in promoted] + [f"{file_sha256(staging / 'manifest.json')}  manifest.json"]
@@ -107,6 +110,22 @@ def promote(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _stage_family(staging: Path, variant: str, files: dict[str, FamilyFile]) -> list[PromotedFile]:
+    """A family variant's files in its own folder, in the family's layout (the parts load together from there)."""
+    folder = staging / variant
+    folder.mkdir()
+    promoted = []
+    for name, file in files.items():
+        if file.metadata is None:
+            shutil.copyfile(file.source, folder / name)
+            written = [folder / name]
+        else:
+            written = copy_with_metadata(file.source, folder / name, file.metadata)
+        promoted += [PromotedFile(variant, path.relative_to(staging).as_posix(), file_sha256(path)) for path in written]
+        pause_point("family_promotion")  # some of a family's files staged, not all
+    return promoted
 
 
 @dataclass(frozen=True)
@@ -133,5 +152,5 @@ class ReleaseFolder:
 
     def publish(self, release: Release) -> Published:
         """Metrics, ranking and the all-passed flag are in the manifest already; a folder has no alias to move."""
-        folder = promote(self.root, self.recipe, release.models, release.manifest, release.metadata, self.version)
+        folder = promote(self.root, self.recipe, release.models, release.manifest, release.metadata, self.version, release.families)
         return Published(str(folder), {"release": str(folder)})
