@@ -64,8 +64,12 @@ def check_can_create(path: Path, field: str) -> None:
 
 
 def fsync_tree(folder: Path) -> None:
-    """Every file in `folder`, and the folder itself, on disk (before it is renamed into place)."""
+    """Every file in `folder` and its sub-folders (a family's variant folders), and the folders themselves, on disk
+    (before it is renamed into place)."""
     for path in folder.iterdir():
+        if path.is_dir():
+            fsync_tree(path)
+            continue
         with path.open("rb") as handle:
             os.fsync(handle.fileno())
     descriptor = os.open(folder, os.O_RDONLY)

@@ -44,12 +44,16 @@ def write_lock_options(loaded: LoadedRecipe, out_dir: Path, variant: str, settin
     return _write(path, header, document)
 
 
-def write_family_lock(loaded: LoadedRecipe, out_dir: Path, parts: dict[str, dict[str, str]], variant_parts: dict[str, dict[str, Any]]) -> Path:
-    """The run's family recipe with every choice pinned: each FP32 part's file and sha256 (`parts`, by role), and per variant
-    every part's method with all its options written out (groups such as `decoders` resolved; parts without one stay FP32)."""
+def write_family_lock(
+    loaded: LoadedRecipe, out_dir: Path, parts: dict[str, dict[str, str]], generation: dict[str, int], variant_parts: dict[str, dict[str, Any]]
+) -> Path:
+    """The run's family recipe with every choice pinned: each FP32 part's file and sha256 (`parts`, by role), the generation
+    settings as resolved, and per variant every part's method with all its options written out (groups such as `decoders`
+    resolved; parts without one stay FP32)."""
     path = lock_path(loaded, out_dir)
     document = rebase_paths(loaded.resolved, loaded.base_dir, out_dir)
-    document["family"] = {**document["family"], "parts": parts}
+    family = document["family"]
+    document["family"] = {**family, "parts": parts, "generation": {**family.get("generation", {}), **generation}}
     for variant, chosen in variant_parts.items():
         document["variants"][variant] = {**document["variants"][variant], "parts": chosen}
     header = (

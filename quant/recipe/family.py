@@ -152,8 +152,6 @@ class FamilyVariant(Strict):
                 raise ValueError(f"parts.{key}: gates belong to the variant (the family is judged as a whole), not to a part")
             if getattr(options, "fallback", None) is not None:
                 raise ValueError(f"parts.{key}: a fallback search is not available for a part of a family")
-            if getattr(options, "repair", "off") != "off":
-                raise ValueError(f"parts.{key}: the FP16 repair is not available for a part of a family")
         return value
 
     def resolved(self) -> dict[str, PartMethod]:
@@ -199,9 +197,11 @@ class FamilyRecipe(Strict):
     @classmethod
     def _calibration_when_needed(cls, value: dict[str, FamilyVariant], info: ValidationInfo) -> dict[str, FamilyVariant]:
         # A field validator (not a model validator) so the error names a field; `calibration` is validated first.
-        needing = [name for name, v in value.items() if any(o.method == "static_int8" for o in v.resolved().values())]
+        needing = [
+            name for name, v in value.items() if any(o.method == "static_int8" or getattr(o, "repair", "off") != "off" for o in v.resolved().values())
+        ]
         if needing and "calibration" in info.data and info.data["calibration"] is None:
-            raise ValueError(f"variants {needing} have static_int8 parts and need a 'calibration' data set")
+            raise ValueError(f"variants {needing} calibrate parts (static_int8, fp16 repair) and need a 'calibration' data set")
         return value
 
     @field_validator("promotion")

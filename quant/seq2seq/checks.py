@@ -10,11 +10,10 @@ from quant.data.feeds import checked_feeds
 from quant.data.sources import SampleSource, check_disjoint, open_source
 from quant.errors import InputError, ModelError, RecipeError
 from quant.metrics.catalogue import CATALOGUE, VARIANT_METRICS
-from quant.recipe.family import DECODER_ROLES, FamilyRecipe
+from quant.recipe.family import FamilyRecipe
 from quant.recipe.loader import LoadedRecipe
 from quant.release.destination import Destination, destination_for
 from quant.release.previous import PreviousRelease
-from quant.seq2seq.build import STATIC_DECODERS_SUPPORTED
 from quant.seq2seq.family import FamilyInfo, inspect_family
 from quant.validation import all_gates
 
@@ -91,20 +90,7 @@ def _check(loaded: LoadedRecipe, only: tuple[str, ...], version: str | None) -> 
     for split in splits:
         for _ in checked_feeds(split, encoder.inputs):
             pass  # every image must decode and fit the encoder before any work starts
-    for name in only or recipe.variants:
-        parts = recipe.variants[name].resolved()
-        static_decoders = [role for role in DECODER_ROLES if role in parts and parts[role].method == "static_int8"]
-        if static_decoders:
-            _check_static_decoders(name, static_decoders)
     destination = destination_for(recipe.promotion, loaded.base_dir, recipe.name, tuple(recipe.variants), version)
     variants = only or tuple(recipe.variants)
     return FamilyInputs(recipe, loaded, family, evaluation, calibration, tuning, tuple(variants), destination.previous(), destination)
 
-
-def _check_static_decoders(variant: str, roles: list[str]) -> None:
-    if not STATIC_DECODERS_SUPPORTED:
-        raise RecipeError(
-            f"static_int8 for {roles} needs decoder calibration captured from FP32 generation, not available in this build yet; "
-            "use weight_only or dynamic_int8 for the decoders",
-            field=f"variants.{variant}.parts",
-        )

@@ -166,7 +166,7 @@ def _family_record(inputs: FamilyInputs) -> dict[str, Any]:
     family = inputs.family
     config = family.generation
     return {
-        "folder": str(family.folder),
+        "folder": str(family.folder.resolve()),
         "sha256": family.sha256,
         "parts": {role: {"file": info.path.name, "sha256": info.sha256, "size_bytes": info.size_bytes} for role, info in family.parts.items()},
         "generation": {"start_token": config.start_token, "end_token": config.end_token, "max_new_tokens": config.max_new_tokens},
@@ -238,7 +238,9 @@ def _lock(inputs: FamilyInputs, options: RunOptions, built: dict[str, dict[str, 
         name: {role: p.options for role, p in parts_built.items() if p.options is not None}
         for name, parts_built in built.items()
     }
-    return write_family_lock(inputs.loaded, options.out_dir, parts, chosen)
+    config = inputs.family.generation
+    generation = {"start_token": config.start_token, "end_token": config.end_token, "max_new_tokens": config.max_new_tokens}
+    return write_family_lock(inputs.loaded, options.out_dir, parts, generation, chosen)
 
 
 def _results(
