@@ -15,7 +15,7 @@ from quant.gates import applicable_outputs
 from quant.intervals import unsupported_reason
 from quant.metrics.catalogue import CATALOGUE, VARIANT_METRICS
 from quant.metrics.samples import interval_method
-from quant.model import ModelInfo, inspect_model, locate
+from quant.model import Dims, ModelInfo, inspect_model, locate
 from quant.recipe.loader import LoadedRecipe
 from quant.recipe.schema import Recipe
 from quant.release.destination import Destination, destination_for
@@ -84,6 +84,16 @@ def check_gates_supportable(recipe: Recipe, samples: int, file: str) -> None:
             raise RecipeError(message, file=file, field=f"{where}[{index}].{bound}")
 
 
+def check_splits(splits: list[SampleSource], model_inputs: dict[str, Dims]) -> None:
+    """No two splits share a sample (by content), and every sample decodes and fits the model, before any work starts."""
+    for index, later in enumerate(splits):
+        for earlier in splits[:index]:
+            check_disjoint(earlier, later)
+    for split in splits:
+        for _ in checked_feeds(split, model_inputs):
+            pass
+
+
 def check_inputs(
     loaded: LoadedRecipe, only: tuple[str, ...] = (), version: str | None = None, allow_tuning_on_evaluation: bool = False
 ) -> RunInputs:
@@ -115,13 +125,7 @@ def _check_inputs(loaded: LoadedRecipe, only: tuple[str, ...], version: str | No
     check_gates_supportable(recipe, len({s.sequence for s in evaluation.samples}) if recipe.state else len(evaluation), file)
     calibration = open_source(recipe.calibration, loaded.base_dir, recipe.inputs, input_names, "calibration") if recipe.calibration else None
     tuning = open_source(recipe.tuning, loaded.base_dir, recipe.inputs, input_names, "tuning") if recipe.tuning else None
-    splits = [s for s in (calibration, tuning, evaluation) if s is not None]
-    for index, later in enumerate(splits):
-        for earlier in splits[:index]:
-            check_disjoint(earlier, later)
-    for split in splits:
-        for _ in checked_feeds(split, model.inputs):
-            pass  # every sample must decode and fit the model before any work starts
+    check_splits([s for s in (calibration, tuning, evaluation) if s is not None], model.inputs)
     check_state(recipe.state, model, [s for s in (evaluation, tuning) if s is not None], file)
     variants = only or tuple(recipe.variants)
     tuning, tuned_on_evaluation = tuning_source(recipe, tuple(variants), tuning, evaluation, allow_tuning_on_evaluation, file)

@@ -92,6 +92,16 @@ class PromotionRecord(Record):
     release: str | None
 
 
+FAMILY_ONLY = ("family", "parts")  # fields only a model family has: left out of a one-model run's documents when empty
+
+
+def _without_family_fields(data: dict[str, Any]) -> dict[str, Any]:
+    kept = {k: v for k, v in data.items() if not (k in FAMILY_ONLY and v is None)}
+    if isinstance(kept.get("variants"), dict):
+        kept["variants"] = {name: _without_family_fields(v) if isinstance(v, dict) else v for name, v in kept["variants"].items()}
+    return kept
+
+
 class Document(Record):
     def to_json(self) -> str:
         """Standard JSON (NaN and infinities written as strings), indented, one trailing newline."""
@@ -99,7 +109,7 @@ class Document(Record):
 
     def to_dict(self) -> dict[str, Any]:
         # Python mode, then json_number: pydantic's JSON mode would turn NaN and infinities into null.
-        return json_number(self.model_dump())
+        return json_number(_without_family_fields(self.model_dump()))
 
     @classmethod
     def from_json(cls, text: str) -> Any:
@@ -153,7 +163,7 @@ class ManifestVariant(Record):
     latency_ratio: float | None
     metrics: dict[str, dict[str, Any]]  # by output, '' holding the variant-wide ones
     gates: list[dict[str, Any]]
-    parts: dict[str, dict[str, Any]] | None = None  # a model family: per part (role), its file, method, options and sha256
+    parts: dict[str, dict[str, Any]] | None = None  # a family: per part (role) its file, method, options, sha256
 
 
 class Manifest(Document):
@@ -186,11 +196,33 @@ def samples_record(source: SampleSource | None) -> SamplesRecord | None:
     return SamplesRecord(where=source.where, fingerprint=source.fingerprint, samples=samples)
 
 
+def data_fingerprints(evaluation: SampleSource, calibration: SampleSource | None) -> dict[str, DataFingerprint]:
+    """The manifest's record of the data a release was made and judged with."""
+    data = {"evaluation": DataFingerprint(fingerprint=evaluation.fingerprint, samples=len(evaluation))}
+    if calibration is not None:
+        data["calibration"] = DataFingerprint(fingerprint=calibration.fingerprint, samples=len(calibration))
+    return data
+
+
+def manifest_variant(
+    outcome: VariantOutcome, file: str, metrics: dict[str, dict[str, float]], parts: dict[str, dict[str, Any]] | None = None
+) -> ManifestVariant:
+    """What the manifest says of one promoted variant (`file`: its model file, or a family's folder with its `parts`)."""
+    return ManifestVariant(
+        method=outcome.method,
+        options=outcome.options,
+        file=file,
+        size_ratio=outcome.size_ratio,
+        latency_ratio=outcome.latency.ratio if outcome.latency else None,
+        metrics=metrics,
+        gates=[g.to_dict() for g in outcome.gates],
+        parts=parts,
+    )
+
+
 def build_manifest(inputs: RunInputs, promoted: list[VariantOutcome], started: str) -> Manifest:
     recipe_file = inputs.loaded.path
-    data = {"evaluation": DataFingerprint(fingerprint=inputs.evaluation.fingerprint, samples=len(inputs.evaluation))}
-    if inputs.calibration is not None:
-        data["calibration"] = DataFingerprint(fingerprint=inputs.calibration.fingerprint, samples=len(inputs.calibration))
+    data = data_fingerprints(inputs.evaluation, inputs.calibration)
     return Manifest(
         recipe=ManifestRecipe(name=inputs.recipe.name, file=recipe_file.name, sha256=file_sha256(recipe_file), resolved=inputs.loaded.resolved),
         source_model=SourceModelRecord(file=inputs.model.path.name, sha256=inputs.model.sha256, size_bytes=inputs.model.size_bytes),
@@ -198,18 +230,7 @@ def build_manifest(inputs: RunInputs, promoted: list[VariantOutcome], started: s
         charsets={name: charset.source for name, charset in inputs.charsets.items()},
         created=started,
         environment=environment(),
-        variants={
-            o.name: ManifestVariant(
-                method=o.method,
-                options=o.options,
-                file=f"{o.name}.onnx",
-                size_ratio=o.size_ratio,
-                latency_ratio=o.latency.ratio if o.latency else None,
-                metrics=variant_metric_table(o),
-                gates=[g.to_dict() for g in o.gates],
-            )
-            for o in promoted
-        },
+        variants={o.name: manifest_variant(o, f"{o.name}.onnx", variant_metric_table(o)) for o in promoted},
     )
 
 

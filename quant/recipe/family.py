@@ -14,7 +14,6 @@ from typing import Annotated, Literal
 from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator
 
 from quant.recipe.schema import (
-    VARIANT_NAME,
     Bench,
     DataSet,
     DynamicInt8Options,
@@ -25,6 +24,8 @@ from quant.recipe.schema import (
     StaticInt8Options,
     Strict,
     WeightOnlyOptions,
+    check_variant_names,
+    variant_method,
 )
 
 # Roles the encoder–decoder generation loop (quant.seq2seq.generate) knows, and the files optimum names them.
@@ -112,17 +113,13 @@ class Family(Strict):
         return value
 
 
-def _part_method(value: object) -> str | None:
-    return str(value.get("method")) if isinstance(value, dict) else getattr(value, "method", None)
-
-
 PartMethod = Annotated[
     Annotated[Fp16Options, Tag("fp16")]
     | Annotated[DynamicInt8Options, Tag("dynamic_int8")]
     | Annotated[StaticInt8Options, Tag("static_int8")]
     | Annotated[WeightOnlyOptions, Tag("weight_only")],
     Discriminator(
-        _part_method,
+        variant_method,
         custom_error_type="unknown_method",
         custom_error_message="a part's 'method' must be one of: fp16, dynamic_int8, static_int8, weight_only",
     ),
@@ -186,11 +183,7 @@ class FamilyRecipe(Strict):
     @field_validator("variants")
     @classmethod
     def _variant_names(cls, value: dict[str, FamilyVariant]) -> dict[str, FamilyVariant]:
-        if not value:
-            raise ValueError("at least one variant is needed")
-        for name in value:
-            if not VARIANT_NAME.match(name):
-                raise ValueError(f"variant name '{name}' must be letters, digits, '.', '_' or '-'")
+        check_variant_names(value)  # type: ignore[arg-type]
         return value
 
     @field_validator("variants")

@@ -519,8 +519,19 @@ class WeightOnlyOptions(Strict):
         return self
 
 
-def _variant_method(value: object) -> str | None:
+def variant_method(value: object) -> str | None:
+    """The `method` tag of a variant's options (a mapping as written, or validated options)."""
     return str(value.get("method")) if isinstance(value, dict) else getattr(value, "method", None)
+
+
+def check_variant_names(value: dict[str, object]) -> dict[str, object]:
+    """At least one variant, each named so it can be a file and folder name."""
+    if not value:
+        raise ValueError("at least one variant is needed")
+    for name in value:
+        if not VARIANT_NAME.match(name):
+            raise ValueError(f"variant name '{name}' must be letters, digits, '.', '_' or '-'")
+    return value
 
 
 Variant = Annotated[
@@ -530,7 +541,7 @@ Variant = Annotated[
     | Annotated[IncOptions, Tag("inc")]
     | Annotated[WeightOnlyOptions, Tag("weight_only")],
     Discriminator(
-        _variant_method,
+        variant_method,
         custom_error_type="unknown_method",
         custom_error_message="'method' must be one of: fp16, dynamic_int8, static_int8, inc, weight_only",
     ),
@@ -664,12 +675,7 @@ class Recipe(Strict):
     @field_validator("variants")
     @classmethod
     def _variant_names(cls, value: dict[str, object]) -> dict[str, object]:
-        if not value:
-            raise ValueError("at least one variant is needed")
-        for name in value:
-            if not VARIANT_NAME.match(name):
-                raise ValueError(f"variant name '{name}' must be letters, digits, '.', '_' or '-'")
-        return value
+        return check_variant_names(value)
 
     @field_validator("variants")
     @classmethod

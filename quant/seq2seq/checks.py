@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from quant.checks import check_gates_supportable
-from quant.data.feeds import checked_feeds
-from quant.data.sources import SampleSource, check_disjoint, open_source
+from quant.checks import check_gates_supportable, check_splits
+from quant.data.sources import SampleSource, open_source
 from quant.errors import InputError, ModelError, RecipeError
 from quant.metrics.catalogue import CATALOGUE, VARIANT_METRICS
 from quant.recipe.family import FamilyRecipe
@@ -83,13 +82,7 @@ def _check(loaded: LoadedRecipe, only: tuple[str, ...], version: str | None) -> 
     check_gates_supportable(recipe, len(evaluation), str(loaded.path))  # type: ignore[arg-type]
     calibration = open_source(recipe.calibration, loaded.base_dir, recipe.inputs, names, "calibration") if recipe.calibration else None
     tuning = open_source(recipe.tuning, loaded.base_dir, recipe.inputs, names, "tuning") if recipe.tuning else None
-    splits = [s for s in (calibration, tuning, evaluation) if s is not None]
-    for index, later in enumerate(splits):
-        for earlier in splits[:index]:
-            check_disjoint(earlier, later)
-    for split in splits:
-        for _ in checked_feeds(split, encoder.inputs):
-            pass  # every image must decode and fit the encoder before any work starts
+    check_splits([s for s in (calibration, tuning, evaluation) if s is not None], encoder.inputs)
     destination = destination_for(recipe.promotion, loaded.base_dir, recipe.name, tuple(recipe.variants), version)
     variants = only or tuple(recipe.variants)
     return FamilyInputs(recipe, loaded, family, evaluation, calibration, tuning, tuple(variants), destination.previous(), destination)

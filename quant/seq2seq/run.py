@@ -23,11 +23,9 @@ from quant.release.policy import ranked, run_verdict, select_for_release
 from quant.release.previous import changes_since_release
 from quant.report.summary import summary_markdown
 from quant.results import (
-    DataFingerprint,
     DataRecord,
     Manifest,
     ManifestRecipe,
-    ManifestVariant,
     ModelRecord,
     PromotionRecord,
     RecipeRecord,
@@ -36,6 +34,8 @@ from quant.results import (
     SourceModelRecord,
     SplitsRecord,
     ToolRecord,
+    data_fingerprints,
+    manifest_variant,
     now,
     samples_record,
 )
@@ -180,9 +180,7 @@ def _metric_table(outcome: VariantOutcome) -> dict[str, dict[str, float]]:
 
 def _manifest(inputs: FamilyInputs, promoted: list[VariantOutcome], built: dict[str, dict[str, BuiltPart]], started: str) -> Manifest:
     recipe_file, family = inputs.loaded.path, inputs.family
-    data = {"evaluation": DataFingerprint(fingerprint=inputs.evaluation.fingerprint, samples=len(inputs.evaluation))}
-    if inputs.calibration is not None:
-        data["calibration"] = DataFingerprint(fingerprint=inputs.calibration.fingerprint, samples=len(inputs.calibration))
+    data = data_fingerprints(inputs.evaluation, inputs.calibration)
     return Manifest(
         recipe=ManifestRecipe(name=inputs.recipe.name, file=recipe_file.name, sha256=file_sha256(recipe_file), resolved=inputs.loaded.resolved),
         source_model=SourceModelRecord(file=family.folder.name, sha256=family.sha256, size_bytes=family.size_bytes),
@@ -191,15 +189,8 @@ def _manifest(inputs: FamilyInputs, promoted: list[VariantOutcome], built: dict[
         created=started,
         environment=environment(),
         variants={
-            o.name: ManifestVariant(
-                method=o.method,
-                options=o.options,
-                file=f"{o.name}/",
-                size_ratio=o.size_ratio,
-                latency_ratio=o.latency.ratio if o.latency else None,
-                metrics=_metric_table(o),
-                gates=[g.to_dict() for g in o.gates],
-                parts={role: {**p.to_dict(), "file": f"{o.name}/{p.path.name}"} for role, p in built[o.name].items()},
+            o.name: manifest_variant(
+                o, f"{o.name}/", _metric_table(o), {role: {**p.to_dict(), "file": f"{o.name}/{p.path.name}"} for role, p in built[o.name].items()}
             )
             for o in promoted
         },
