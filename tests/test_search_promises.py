@@ -55,11 +55,11 @@ def test_the_attempt_chosen(attempts: list[tuple[str, int, int]], chosen: int) -
     assert ("no attempt passed" in why) is (attempts[chosen][0] == "failed")
 
 
-def _search(workspace: dict[str, Path], gates: list[dict], broken: bool = True) -> tuple[int, dict, str]:
+def _search(workspace: dict[str, Path], gates: list[dict], broken: bool = True, variant: dict[str, Any] = BROKEN_INT8) -> tuple[int, dict, str]:
     root = workspace["root"]
     if broken:
         onnx.save(tiny_ctc_model(weight_outlier=True), str(workspace["model"]))
-    path = write_recipe(root, _recipe(workspace, variants={"int8": BROKEN_INT8}, gates=gates))
+    path = write_recipe(root, _recipe(workspace, variants={"int8": variant}, gates=gates))
     done = run_cli("--recipe", str(path), "--out", str(root / "run"), cwd=root)
     assert done.returncode in (0, 1), done.stderr
     return done.returncode, json.loads((root / "run" / "results.json").read_text())["variants"]["int8"], done.stdout + done.stderr
@@ -67,7 +67,10 @@ def _search(workspace: dict[str, Path], gates: list[dict], broken: bool = True) 
 
 def test_when_no_attempt_passes_the_best_is_kept_and_the_report_says_it_failed(workspace: dict[str, Path]) -> None:
     # max_abs <= 0 holds only for an unquantized model: with at most 2 of 3 nodes in float, no attempt passes.
-    code, variant, output = _search(workspace, [{"metric": "ctc_exact_match", "min": 0.9}, {"metric": "max_abs", "max": 0.0}])
+    # Steps beyond max_nodes are cut to it, and a number of nodes already tried is not built and judged again.
+    steps = {**BROKEN_INT8, "fallback": {**BROKEN_INT8["fallback"], "steps": [1, 4, 2]}}
+    gates = [{"metric": "ctc_exact_match", "min": 0.9}, {"metric": "max_abs", "max": 0.0}]
+    code, variant, output = _search(workspace, gates, variant=steps)
     search = variant["search"]
     assert [a["nodes_in_float"] for a in search["attempts"]] == [0, 1, 2]
     assert [len(a["failed_gates"]) for a in search["attempts"]] == [2, 1, 1]
