@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from quant.gates import GateResult, judge, latency_bounds, regression
+from quant.gates import GateResult, judge, latency_bounds, overall_verdict, regression
 from quant.intervals import Interval
 from quant.recipe.schema import Gate, OutputSpec
 from tests.conftest import base_recipe, run_cli, tiny_ctc_model, write_recipe
@@ -162,6 +162,24 @@ def test_latency_straddling_its_bound_is_inconclusive_not_passed_or_failed() -> 
     straddling = with_interval(0.8, 0.95)
     assert (straddling.passed, straddling.inconclusive, straddling.verdict) == (False, True, "inconclusive") and "straddles" in straddling.reason
     assert with_interval(0.7, 0.9).verdict == "passed" and with_interval(0.91, 1.2).verdict == "failed"
+
+
+@pytest.mark.parametrize(
+    ("gate", "value"),
+    [
+        (Gate(metric="cosine", min=0.99), 0.5),
+        (Gate(metric="max_abs", max=0.1), 0.2),
+        (Gate(metric="cosine", min=0.99), math.nan),
+        (Gate(metric="cosine", min=0.9, max_regression=0.01), 0.95),  # regressed from 0.99
+    ],
+)
+def test_a_missed_accuracy_gate_is_failed_never_inconclusive(gate: Gate, value: float) -> None:
+    """Only a timed metric's interval can leave a gate undecided (exit 4); a missed accuracy gate fails the variant (exit 1)."""
+    missed = judge(gate, {"out": {gate.metric: value}}, {}, SPECS, {"out": {gate.metric: 0.99}})
+    held = judge(Gate(metric="cosine", min=0.5), {"out": {"cosine": 0.9}}, {}, SPECS)
+    assert (missed.verdict, missed.inconclusive) == ("failed", False)
+    assert (held.verdict, held.inconclusive) == ("passed", False)
+    assert overall_verdict([held, missed]) == "failed" and overall_verdict([held]) == "passed"
 
 
 def test_a_gate_that_must_clear_its_interval_fails_without_one() -> None:
