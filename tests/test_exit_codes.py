@@ -69,14 +69,14 @@ def test_the_worst_recipe_decides_the_exit_code(workspace: dict[str, Path]) -> N
     passing = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], name="passes"), "passes.yaml")
     too_small = [{"metric": "size_ratio", "max": 0.01}]
     failing = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"], name="fails", gates=too_small), "fails.yaml")
-    reports = ["--junit", str(root / "all.xml"), "--json", str(root / "all.json")]
+    reports = ["--junit", str(root / "ci" / "junit" / "all.xml"), "--json", str(root / "ci" / "json" / "all.json")]  # folders made, parents too
     for order in ((failing, passing), (passing, failing)):
         done = run_cli(*(a for r in order for a in ("--recipe", str(r))), "--out", str(root / "runs"), "--quiet", *reports, cwd=root)
         assert done.returncode == 1, done.stderr
         assert "| fp16 | fp16 | PASS |" in done.stdout and "| fp16 | fp16 | FAIL |" in done.stdout
         # One report for the invocation: a JUnit suite and a JSON document per recipe, in the order given.
-        suites = ET.parse(root / "all.xml").getroot().findall("testsuite")
-        documents = json.loads((root / "all.json").read_text())
+        suites = ET.parse(root / "ci" / "junit" / "all.xml").getroot().findall("testsuite")
+        documents = json.loads((root / "ci" / "json" / "all.json").read_text())
         names = [Path(r).stem for r in order]
         assert [d["recipe"]["name"] for d in documents] == names and len(suites) == 2
     alone = run_cli("--recipe", str(passing), "--out", str(root / "alone"), "--quiet", "--json", str(root / "alone.json"), cwd=root)
