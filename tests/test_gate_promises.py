@@ -153,6 +153,16 @@ def test_for_an_upper_bound_a_nan_output_is_the_worst_and_decides() -> None:
     assert not lowest.passed and lowest.output == "b"
 
 
+@pytest.mark.parametrize("names", [("a", "z"), ("z", "a")])
+def test_the_worst_output_decides_whatever_its_name(names: tuple[str, str]) -> None:
+    worse, better = names
+    specs = {name: OutputSpec() for name in names}
+    upper = judge(Gate(metric="max_abs", max=1.0), {better: {"max_abs": 0.5}, worse: {"max_abs": 2.0}}, {}, specs)
+    lower = judge(Gate(metric="cosine", min=0.9), {better: {"cosine": 0.95}, worse: {"cosine": 0.5}}, {}, specs)
+    assert (upper.output, upper.observed, upper.passed) == (worse, 2.0, False)
+    assert (lower.output, lower.observed, lower.passed) == (worse, 0.5, False)
+
+
 def test_latency_straddling_its_bound_is_inconclusive_not_passed_or_failed() -> None:
     gate = Gate(metric="latency_ratio", max=0.9)
 
