@@ -1,6 +1,6 @@
 """A test hook for crash-safety tests: stop the run at a named point so a test can kill it there.
 
-With QUANT_TEST_PAUSE_AT=<point> (reference, calibration, evaluation, promotion or registration) the process that
+With QUANT_TEST_PAUSE_AT=<point> (reference, calibration, evaluation, promotion, family_promotion or registration) the process that
 reaches that point writes its pid to the file QUANT_TEST_PAUSE_FILE and sleeps until it is killed
 (at most 10 minutes, then it carries on). With QUANT_TEST_FAIL_AT=<point> the process raises an
 unexpected exception there instead: a stand-in for a bug, so tests can check that a bug exits 3 and

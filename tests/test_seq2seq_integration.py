@@ -25,7 +25,7 @@ RECIPE = f"""
 extends: {REPO / 'recipes' / 'edge-cpu-seq2seq.yaml'}
 name: seq2seq-it
 evaluation: {{source: {{images: {REPO / 'calibration_data' / 'seq2seq_lines' / 'eval'}, labels: labels.tsv}}, samples: 24}}
-variants: {{fp16: null, int8-dynamic: null, int4-wo: null}}
+variants: {{fp16: null, int8-dynamic: null, int4-wo: null, int8-static-enc: null}}
 gates:
   - {{metric: seq_exact_match, min: 0.95}}
   - {{metric: seq_label_cer_delta, max: 0.003}}
