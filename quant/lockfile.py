@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from quant.recipe.loader import LoadedRecipe, rebase_paths
+from quant.recipe.schema import StaticInt8Options
 
 
 def lock_path(loaded: LoadedRecipe, out_dir: Path) -> Path:
@@ -20,9 +21,17 @@ def remove_stale_lock(loaded: LoadedRecipe, out_dir: Path) -> None:
     lock_path(loaded, out_dir).unlink(missing_ok=True)
 
 
-def write_lock(loaded: LoadedRecipe, out_dir: Path, variant: str, excluded: list[str]) -> Path:
-    """Add `variant`'s resolved exclusion list to the run's lock file (fallback removed, paths rebased)."""
-    return write_lock_options(loaded, out_dir, variant, {"exclude_nodes": list(dict.fromkeys(excluded))}, remove=("fallback",))
+SEARCHED_SETTINGS = ("calibrate", "percentile", "reduce_range", "per_channel", "tensor_overrides")
+
+
+def write_lock(loaded: LoadedRecipe, out_dir: Path, variant: str, asked: StaticInt8Options, chosen: StaticInt8Options) -> Path:
+    """Add what `variant`'s search chose to the run's lock file: its exclusion list and every setting it changed
+    from the recipe's (calibration, 7/8-bit weights, per-channel, tensor overrides); fallback removed, paths rebased."""
+    settings: dict[str, Any] = {"exclude_nodes": list(dict.fromkeys(chosen.exclude_nodes))}
+    for key in SEARCHED_SETTINGS:
+        if getattr(chosen, key) != getattr(asked, key):
+            settings[key] = chosen.model_dump(mode="json", exclude_none=True)[key]
+    return write_lock_options(loaded, out_dir, variant, settings, remove=("fallback",))
 
 
 def write_lock_options(loaded: LoadedRecipe, out_dir: Path, variant: str, settings: dict[str, Any], remove: tuple[str, ...] = ()) -> Path:

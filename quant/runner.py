@@ -179,9 +179,9 @@ def _search(
 
     setup = SearchSetup(context.work_dir, options.out_dir / "variants" / f"{name}.onnx", tuning.name, len(tuning.source))
     rejudge = None if tuning is evaluation else judge_on(evaluation)
-    chosen, excluded = search_fallback(variant, outcome, build, judge_on(tuning), rejudge, feeds, setup, options.log)
+    chosen, chosen_options = search_fallback(variant, outcome, build, judge_on(tuning), rejudge, feeds, setup, options.log)
     if chosen.model_path is not None and chosen.search is not None:
-        chosen.search["lock_file"] = str(write_lock(inputs.loaded, options.out_dir, name, [*variant.exclude_nodes, *excluded]))
+        chosen.search["lock_file"] = str(write_lock(inputs.loaded, options.out_dir, name, variant, chosen_options))
     return chosen
 
 

@@ -1,7 +1,17 @@
-"""Automatic fallback for static INT8: keep the most sensitive nodes in float until every gate holds.
+"""Automatic fallback for static INT8: search settings, per-tensor overrides and nodes kept in float until every gate holds.
 
 Every choice is made on the tuning split (attempts judged, nodes ranked); the attempt chosen is then
 judged once more, on the evaluation split the search never read, and that verdict is the variant's.
+
+The stages, each tried only while no attempt has passed (every attempt recorded with its split):
+1. settings: the recipe's own, then each `fallback.candidates` entry (calibration, 7/8-bit weights,
+   per-channel), all with no node in float; the best by gates failed, then the objective, carries on;
+2. ranking: the nodes of that setting's build by the error they add (re-ranked for the setting chosen);
+3. sensitive overrides: the top nodes quantized differently per tensor (8-bit weights, another
+   calibration of their inputs) instead of kept in float: INT8 speed kept;
+4. pairs: the top units alone and in pairs, so their interaction is measured, not assumed additive;
+5. units in float: 1, 2, 4, ... of the most sensitive nodes or blocks;
+6. step back: after a pass, units go back to INT8 one at a time, least sensitive first, while it passes.
 
 Each attempt reuses the cached calibration ranges, so only quantization and judging are repeated.
 Keeping nodes in float costs speed, so the search stops as soon as the latency or size gate is
@@ -12,6 +22,7 @@ judges: `build(options, out_path)` builds a variant's options into a file (the e
 options, `exclude_nodes`, set with `model_copy`), `judge(path)` judges a built file on the tuning split,
 and `rejudge(path)` judges the chosen one on the evaluation split (None when the two are one split).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -24,10 +35,12 @@ import numpy as np
 from quant.errors import BuildError
 from quant.executor import run_isolated
 from quant.files import copy_model
+from quant.machine import cpu_facts
 from quant.methods.base import BuildResult
-from quant.metrics.catalogue import HEADLINE_METRICS, VARIANT_METRICS, worst_over_outputs
+from quant.metrics.catalogue import HEADLINE_METRICS, VARIANT_METRICS, badness, worst_over_outputs
 from quant.outcome import VariantOutcome
 from quant.recipe.schema import StaticInt8Options
+from quant.search_space import graph_order, sensitive_overrides, settings_to_try, units_of
 from quant.sensitivity import NodeSensitivity, rank_nodes
 
 Build = Callable[[StaticInt8Options, Path], BuildResult]  # these options into this file (in a child process)
@@ -58,14 +71,22 @@ def _accuracy_failed(outcome: VariantOutcome) -> bool:
     return any(g.metric not in VARIANT_METRICS for g in outcome.failed_gates)
 
 
-def _attempt_record(outcome: VariantOutcome, excluded: list[str]) -> dict[str, Any]:
+def _objective_value(outcome: VariantOutcome, objective: str | None) -> float | None:
+    return worst_over_outputs(objective, outcome.metrics.values()) if objective else None
+
+
+def _attempt_record(outcome: VariantOutcome, excluded: list[str], stage: str, changes: dict[str, Any], overridden: int) -> dict[str, Any]:
     record: dict[str, Any] = {
         "split": outcome.judged_on,
+        "stage": stage,
+        "changes": changes,
+        "tensors_overridden": overridden,
         "nodes_in_float": len(excluded),
         "excluded": excluded,
         "passed": outcome.passed,
         "status": outcome.status,
         "latency_ratio": outcome.latency.ratio if outcome.latency else None,
+        "latency_interval": [outcome.latency.interval.low, outcome.latency.interval.high] if outcome.latency and outcome.latency.interval else None,
         "size_ratio": outcome.size_ratio,
         "failed_gates": [f"{g.metric}={g.observed:.4g}" if g.observed is not None else g.metric for g in outcome.failed_gates],
     }
@@ -98,23 +119,53 @@ def _ranking(
     return ranking, [sample_id for sample_id, _ in samples], stats["seconds"]
 
 
-def _choose(judged: list[tuple[VariantOutcome, list[str]]]) -> tuple[int, str]:
-    """Which attempt becomes the variant, and why: the first that passed; else the quantized one that
-    failed the fewest gates with the fewest nodes in float. An FP32 copy is chosen only when every attempt was one."""
-    for index, (trial, excluded) in enumerate(judged):
-        if trial.passed:
-            return index, f"the first attempt that passed every gate ({len(excluded)} node(s) in float)"
-    rank = {"inconclusive": 0, "failed": 1, "error": 2, "nothing_quantized": 3}
-    index = min(range(len(judged)), key=lambda i: (rank[judged[i][0].status], len(judged[i][0].failed_gates), len(judged[i][1])))
+_STATUS_RANK = {"passed": -1, "inconclusive": 0, "failed": 1, "error": 2, "nothing_quantized": 3}
+
+
+def _score(trial: VariantOutcome, nodes_in_float: int, objective: str | None) -> tuple[float, ...]:
+    """Smaller is better: passed first, then fewest failed gates, then the objective metric, then fewest nodes in float."""
+    value = _objective_value(trial, objective)
+    return (
+        _STATUS_RANK[trial.status],
+        len(trial.failed_gates),
+        badness(objective, value) if objective and value is not None else 0.0,
+        nodes_in_float,
+    )
+
+
+def _choose(judged: list[tuple[VariantOutcome, list[str]]], objective: str | None = None) -> tuple[int, str]:
+    """Which attempt becomes the variant, and why: the passing one with the fewest nodes in float (the first of
+    equals); else the quantized one that failed the fewest gates, then was best by the objective, with the fewest
+    nodes in float. An FP32 copy is chosen only when every attempt was one."""
+    passing = [i for i, (trial, _) in enumerate(judged) if trial.passed]
+    if passing:
+        index = min(passing, key=lambda i: len(judged[i][1]))
+        return index, f"the passing attempt with the fewest nodes in float ({len(judged[index][1])})"
+    index = min(range(len(judged)), key=lambda i: _score(judged[i][0], len(judged[i][1]), objective))
     trial = judged[index][0]
     if trial.status == "failed":
         failed = ", ".join(g.metric for g in trial.failed_gates)
-        return index, f"no attempt passed; this one failed the fewest gates ({failed}) with the fewest nodes in float"
+        by = f", best by {objective}" if objective else ""
+        return index, f"no attempt passed; this one failed the fewest gates ({failed}){by}, with the fewest nodes in float"
     if trial.status == "inconclusive":
         return index, "no attempt passed; this one failed no gate, but its latency stayed inconclusive"
     if trial.status == "error":
         return index, f"every attempt that quantized anything failed to build or run ({trial.error})"
     return index, "no attempt quantized any node"
+
+
+def _default_objective(first: VariantOutcome) -> str | None:
+    """The first accuracy gate the recipe's own setting failed (what the search must improve)."""
+    return next((g.metric for g in first.failed_gates if g.metric not in VARIANT_METRICS), None)
+
+
+@dataclass
+class _Attempts:
+    """Every attempt of one search: its outcome, nodes in float and options (what the lock file records)."""
+
+    judged: list[tuple[VariantOutcome, list[str]]]
+    options: list[StaticInt8Options]
+    records: list[dict[str, Any]]
 
 
 def search_fallback(
@@ -126,33 +177,46 @@ def search_fallback(
     feeds: Feeds,
     setup: SearchSetup,
     log: Callable[[str], None],
-) -> tuple[VariantOutcome, list[str]]:
-    """Build, judge on the tuning split, and if accuracy gates fail, retry with the most sensitive nodes in float;
+) -> tuple[VariantOutcome, StaticInt8Options]:
+    """Build, judge on the tuning split, and if accuracy gates fail, search (stages in the module's docstring);
     the attempt chosen is judged again by `rejudge` on the evaluation split (None: tuning is the evaluation split).
 
-    Returns the variant's outcome (its model copied to `setup.final`) and the nodes the chosen attempt kept in
-    float beyond the recipe's own `exclude_nodes`. `template` names the variant for attempts that fail to build."""
+    Returns the variant's outcome (its model copied to `setup.final`) and the options the chosen attempt was
+    built with (its settings, tensor overrides and `exclude_nodes`: what the lock file records).
+    `template` names the variant for attempts that fail to build."""
     assert variant.fallback is not None
     fallback, name = variant.fallback, template.name
-    attempts: list[dict[str, Any]] = []
-    judged: list[tuple[VariantOutcome, list[str]]] = []
+    done = _Attempts([], [], [])
 
-    def attempt(excluded: list[str]) -> VariantOutcome:
-        options = variant.model_copy(update={"exclude_nodes": list(dict.fromkeys([*variant.exclude_nodes, *excluded]))})
+    def attempt(options: StaticInt8Options, excluded: list[str], stage: str, changes: dict[str, Any]) -> VariantOutcome:
+        options = options.model_copy(update={"exclude_nodes": list(dict.fromkeys([*variant.exclude_nodes, *excluded]))})
         result: BuildResult | None = None
         try:
-            result = build(options, setup.work_dir / f"fallback-{len(excluded):03d}.onnx")
+            result = build(options, setup.work_dir / f"attempt-{len(done.judged):03d}.onnx")
             trial = judge(result.path)
         except BuildError as error:
             trial = VariantOutcome(name=name, method=template.method, options=template.options, status="error", error=str(error))
         if result is not None:
             trial.build = result.details
-        attempts.append(_attempt_record(trial, excluded))
-        judged.append((trial, excluded))
-        log(f"{name}: {len(excluded)} node(s) in float -> {trial.status} on the {setup.tuning_name} samples")
+        overridden = len(options.tensor_overrides) - len(variant.tensor_overrides)
+        done.records.append(_attempt_record(trial, excluded, stage, changes, overridden))
+        done.judged.append((trial, excluded))
+        done.options.append(options)
+        what = ", ".join(f"{k}={v}" for k, v in changes.items()) or "recipe's setting"
+        log(
+            f"{name}: [{stage}] {what}, {overridden} tensor override(s), {len(excluded)} node(s) in float"
+            f" -> {trial.status} on the {setup.tuning_name} samples"
+        )
         return trial
 
-    first = attempt([])
+    first = attempt(variant, [], "settings", {})
+    objective = fallback.objective or _default_objective(first)
+    search: dict[str, Any] = {
+        "tuned_on": setup.tuning_name,
+        "tuning_samples": setup.tuning_samples,
+        "objective": objective,
+        "machine": cpu_facts().to_dict(),
+    }
     ranking: list[NodeSensitivity] = []
     ranked_on: list[str] = []
     conclusion = "passed without keeping any node in float"
@@ -164,42 +228,24 @@ def search_fallback(
         if not _accuracy_failed(first):
             conclusion = "only speed/size gates failed; keeping nodes in float would make it slower, so no search"
         else:
-            ranking, ranked_on, seconds = _ranking(variant, first, build, feeds, setup.work_dir)
-            log(f"{name}: ranked {len(ranking)} quantized nodes by added error on {len(ranked_on)} {setup.tuning_name} samples in {seconds:.1f} s")
-            for k in fallback.steps or default_steps(fallback.max_nodes):
-                k = min(k, len(ranking), fallback.max_nodes)
-                if k == 0 or k in (a["nodes_in_float"] for a in attempts):
-                    continue
-                trial = attempt([n.node for n in ranking[:k]])
-                if trial.passed:
-                    conclusion = f"passed with {k} node(s) in float"
-                    break
-                if trial.status == "nothing_quantized":
-                    conclusion = f"with {k} node(s) in float nothing was quantized any more; an FP32 copy is not an INT8 variant"
-                    break
-                if trial.status != "error" and not _accuracy_failed(trial):
-                    failed = ", ".join(g.metric for g in trial.failed_gates)
-                    conclusion = f"accuracy held with {k} node(s) in float, but {failed} failed; more float nodes only cost more"
-                    break
-            else:
-                conclusion = f"no attempt passed within {fallback.max_nodes} node(s) in float"
-    index, why = _choose(judged)
-    chosen, excluded = judged[index]
-    search = {
-        "tuned_on": setup.tuning_name,
-        "tuning_samples": setup.tuning_samples,
+            conclusion, ranking, ranked_on = _search_stages(variant, first, objective, attempt, done, build, feeds, setup, search, log)
+    index, why = _choose(done.judged, objective)
+    chosen, excluded = done.judged[index]
+    search |= {
         "ranked_on": ranked_on,
-        "attempts": attempts,
+        "attempts": done.records,
         "sensitivity": [n.to_dict() for n in ranking[:50]],
-        "metrics": [m for m in HEADLINE_METRICS if any(m in a for a in attempts)],
+        "metrics": [m for m in HEADLINE_METRICS if any(m in a for a in done.records)],
         "chosen_attempt": index,
+        "chosen_changes": done.records[index]["changes"],
         "chosen_nodes_in_float": len(excluded),
         "chosen_because": why,
         "conclusion": conclusion if chosen.passed else f"{conclusion}; the chosen attempt kept {len(excluded)} node(s) in float: {why}",
     }
+    chosen_options = done.options[index]
     if chosen.model_path is None:
         chosen.search = search
-        return chosen, excluded
+        return chosen, chosen_options
     copy_model(chosen.model_path, setup.final)  # with its external-data file, when it has one
     if rejudge is None or chosen.status == "nothing_quantized":
         verdict = chosen  # already judged on the evaluation split (tuning on it was allowed explicitly), or never judged
@@ -209,5 +255,129 @@ def search_fallback(
         verdict = rejudge(setup.final)
         verdict.build = chosen.build
         search["verdict_on_tuning"] = chosen.status
+        search["verified"] = _attempt_record(verdict, excluded, "verified", done.records[index]["changes"], done.records[index]["tensors_overridden"])
     verdict.search = search
-    return verdict, excluded
+    return verdict, chosen_options
+
+
+Attempt = Callable[[StaticInt8Options, list[str], str, dict[str, Any]], VariantOutcome]
+
+
+def _best_without_float(done: _Attempts, objective: str | None) -> int:
+    """The attempt with no node in float that scores best: the setting later stages start from."""
+    usable = [i for i, (trial, excluded) in enumerate(done.judged) if not excluded and trial.status in ("passed", "failed", "inconclusive")]
+    return min(usable, key=lambda i: _score(done.judged[i][0], 0, objective))
+
+
+def _search_stages(
+    variant: StaticInt8Options,
+    first: VariantOutcome,
+    objective: str | None,
+    attempt: Attempt,
+    done: _Attempts,
+    build: Build,
+    feeds: Feeds,
+    setup: SearchSetup,
+    search: dict[str, Any],
+    log: Callable[[str], None],
+) -> tuple[str, list[NodeSensitivity], list[str]]:
+    """Stages 1-6 (module docstring) after the recipe's own setting failed an accuracy gate; returns (conclusion, ranking, ranked on)."""
+    fallback = variant.fallback
+    assert fallback is not None
+    settings, skipped = settings_to_try(variant, fallback.candidates)
+    search["skipped"] = skipped
+    for setting in settings:
+        if attempt(setting.options, [], "settings", setting.changes).passed:
+            return f"passed with setting {setting.changes} and no node in float", [], []
+    base_index = _best_without_float(done, objective)
+    base, base_outcome, base_changes = done.options[base_index], done.judged[base_index][0], done.records[base_index]["changes"]
+    ranking, ranked_on, seconds = _ranking(base, base_outcome, build, feeds, setup.work_dir)
+    log(
+        f"{first.name}: ranked {len(ranking)} quantized nodes of setting {base_changes or 'as recipe'} by added error"
+        f" on {len(ranked_on)} {setup.tuning_name} samples in {seconds:.1f} s"
+    )
+    float_model = Path(base_outcome.build["prepared_model"])
+    wanted = fallback.sensitive_overrides
+    if wanted is not None:
+        for count in wanted.nodes:
+            overrides, unsafe = sensitive_overrides(base, ranking, count, wanted, float_model)
+            if unsafe:
+                search.setdefault("skipped", []).append({"changes": {"sensitive_overrides.weights_reduce_range": False}, "skipped": unsafe})
+            if overrides == base.tensor_overrides:
+                continue
+            changes = {**base_changes, "sensitive_overrides": count}
+            if attempt(base.model_copy(update={"tensor_overrides": overrides}), [], "overrides", changes).passed:
+                return f"passed with per-tensor overrides on the {count} most sensitive node(s) and no node in float", ranking, ranked_on
+        base_index = _best_without_float(done, objective)
+        base, base_changes = done.options[base_index], done.records[base_index]["changes"]
+    units = units_of(ranking, fallback.unit, fallback.block_size, graph_order(float_model))
+    if fallback.pairs >= 1:
+        _pairs(units[: fallback.pairs], base, base_changes, base_index, objective, attempt, done, search)
+        if any(trial.passed for trial, _ in done.judged):
+            return "an attempt of the pairs stage passed", ranking, ranked_on
+    conclusion = _units_in_float(units, base, base_changes, attempt, done)
+    passing = [i for i, (trial, _) in enumerate(done.judged) if trial.passed]
+    if passing and fallback.step_back:
+        conclusion += _step_back(units, passing[-1], base_changes, attempt, done)
+    return conclusion, ranking, ranked_on
+
+
+def _pairs(
+    top: list[list[str]], base: StaticInt8Options, changes: dict[str, Any], base_index: int, objective: str | None,
+    attempt: Attempt, done: _Attempts, search: dict[str, Any],
+) -> None:  # fmt: skip
+    """The top units alone and in pairs, and how far each pair's objective is from the sum of its singles' effects."""
+
+    def value(trial: VariantOutcome) -> float | None:
+        v = _objective_value(trial, objective)
+        return None if v is None or trial.status == "error" else v
+
+    reference = value(done.judged[base_index][0])
+    single = {i: value(attempt(base, unit, "pairs", changes)) for i, unit in enumerate(top)}
+    interactions = []
+    for i in range(len(top)):
+        for j in range(i + 1, len(top)):
+            pair = value(attempt(base, [*top[i], *top[j]], "pairs", changes))
+            known = None not in (pair, single[i], single[j], reference)
+            additive = single[i] + single[j] - reference if known else None  # type: ignore[operator]
+            interactions.append(
+                {"units": [top[i], top[j]], "objective": objective, "alone": [single[i], single[j]], "together": pair,
+                 "if_additive": additive, "interaction": pair - additive if known else None}  # type: ignore[operator]
+            )  # fmt: skip
+    search["interactions"] = interactions
+
+
+def _units_in_float(units: list[list[str]], base: StaticInt8Options, changes: dict[str, Any], attempt: Attempt, done: _Attempts) -> str:
+    """1, 2, 4, ... of the most sensitive units in float (within max_nodes), until one passes or only speed/size fail."""
+    fallback = base.fallback
+    assert fallback is not None
+    tried = {tuple(excluded) for _, excluded in done.judged}
+    for k in fallback.steps or default_steps(len(units)):
+        excluded = [node for unit in units[: min(k, len(units))] for node in unit][: fallback.max_nodes]
+        if not excluded or tuple(excluded) in tried:
+            continue
+        tried.add(tuple(excluded))
+        trial = attempt(base, excluded, "float", changes)
+        if trial.passed:
+            return f"passed with {len(excluded)} node(s) in float"
+        if trial.status == "nothing_quantized":
+            return f"with {len(excluded)} node(s) in float nothing was quantized any more; an FP32 copy is not an INT8 variant"
+        if trial.status != "error" and not _accuracy_failed(trial):
+            failed = ", ".join(g.metric for g in trial.failed_gates)
+            return f"accuracy held with {len(excluded)} node(s) in float, but {failed} failed; more float nodes only cost more"
+        if len(excluded) >= fallback.max_nodes:
+            break
+    return f"no attempt passed within {fallback.max_nodes} node(s) in float"
+
+
+def _step_back(units: list[list[str]], passed_index: int, changes: dict[str, Any], attempt: Attempt, done: _Attempts) -> str:
+    """NNCF's accuracy control, backwards: return each float unit to INT8 (least sensitive first) while it still passes."""
+    keep = list(done.judged[passed_index][1])
+    base = done.options[passed_index].model_copy(update={"exclude_nodes": []})
+    in_float = [unit for unit in units if set(unit) <= set(keep)]
+    returned = 0
+    for unit in reversed(in_float[1:] if len(in_float) > 1 else []):
+        trial_set = [node for node in keep if node not in unit]
+        if attempt(base, trial_set, "step_back", changes).passed:
+            keep, returned = trial_set, returned + 1
+    return f"; stepping back returned {returned} unit(s) to INT8 ({len(keep)} node(s) left in float)" if in_float[1:] else ""

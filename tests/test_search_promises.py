@@ -85,7 +85,7 @@ def test_when_no_attempt_passes_the_best_is_kept_and_the_report_says_it_failed(w
     assert code == 1 and variant["status"] == "failed" and [g["metric"] for g in variant["gates"] if not g["passed"]] == ["max_abs"]
     assert "| int8 | static_int8 | FAIL |" in output
     root = workspace["root"]
-    assert (root / "run" / "variants" / "int8.onnx").read_bytes() == (root / "run" / "work" / "int8" / "fallback-001.onnx").read_bytes()
+    assert (root / "run" / "variants" / "int8.onnx").read_bytes() == (root / "run" / "work" / "int8" / "attempt-001.onnx").read_bytes()
     assert not (root / "releases").exists()
 
 

@@ -125,9 +125,9 @@ def test_the_search_keeps_the_external_data_of_the_model_it_chooses(tmp_path: Pa
     variant = StaticInt8Options(method="static_int8", exclude_nodes=["head"], fallback={"max_nodes": 2})
     places = SearchSetup(work_dir=tmp_path / "work", final=tmp_path / "variants" / "int8.onnx", tuning_name="tuning", tuning_samples=0)
     template = VariantOutcome(name="int8", method="static_int8", options={})
-    chosen, excluded = search_fallback(variant, template, build, judge, None, lambda n: [], places, lambda _: None)
-    assert excluded == [] and chosen.model_path == places.final
+    chosen, chosen_options = search_fallback(variant, template, build, judge, None, lambda n: [], places, lambda _: None)
+    assert chosen_options.exclude_nodes == ["head"] and chosen.model_path == places.final
     assert built_options[0].exclude_nodes == ["head"]  # the recipe's exclusions ride in the typed options
     copied = onnx.load(str(places.final))  # loads the external data too: fails when the data file was left behind
     assert onnx.numpy_helper.to_array(copied.graph.initializer[0]).sum() == sum(range(64))
-    assert (places.final.parent / "fallback-000.onnx.data").is_file()
+    assert (places.final.parent / "attempt-000.onnx.data").is_file()

@@ -407,14 +407,88 @@ class DynamicInt8Options(Strict):
     gates: list[Gate] = Field(default_factory=list, description="Gates replacing the recipe-wide ones with the same metric and output.")
 
 
+CalibrationMethod = Literal["minmax", "entropy", "percentile", "distribution"]
+
+
+class TensorOverride(Strict):
+    """Another quantization setting for one tensor, handed to onnxruntime as a `TensorQuantOverrides` entry."""
+
+    calibrate: CalibrationMethod | None = Field(
+        default=None, description="Activation tensors: take this tensor's range from this calibration method (cached like the variant's)."
+    )
+    percentile: float | None = Field(default=None, gt=0, le=100, description="Percentile for `calibrate: percentile` on this tensor.")
+    reduce_range: bool | None = Field(default=None, description="Weight tensors (initializers) only: 7-bit (true) or 8-bit (false) weights.")
+
+    @model_validator(mode="after")
+    def _says_something(self) -> TensorOverride:
+        if self.calibrate is None and self.reduce_range is None:
+            raise ValueError("a tensor override needs `calibrate` or `reduce_range`")
+        if self.percentile is not None and self.calibrate != "percentile":
+            raise ValueError("`percentile` needs `calibrate: percentile`")
+        return self
+
+
+class SearchCandidate(Strict):
+    """A variant-wide setting the search tries (with no node in float) before keeping nodes in float; fields left out keep the variant's."""
+
+    calibrate: CalibrationMethod | None = Field(default=None, description="Calibration method.")
+    percentile: float | None = Field(default=None, gt=0, le=100, description="Percentile for `calibrate: percentile`.")
+    reduce_range: bool | None = Field(
+        default=None, description="7-bit (true) or 8-bit (false) weights. 8-bit u8 x s8 is skipped on x86 CPUs without VNNI (saturation)."
+    )
+    per_channel: bool | None = Field(default=None, description="Per-channel weight scales.")
+
+    def changes(self) -> dict[str, object]:
+        return self.model_dump(exclude_none=True)
+
+
+class SensitiveOverrides(Strict):
+    """Instead of keeping the most sensitive nodes in float (slow), quantize them differently (per-tensor overrides, INT8 speed)."""
+
+    nodes: list[int] = Field(default_factory=lambda: [8, 32], description="How many top-ranked nodes get the overrides, one attempt each.")
+    weights_reduce_range: bool | None = Field(
+        default=False, description="Their weights: 8-bit (false) or 7-bit (true); 8-bit is skipped on x86 CPUs without VNNI."
+    )
+    inputs_calibrate: CalibrationMethod | None = Field(default=None, description="Their activation inputs' ranges from this calibration method.")
+    inputs_percentile: float | None = Field(default=None, gt=0, le=100, description="Percentile for `inputs_calibrate: percentile`.")
+
+
 class Fallback(Strict):
-    """Automatic fallback: when accuracy gates fail, keep the most sensitive nodes in float and retry."""
+    """Automatic fallback: when accuracy gates fail, search settings, per-tensor overrides and the most sensitive nodes (or blocks)
+    in float, choosing on the tuning split; the choice is judged on the evaluation split."""
 
     max_nodes: int = Field(default=16, ge=1, description="Keep at most this many nodes in float.")
     steps: list[int] | None = Field(
-        default=None, description="Numbers of nodes to try keeping in float, in order (default 1, 2, 4, 8, ... up to max_nodes)."
+        default=None, description="Numbers of units (nodes or blocks) to try keeping in float, in order (default 1, 2, 4, 8, ... within max_nodes)."
     )
-    samples: int = Field(default=8, ge=1, description="Evaluation samples used to rank node sensitivity.")
+    samples: int = Field(default=8, ge=1, description="Tuning samples used to rank node sensitivity.")
+    candidates: list[SearchCandidate] = Field(
+        default_factory=list, description="Variant-wide settings tried first; the best on the tuning split carries on to the node search."
+    )
+    sensitive_overrides: SensitiveOverrides | None = Field(
+        default=None, description="Per-tensor overrides for the most sensitive nodes, tried before keeping nodes in float."
+    )
+    unit: Literal["node", "block"] = Field(
+        default="node", description="What is kept in float: single nodes, or blocks of consecutive quantized nodes ranked by their worst node."
+    )
+    block_size: int = Field(default=4, ge=2, description="Quantized nodes per block with `unit: block` (in graph order).")
+    pairs: int = Field(
+        default=0, ge=0, le=5, description="Try the top N units alone and in pairs (their interaction: single exclusions do not add up)."
+    )
+    step_back: bool = Field(
+        default=True, description="After a pass, return units to INT8 one at a time (least sensitive first) while it still passes."
+    )
+    objective: str | None = Field(
+        default=None, description="Metric that orders attempts failing as many gates (default: the first accuracy gate's metric)."
+    )
+
+    @field_validator("objective")
+    @classmethod
+    def _known_metric(cls, value: str | None) -> str | None:
+        if value is not None and value not in GATE_METRICS:
+            close = difflib.get_close_matches(value, GATE_METRICS, n=1)
+            raise ValueError(f"unknown metric '{value}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        return value
 
 
 class StaticInt8Options(Strict):
@@ -422,7 +496,7 @@ class StaticInt8Options(Strict):
 
     method: Literal["static_int8"]
     format: Literal["QDQ", "QOperator"] = Field(default="QDQ", description="QDQ: Quantize/DequantizeLinear pairs; QOperator: QLinear* ops.")
-    calibrate: Literal["minmax", "entropy", "percentile", "distribution"] = Field(default="minmax", description="How activation ranges are chosen.")
+    calibrate: CalibrationMethod = Field(default="minmax", description="How activation ranges are chosen.")
     percentile: float = Field(default=99.999, gt=0, le=100, description="Percentile for `calibrate: percentile`.")
     activation_type: Literal["uint8", "int8"] = Field(
         default="uint8", description="Activation integer type (uint8 is much faster on AVX2 without VNNI)."
@@ -434,6 +508,10 @@ class StaticInt8Options(Strict):
     exclude_nodes: list[str] = Field(default_factory=list, description="Node names left in float.")
     calibration_samples: int | None = Field(
         default=None, gt=0, description="Use only this many calibration samples (default: the whole calibration set)."
+    )
+    tensor_overrides: dict[str, TensorOverride] = Field(
+        default_factory=dict,
+        description="Per-tensor settings by tensor name (onnxruntime's TensorQuantOverrides); the search writes its choice here.",
     )
     prepare: Prepare = Field(default_factory=lambda: Prepare(opset=13, preprocess=True), description="Model preparation before quantizing.")
     fallback: Fallback | None = Field(default=None, description="Search that keeps sensitive nodes in float until the gates pass.")

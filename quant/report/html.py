@@ -10,6 +10,7 @@ from typing import Any
 
 from quant.fp16.report import html_sections as fp16_sections
 from quant.metrics.catalogue import accuracy_axis, worst_over_outputs
+from quant.report.tradeoff import tradeoff_figure
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;max-width:1400px}
@@ -79,6 +80,12 @@ def _plots(results: dict[str, Any]) -> list[tuple[str, str]]:
         axes.grid(alpha=0.3)
         images.append(("Accuracy vs latency", _png(figure)))
         plt.close(figure)
+    for name, variant in variants.items():
+        search = variant.get("search") or {}
+        curve = tradeoff_figure(name, search) if search.get("kind") != "fp16_repair" else None
+        if curve is not None:
+            images.append((f"Trade-off curve of {name}'s search: every attempt on the tuning split, the chosen one on evaluation", _png(curve)))
+            plt.close(curve)
     for output in sorted({o for v in variants.values() for o in v.get("distributions", {})}):
         series = {name: v["distributions"][output] for name, v in variants.items() if output in v.get("distributions", {})}
         keys = [k for k in ("cosine", "snr_db", "map_iou") if any(k in s for s in series.values())]
@@ -160,11 +167,15 @@ def _search_sections(results: dict[str, Any]) -> str:
         search = v.get("search")
         if not search:
             continue
+        rows = [(str(i), a) for i, a in enumerate(search.get("attempts", []))]
+        rows += [(f"{search.get('chosen_attempt')} verified", search["verified"])] if search.get("verified") else []
         attempts = "".join(
-            f"<tr class={'pass' if a.get('passed') else 'fail'}><td>{a['nodes_in_float']}</td><td>{_number(a.get('latency_ratio'), 3)}</td>"
+            f"<tr class={'pass' if a.get('passed') else 'fail'}><td>{_escape(label)}</td><td>{_escape(a.get('split'))}</td>"
+            f"<td>{_escape(a.get('stage', ''))}</td><td>{_escape(', '.join(f'{k}={v}' for k, v in (a.get('changes') or {}).items()))}</td>"
+            f"<td>{a.get('tensors_overridden', 0)}</td><td>{a['nodes_in_float']}</td><td>{_number(a.get('latency_ratio'), 3)}</td>"
             + "".join(f"<td>{_number(a.get(m))}</td>" for m in search.get("metrics", []))
             + f"<td>{_escape(', '.join(a.get('failed_gates', [])))}</td></tr>"
-            for a in search.get("attempts", [])
+            for label, a in rows
         )
         header = "".join(f"<th>{_escape(m)}</th>" for m in search.get("metrics", []))
         ranking = "".join(
@@ -174,7 +185,8 @@ def _search_sections(results: dict[str, Any]) -> str:
         parts.append(
             f"<h2>{'FP16 repair search' if search.get('kind') == 'fp16_repair' else 'Fallback search'}: {_escape(name)}</h2>"
             f"<p>{_escape(search.get('conclusion', ''))}</p>"
-            f"<table><tr><th>nodes kept in float</th><th>latency ratio</th>{header}<th>failed gates</th></tr>{attempts}</table>"
+            f"<table><tr><th>#</th><th>judged on</th><th>stage</th><th>setting</th><th>tensor overrides</th><th>nodes kept in float</th>"
+            f"<th>latency ratio</th>{header}<th>failed gates</th></tr>{attempts}</table>"
             + (f"<h3>Most sensitive nodes</h3><table><tr><th>#</th><th>node</th><th>op</th><th>SQNR dB</th></tr>{ranking}</table>" if ranking else "")
         )
     return "".join(parts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from quant.fp16.report import summary_lines as fp16_summary_lines
 from quant.metrics.catalogue import HEADLINE_METRICS, worst_over_outputs
 from quant.outcome import VariantOutcome
+from quant.report.tradeoff import tradeoff_markdown
 
 SLICE_METRICS = ("ctc_exact_match_norm", "ctc_exact_match", "label_cer_delta", "label_cer_reference", "map_iou")
 
@@ -89,5 +90,8 @@ def summary_markdown(
         if o.search and o.search.get("sensitivity"):
             worst = ", ".join(f"{n['node']} ({n['op_type']}, {n['sqnr_db']:.1f} dB)" for n in o.search["sensitivity"][:5])
             lines.append(f"Most sensitive nodes of {o.name}: {worst}")
+    for o in outcomes:
+        if o.search and o.search.get("attempts") and o.search.get("kind") != "fp16_repair":
+            lines += tradeoff_markdown(o.name, o.search)
     lines += fp16_summary_lines(outcomes)
     return "\n".join(lines) + "\n"
