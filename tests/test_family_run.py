@@ -30,11 +30,13 @@ def test_a_tiny_family_run_releases_what_generates_fp32s_tokens(tmp_path: Path) 
             "folder": "model",
             "generation": {"vocab": None, "config": None, "start_token": START, "end_token": END, "max_new_tokens": 24},
         },
+        "calibration": {"source": {"npz": str(_npz(tmp_path / "calib.npz", [1.0, 5.0, 9.0]))}},
         "evaluation": {"source": {"npz": str(_npz(tmp_path / "eval.npz", [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]))}},
         "variants": {
             "int8-decoders": {"parts": {"decoders": {"method": "weight_only", "bits": 8}}},
             "int4-decoders": {"parts": {"decoders": {"method": "weight_only", "bits": 4}}},
             "conv-only": {"parts": {"all": {"method": "dynamic_int8", "op_types": ["Conv"]}}},
+            "static-decoders": {"parts": {"decoders": {"method": "static_int8", "op_types": ["MatMul"]}}},
         },
         "gates": [{"metric": "seq_exact_match", "min": 1.0}, {"metric": "seq_unfinished", "max": 0.0}],
         "bench": {"samples": 1, "rounds": 3, "warmup": 1, "max_rounds": 3},
@@ -50,8 +52,14 @@ def test_a_tiny_family_run_releases_what_generates_fp32s_tokens(tmp_path: Path) 
     assert int4["status"] == "failed" and int4["metrics"][""]["seq_exact_match"] == 0.0
     assert "seq_exact_match" in {g["metric"] for g in int4["gates"] if g["verdict"] == "failed"}
     assert variants["conv-only"]["status"] == "nothing_quantized" and variants["conv-only"]["gates"] == []
+    # Static decoders calibrate on the steps of FP32 generation on the calibration tensors (an all-zero past key/value
+    # would have been refused: a build error); QDQ pairs in both decoder files, and they still generate FP32's tokens.
+    static = variants["static-decoders"]
+    assert static["status"] == "passed", static["error"]
+    for role in ("decoder", "decoder_with_past"):
+        assert static["build"]["parts"][role]["build"]["quantized_ops"]["QuantizeLinear"] > 0
     release = tmp_path / "releases" / "tiny-family" / "v1"
-    assert sorted(p.name for p in release.iterdir()) == ["SHA256SUMS", "int8-decoders", "manifest.json"]
+    assert sorted(p.name for p in release.iterdir()) == ["SHA256SUMS", "int8-decoders", "manifest.json", "static-decoders"]
     manifest = json.loads((release / "manifest.json").read_text())
     assert manifest["family"]["generation"] == {"start_token": START, "end_token": END, "max_new_tokens": 24}
     assert manifest["family"]["assets"] == {}  # no vocabulary or config in the family's folder: none released

@@ -173,7 +173,11 @@ class FamilyRecipe(Strict):
     calibration: DataSet | None = Field(
         default=None, description="Calibration images (static INT8 parts: the encoder's inputs, and the decoder's captured from FP32 generation)."
     )
-    tuning: DataSet | None = Field(default=None, description="Images choices are made on; disjoint from calibration and evaluation.")
+    tuning: DataSet | None = Field(
+        default=None,
+        description="Images data-driven choices would be made on, disjoint from calibration and evaluation (checked and recorded; "
+        "no family variant makes such a choice yet: the gates judge on `evaluation` alone).",
+    )
     evaluation: DataSet = Field(description="Held-out images (with labels for the label metrics) every variant and FP32 generate on.")
     variants: dict[str, FamilyVariant] = Field(description="Variants to build, by name.")
     gates: list[Gate] = Field(default_factory=list, description="Gates applied to every variant unless the variant overrides them.")
