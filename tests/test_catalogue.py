@@ -23,17 +23,25 @@ def _spec(kind: str) -> OutputSpec:
     return OutputSpec(kind=kind)
 
 
-def _comparison(kind: str) -> OutputComparison:
-    """An output of `kind` compared on a few samples (with labels, normalisation, sure and unsure lines)."""
+def _samples(kind: str) -> list[tuple[str, np.ndarray, np.ndarray, str | None]]:
+    """A few samples of an output of `kind`: (id, FP32's output, a variant's, label), with sure and unsure lines."""
     rng = np.random.default_rng(1)
-    comparison = OutputComparison(_spec(kind), CHARSET if kind == "ctc" else None)
+    samples = []
     for index in range(4):
         reference = rng.random((1, 5, 6), dtype=np.float32)
         if index % 2:  # one sure line, one unsure line
             reference[0, :, 1] = 5.0
         reference = reference / reference.sum(axis=-1, keepdims=True)
         candidate = reference + rng.normal(scale=0.05, size=reference.shape).astype(np.float32)
-        comparison.add(f"s{index}", reference, candidate, label="ab" if kind == "ctc" else None)
+        samples.append((f"s{index}", reference, candidate, "ab" if kind == "ctc" else None))
+    return samples
+
+
+def _comparison(kind: str) -> OutputComparison:
+    """An output of `kind` compared on a few samples (with labels, normalisation, sure and unsure lines)."""
+    comparison = OutputComparison(_spec(kind), CHARSET if kind == "ctc" else None)
+    for sample_id, reference, candidate, label in _samples(kind):
+        comparison.add(sample_id, reference, candidate, label=label)
     return comparison
 
 
@@ -47,6 +55,16 @@ def test_what_compare_computes_is_what_the_catalogue_says(kind: str) -> None:
     assert set(_comparison(kind).summary()) == set(kind_metrics(kind))
 
 
+@pytest.mark.parametrize("kind", OUTPUT_KINDS)
+def test_a_variant_equal_to_fp32_scores_the_perfect_value_of_each_metric(kind: str) -> None:
+    comparison = OutputComparison(_spec(kind), CHARSET if kind == "ctc" else None)
+    for sample_id, reference, _, label in _samples(kind):
+        comparison.add(sample_id, reference, reference.copy(), label=label)
+    summary = comparison.summary()
+    perfect = {name: CATALOGUE[name].perfect for name in summary if CATALOGUE[name].perfect is not None}
+    assert perfect and {name: summary[name] for name in perfect} == pytest.approx(perfect)
+
+
 def test_every_interval_metric_gets_an_interval_and_no_other() -> None:
     assert set(estimates(_comparison("ctc").rows)) == {m for m in kind_metrics("ctc") if CATALOGUE[m].interval}
 
@@ -56,6 +74,7 @@ def test_worst_follows_the_direction_and_nan_is_worst() -> None:
     assert worst("cosine", [0.99, 0.9, 0.95]) == 0.9
     assert math.isnan(worst("cosine", [0.99, math.nan]))
     assert worst("cosine", [None]) is None
+    assert worst("label_cer_reference", [0.0, 0.25]) == 0.25  # FP32's own CER, reported beside label_cer: higher is worse too
 
 
 def test_a_gate_without_a_bound_direction_reads_the_worst_output() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from quant.compare import OutputComparison
 from quant.gates import regression
-from quant.metrics.catalogue import CATALOGUE
+from quant.metrics.catalogue import CATALOGUE, TIMED_METRICS, worst
 from quant.metrics.ctc import confidence_margins, greedy_decode
 from quant.metrics.numeric import cosine
 from quant.recipe.schema import OutputSpec
@@ -77,6 +77,9 @@ def test_confidence_margin_is_the_smallest_gap_between_the_best_two_classes() ->
     assert confidence_margins(frames[0]) == [pytest.approx(0.1)]  # unbatched: still one line
     with_nan = np.array([[[0.9, np.nan, 0.1]]], np.float32)
     assert confidence_margins(with_nan) == [pytest.approx(0.8)]  # a NaN class is never the best
+    log_probabilities = np.array([[[-0.1, np.nan, -2.5]]], np.float32)
+    assert confidence_margins(log_probabilities) == [pytest.approx(2.4)]  # nor the second best, whatever the scale
+    assert confidence_margins(np.array([[[0.7, 0.3], [0.2, 0.8]]], np.float32)) == [pytest.approx(0.4)]  # blank and one character
     assert confidence_margins(np.zeros((2, 0, 5), np.float32)) == [1.0, 1.0]  # no frames: nothing unsure
     assert confidence_margins(np.ones((1, 3, 1), np.float32)) == [1.0]  # one class: nothing to confuse
 
@@ -100,3 +103,10 @@ def test_a_metric_is_better_towards_its_perfect_value() -> None:
         assert metric.lower_is_better is (metric.perfect == 0.0), metric.name
         away = metric.perfect + (0.1 if metric.lower_is_better else -0.1)
         assert regression(metric.name, previous=metric.perfect, current=away) > 0, metric.name
+
+
+@pytest.mark.parametrize("metric", ["size_ratio", *TIMED_METRICS])
+def test_a_bigger_or_slower_variant_than_last_time_regressed(metric: str) -> None:
+    """Size and latency are ratios to FP32's: a larger ratio is a regression, a smaller one an improvement."""
+    assert regression(metric, previous=0.5, current=0.8) > 0 > regression(metric, previous=0.8, current=0.5)
+    assert worst(metric, [0.5, 0.8]) == 0.8
