@@ -138,3 +138,13 @@ def test_a_first_attempt_that_passes_ends_the_search_and_says_so(workspace: dict
     search = variant["search"]
     assert code == 0 and variant["status"] == "passed" and len(search["attempts"]) == 1 and search["sensitivity"] == []
     assert search["conclusion"] == "passed without keeping any node in float" and "ranked" not in output
+
+
+def test_the_search_stops_when_keeping_more_nodes_in_float_leaves_nothing_quantized(workspace: dict[str, Path]) -> None:
+    # The outlier model has 3 quantizable nodes: with all 3 in float the attempt is an FP32 copy, never the variant.
+    every_node = {**BROKEN_INT8, "fallback": {**BROKEN_INT8["fallback"], "max_nodes": 3, "steps": [3, 1]}}
+    code, variant, _ = _search(workspace, [{"metric": "ctc_exact_match", "min": 0.9}, {"metric": "max_abs", "max": 0.0}], variant=every_node)
+    search = variant["search"]
+    assert [(a["nodes_in_float"], a["status"]) for a in search["attempts"]] == [(0, "failed"), (3, "nothing_quantized")]  # 1 never tried
+    assert search["conclusion"].startswith("with 3 node(s) in float nothing was quantized any more; an FP32 copy is not an INT8 variant")
+    assert code == 1 and variant["status"] == "failed" and search["chosen_nodes_in_float"] == 0
