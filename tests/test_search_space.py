@@ -38,7 +38,8 @@ def _one_run(root: Path, outlier: bool, variants: dict) -> dict:
     onnx.save(tiny_ctc_model(weight_outlier=outlier), str(workspace["model"]))
     done = run_cli("--recipe", str(write_recipe(root, _tuned_recipe(workspace, variants))), "--out", str(root / "run"), cwd=root)
     assert done.returncode in (0, 1), done.stderr
-    return {"run": root / "run", "variants": json.loads((root / "run" / "results.json").read_text())["variants"]}
+    results = json.loads((root / "run" / "results.json").read_text())
+    return {"run": root / "run", "variants": results["variants"], "data": results["data"]}
 
 
 SEVEN_BIT = {"method": "static_int8", "op_types": ["Conv", "MatMul"], "reduce_range": True, "calibrate": "minmax"}
@@ -146,6 +147,11 @@ def test_pairs_record_their_interaction(outlier_run: dict) -> None:
     assert pair["units"][0] == ["conv1"] and pair["together"] is not None
     assert pair["interaction"] == pytest.approx(pair["together"] - (pair["alone"][0] + pair["alone"][1] - search["attempts"][0]["ctc_exact_match"]))
     assert search["chosen_nodes_in_float"] == 1 and search["attempts"][search["chosen_attempt"]]["excluded"] == ["conv1"]
+    # Every attempt of every stage was judged on the tuning split, and the ranking read tuning samples only.
+    assert {a["split"] for a in search["attempts"]} == {"tuning"} and search["verified"]["split"] == "evaluation"
+    tuning_ids = {s["id"] for s in outlier_run["data"]["tuning"]["samples"]}
+    evaluation_ids = {s["id"] for s in outlier_run["data"]["evaluation"]["samples"]}
+    assert search["ranked_on"] and set(search["ranked_on"]) <= tuning_ids and not set(search["ranked_on"]) & evaluation_ids
 
 
 def test_a_pass_steps_back_to_fewer_nodes_in_float(outlier_run: dict) -> None:
