@@ -11,7 +11,7 @@ The stages, each tried only while no attempt has passed (every attempt recorded 
    calibration of their inputs) instead of kept in float: INT8 speed kept;
 4. pairs: the top units alone and in pairs, so their interaction is measured, not assumed additive;
 5. units in float: 1, 2, 4, ... of the most sensitive nodes or blocks;
-6. step back: after a pass, units go back to INT8 one at a time, least sensitive first, while it passes.
+6. step back: after a pass, the least sensitive units go back to INT8 while it passes (bisected).
 
 Each attempt reuses the cached calibration ranges, so only quantization and judging are repeated.
 Keeping nodes in float costs speed, so the search stops as soon as the latency or size gate is
@@ -371,13 +371,20 @@ def _units_in_float(units: list[list[str]], base: StaticInt8Options, changes: di
 
 
 def _step_back(units: list[list[str]], passed_index: int, changes: dict[str, Any], attempt: Attempt, done: _Attempts) -> str:
-    """NNCF's accuracy control, backwards: return each float unit to INT8 (least sensitive first) while it still passes."""
-    keep = list(done.judged[passed_index][1])
+    """NNCF's accuracy control, backwards: return the least sensitive float units to INT8 while it still passes.
+
+    The number kept is bisected between the largest count that failed and the one that passed (a handful of
+    attempts instead of one per unit); every attempt is judged and recorded like the others."""
+    kept = [unit for unit in units if set(unit) <= set(done.judged[passed_index][1])]
     base = done.options[passed_index].model_copy(update={"exclude_nodes": []})
-    in_float = [unit for unit in units if set(unit) <= set(keep)]
-    returned = 0
-    for unit in reversed(in_float[1:] if len(in_float) > 1 else []):
-        trial_set = [node for node in keep if node not in unit]
-        if attempt(base, trial_set, "step_back", changes).passed:
-            keep, returned = trial_set, returned + 1
-    return f"; stepping back returned {returned} unit(s) to INT8 ({len(keep)} node(s) left in float)" if in_float[1:] else ""
+    failed_counts = [len([u for u in units if set(u) <= set(excluded)]) for trial, excluded in done.judged if not trial.passed]
+    low, high = max([c for c in failed_counts if c < len(kept)], default=0), len(kept)  # low fails (or is untried), high passes
+    while high - low > 1:
+        middle = (low + high) // 2
+        if attempt(base, [node for unit in kept[:middle] for node in unit], "step_back", changes).passed:
+            high = middle
+        else:
+            low = middle
+    if high == len(kept):
+        return "; stepping back returned no unit to INT8" if len(kept) > 1 else ""
+    return f"; stepping back returned {len(kept) - high} unit(s) to INT8 ({high} unit(s) left in float)"

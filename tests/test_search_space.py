@@ -167,3 +167,25 @@ def test_a_pass_steps_back_to_fewer_nodes_in_float(outlier_run: dict) -> None:
 def test_the_pareto_front_keeps_only_attempts_nothing_beats_on_both_axes() -> None:
     # (latency, badness): 1 is beaten by 0 on both axes; 3 ties 2 on latency but is worse.
     assert pareto([(0.7, 0.2), (0.8, 0.3), (0.9, 0.1), (0.9, 0.15), (1.0, 0.1)]) == [0, 2]
+
+
+def test_the_step_back_bisects_to_the_fewest_units_that_still_pass() -> None:
+    from quant.outcome import VariantOutcome
+    from quant.recipe.schema import StaticInt8Options
+    from quant.search import _Attempts, _step_back
+
+    units = [[f"n{i}"] for i in range(16)]
+    needed = {"n0", "n1", "n2"}  # passes only while these three stay in float
+    done = _Attempts([], [], [])
+
+    def attempt(options: StaticInt8Options, excluded: list[str], stage: str, changes: dict) -> VariantOutcome:
+        trial = VariantOutcome(name="v", method="static_int8", options={}, status="passed" if needed <= set(excluded) else "failed")
+        done.judged.append((trial, excluded))
+        done.options.append(options)
+        return trial
+
+    attempt(StaticInt8Options(method="static_int8"), [], "settings", {})  # nothing in float: fails
+    attempt(StaticInt8Options(method="static_int8"), [n for u in units for n in u], "float", {})  # all 16: passes
+    conclusion = _step_back(units, 1, {}, attempt, done)
+    assert min(len(e) for t, e in done.judged if t.passed) == 3 and len(done.judged) - 2 <= 4  # log2(16) attempts, not 15
+    assert "returned 13 unit(s)" in conclusion

@@ -482,7 +482,7 @@ class Fallback(Strict):
         default=0, ge=0, le=5, description="Try the top N units alone and in pairs (their interaction: single exclusions do not add up)."
     )
     step_back: bool = Field(
-        default=True, description="After a pass, return units to INT8 one at a time (least sensitive first) while it still passes."
+        default=True, description="After a pass, return the least sensitive units to INT8 while it still passes (bisected)."
     )
     objective: str | None = Field(
         default=None, description="Metric that orders attempts failing as many gates (default: the first accuracy gate's metric)."
