@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from quant.compare import OutputComparison
-from quant.gates import applicable_outputs, judge
+from quant.gates import applicable_outputs, judge, latency_bounds
+from quant.intervals import Interval
 from quant.metrics.catalogue import CATALOGUE, HEADLINE_METRICS, OUTPUT_KINDS, VARIANT_METRICS, accuracy_axis, kind_metrics, worst
 from quant.metrics.samples import estimates
 from quant.recipe.schema import Gate, OutputSpec
@@ -116,3 +117,11 @@ def test_label_exact_match_counts_lines_read_exactly_as_labelled_and_can_be_gate
     assert (interval.method, interval.samples) == ("wilson", 3)
     result = judge(Gate(metric="label_exact_match", min=0.5), {"text": summary}, {}, {"text": _spec("ctc")})
     assert not result.passed and result.observed == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("metric", ["latency_ratio", "image_latency_ratio", "token_latency_ratio"])
+def test_every_latency_is_judged_by_its_interval_over_timed_rounds(metric: str) -> None:
+    """A latency straddling its bound after the extra rounds is undecided (exit 4), not passed on its median."""
+    straddling = judge(Gate(metric=metric, max=0.9), {}, {metric: 0.85}, {}, intervals={"": {metric: Interval(0.8, 0.95, 15, "exact")}})
+    assert straddling.verdict == "inconclusive"
+    assert latency_bounds([Gate(metric=metric, max=0.9)], metric) == [(None, 0.9)]

@@ -62,6 +62,15 @@ def test_a_probability_map_of_another_shape_has_no_overlap() -> None:
     assert comparison.distributions()["map_iou"] == [1.0, 0.0]
 
 
+@pytest.mark.parametrize(("reference_shape", "candidate_shape"), [((2, 3), (2, 1)), ((2, 1), (2, 3)), ((6,), (2, 3))])
+def test_an_output_of_another_shape_is_infinitely_far_from_fp32(reference_shape: tuple[int, ...], candidate_shape: tuple[int, ...]) -> None:
+    """Never broadcast against FP32's output: a variant that changed an output's shape is broken, whichever way."""
+    comparison = OutputComparison(OutputSpec())
+    comparison.add("a", np.ones(reference_shape, np.float32), np.ones(candidate_shape, np.float32))
+    summary = comparison.summary()
+    assert (summary["max_abs"], summary["mean_abs"]) == (math.inf, math.inf)
+
+
 def test_cosine_of_all_zero_outputs() -> None:
     zeros = np.zeros(3, np.float32)
     assert cosine(zeros, zeros.copy()) == 1.0 and cosine(zeros, np.ones(3, np.float32)) == 0.0
