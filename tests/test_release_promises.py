@@ -18,6 +18,7 @@ from onnx import numpy_helper
 
 from quant.errors import OutputError
 from quant.release.folder import STAGING_PREFIX, existing_versions, next_version, promote, remove_stale_staging
+from quant.release.previous import PreviousRelease, changes_since_release
 from quant.testpoint import InjectedFailure
 from tests.conftest import tiny_ctc_model
 
@@ -157,3 +158,13 @@ def test_the_release_is_staged_complete_beside_the_target_and_only_then_renamed(
     assert existing_versions(root / "tiny") == []
     assert _promote(root, models).name == "v1"
     assert sorted(p.name for p in (root / "tiny").iterdir()) == ["v1"]
+
+
+def test_every_variant_in_both_releases_is_compared_with_the_last_one() -> None:
+    """A variant new in this run has nothing to compare with; the variants after it still do."""
+    previous = PreviousRelease("v3", {"variants": {"old": {"metrics": {"y": {"cosine": 0.99}, "": {"size_ratio": 0.5}}}}})
+    current = {"new": {"y": {"cosine": 0.9}}, "old": {"y": {"cosine": 0.97}, "": {"size_ratio": 0.25}}}
+    changes = changes_since_release(previous, current)
+    assert changes["previous_version"] == "v3" and list(changes["variants"]) == ["old"]
+    assert changes["variants"]["old"]["cosine"] == {"previous": 0.99, "current": 0.97, "change": pytest.approx(-0.02)}
+    assert changes["variants"]["old"]["size_ratio"] == {"previous": 0.5, "current": 0.25, "change": -0.25}
