@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import yaml
 
 from quant.gates import GateResult, judge, latency_bounds, overall_verdict, regression
 from quant.intervals import Interval
@@ -226,3 +227,8 @@ def test_must_clear_read_from_a_recipe_string() -> None:
     gate = Gate.model_validate({"metric": "ctc_exact_match", "min": 0.9, "must_clear": built})
     result = judge(gate, {"out": {"ctc_exact_match": 0.95}}, {}, {"out": OutputSpec(kind="ctc")})
     assert not result.passed and result.describe().endswith(", whole interval): no interval was measured for this metric")
+
+
+def test_a_latency_gate_read_from_a_recipe_is_settled_by_more_rounds() -> None:
+    gate = Gate.model_validate(yaml.safe_load("metric: latency_ratio\nmax: 0.9"))  # a string from YAML, not a literal of the code
+    assert latency_bounds([gate]) == [(None, 0.9)]
