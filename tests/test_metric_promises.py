@@ -12,7 +12,7 @@ from quant.compare import OutputComparison
 from quant.gates import regression
 from quant.metrics.catalogue import CATALOGUE, TIMED_METRICS, worst
 from quant.metrics.ctc import confidence_margins, greedy_decode
-from quant.metrics.numeric import cosine
+from quant.metrics.numeric import SNR_CAP_DB, cosine, snr_db
 from quant.recipe.schema import OutputSpec
 
 
@@ -69,6 +69,11 @@ def test_an_output_of_another_shape_is_infinitely_far_from_fp32(reference_shape:
     comparison.add("a", np.ones(reference_shape, np.float32), np.ones(candidate_shape, np.float32))
     summary = comparison.summary()
     assert (summary["max_abs"], summary["mean_abs"]) == (math.inf, math.inf)
+
+
+def test_an_all_zero_fp32_output_gives_the_worst_snr_to_any_difference() -> None:
+    zeros = np.zeros(3, np.float32)
+    assert snr_db(zeros, np.ones(3, np.float32)) == -SNR_CAP_DB and snr_db(zeros, zeros.copy()) == SNR_CAP_DB
 
 
 def test_cosine_of_all_zero_outputs() -> None:
