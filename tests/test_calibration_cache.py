@@ -70,6 +70,7 @@ def test_cache_is_reused_and_invalidated_by_data_model_and_settings(calibration_
     assert not first.cache_hit and first.cache_file.is_file()
     second = _ranges(model, images, cache)
     assert second.cache_hit and second.cache_file == first.cache_file
+    assert first.seconds > 0 and second.describe()["seconds"] == 0.0  # a reused entry costs no calibration time
     Image.new("RGB", (30, 12), (9, 9, 9)).save(images / "img_002.png")  # one image changes
     changed_data = _ranges(model, images, cache)
     assert not changed_data.cache_hit and changed_data.key != first.key
