@@ -9,6 +9,7 @@ fast tests relevant to that module are run against each mutant. A mutant the tes
     python tools/mutation.py --module gates --module promotion
     python tools/mutation.py --sample 40 --seed 1  # at most 40 mutants per module, chosen at random
     python tools/mutation.py --source /path/to/an/older/checkout   # "before" figures
+    python tools/mutation.py --keep /tmp/mut --module gates --recheck-survivors   # after adding tests
 
 cosmic-ray lives in its own virtualenv (.venv-mutation, created on first use), because its
 SQLAlchemy 2.1 is not the one MLflow wants; the tests run with the project's interpreter
@@ -156,6 +157,48 @@ def _retest_survivors(session: Path) -> int:
         return db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'").rowcount
 
 
+def _survivor_diffs(session: Path) -> list[tuple[str, str]]:
+    """(where, diff) of every mutant that survived in a session."""
+    import sqlite3
+
+    query = (
+        "SELECT m.module_path || ':' || m.start_pos_row || ' ' || m.operator_name, r.diff FROM work_results r "
+        "JOIN mutation_specs m USING (job_id) WHERE r.test_outcome = 'SURVIVED' ORDER BY m.module_path, m.start_pos_row"
+    )
+    with sqlite3.connect(session) as db:
+        return [(where, diff) for where, diff in db.execute(query)]
+
+
+def recheck_survivors(name: str, session: Path, source: Path, python: str, timeout: float) -> list[tuple[str, bool]]:
+    """Apply each survivor's diff to a fresh copy of `source` and run the module's tests: (where, still survives).
+
+    For a tree whose mutated files changed elsewhere since the session (other commits): the diff is placed by its
+    context, as `patch` does; a diff that no longer applies is reported, never counted as killed."""
+    tests = [t for t in MODULES[name][1] if (source / t.split("::")[0]).exists()]
+    outcomes = []
+    for where, diff in _survivor_diffs(session):
+        scratch = Path(tempfile.mkdtemp(prefix="quant-recheck-"))
+        try:
+            _copy_tree(source, scratch)
+            patch = diff[diff.index("--- a/") :]
+            applied = subprocess.run(["patch", "-s", "-p1", "-d", str(scratch)], check=False, input=patch, text=True, capture_output=True)
+            if applied.returncode != 0:
+                print(f"{where}: the diff no longer applies ({applied.stdout.strip()}); run a new session", file=sys.stderr)
+                continue
+            command = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *tests]
+            env = {**os.environ, "PYTHONPATH": str(scratch)}
+            try:
+                done = subprocess.run(command, check=False, cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout)
+                survived = done.returncode == 0
+            except subprocess.TimeoutExpired:
+                survived = False  # a hang counts as killed, as in cosmic-ray
+            outcomes.append((where, survived))
+            print(f"{name}: {where} {'SURVIVES' if survived else 'killed'}", file=sys.stderr)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return outcomes
+
+
 def run_module(name: str, work: Path, python: str, timeout: float, sample: int | None, seed: int, log: Path) -> dict[str, object]:
     files, tests = MODULES[name]
     files = [f for f in files if (work / f).exists()]  # an older tree may not have every file yet
@@ -198,12 +241,28 @@ def main() -> int:
     parser.add_argument(
         "--retest-survivors", action="store_true", help="With --keep: copy the tests again from --source and rerun only the mutants that survived."
     )
+    parser.add_argument(
+        "--recheck-survivors",
+        action="store_true",
+        help="With --keep: apply each survivor's diff to a fresh copy of --source and run its module's tests (works after the "
+        "mutated files changed elsewhere; --retest-survivors does not).",
+    )
     args = parser.parse_args()
     _ensure_cosmic_ray()
 
     python = args.python or str(REPO / ".venv" / "bin" / "python")
     if not Path(python).exists():
         python = sys.executable
+    if args.recheck_survivors:
+        if args.keep is None:
+            sys.exit("--recheck-survivors needs --keep (the folder of the session)")
+        for name in args.module or list(MODULES):
+            session = args.keep / f"{name}.sqlite"
+            if session.exists():
+                outcomes = recheck_survivors(name, session, args.source.resolve(), python, args.timeout)
+                left = [where for where, survived in outcomes if survived]
+                print(f"{name}: {len(left)} of {len(outcomes)} survivor(s) still survive" + "".join(f"\n  {w}" for w in left))
+        return 0
     work = args.keep or Path(tempfile.mkdtemp(prefix="quant-mutation-"))
     if not (work / "quant").exists():
         work.mkdir(parents=True, exist_ok=True)
