@@ -16,8 +16,12 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from quant.bench import LatencyResult
 from quant.errors import OutputError
+from quant.outcome import VariantOutcome
+from quant.recipe.schema import Promotion
 from quant.release.folder import STAGING_PREFIX, existing_versions, next_version, promote, remove_stale_staging
+from quant.release.policy import ranked, select_for_release
 from quant.release.previous import PreviousRelease, changes_since_release
 from quant.testpoint import InjectedFailure
 from tests.conftest import tiny_ctc_model
@@ -163,8 +167,23 @@ def test_the_release_is_staged_complete_beside_the_target_and_only_then_renamed(
 def test_every_variant_in_both_releases_is_compared_with_the_last_one() -> None:
     """A variant new in this run has nothing to compare with; the variants after it still do."""
     previous = PreviousRelease("v3", {"variants": {"old": {"metrics": {"y": {"cosine": 0.99}, "": {"size_ratio": 0.5}}}}})
-    current = {"new": {"y": {"cosine": 0.9}}, "old": {"y": {"cosine": 0.97}, "": {"size_ratio": 0.25}}}
+    current = {"new": {"y": {"cosine": 0.9}}, "old": {"y": {"cosine": 0.97}, "": {"size_ratio": 0.25, "latency_ratio": 0.5}}}
     changes = changes_since_release(previous, current)
     assert changes["previous_version"] == "v3" and list(changes["variants"]) == ["old"]
+    assert set(changes["variants"]["old"]) == {"cosine", "size_ratio"}  # latency was not measured last time: nothing to compare
     assert changes["variants"]["old"]["cosine"] == {"previous": 0.99, "current": 0.97, "change": pytest.approx(-0.02)}
     assert changes["variants"]["old"]["size_ratio"] == {"previous": 0.5, "current": 0.25, "change": -0.25}
+
+
+@pytest.mark.parametrize("rank_by", ["size_ratio", "latency_ratio"])
+def test_policy_best_promotes_the_passing_variant_with_the_lowest_rank_by(rank_by: str) -> None:
+    def outcome(name: str, ratio: float, status: str = "passed") -> VariantOutcome:
+        latency = LatencyResult(reference_ms=10.0, variant_ms=10.0 * ratio, ratio=ratio, rounds=3, samples=1, threads=1, spread=0.0)
+        sized = {"size_ratio": ratio} if rank_by == "size_ratio" else {"latency": latency}
+        return VariantOutcome(name=name, method="static_int8", options={}, status=status, **sized)  # type: ignore[arg-type]
+
+    outcomes = [outcome("middle", 0.5), outcome("smallest_but_failed", 0.1, "failed"), outcome("lowest", 0.3), outcome("highest", 0.9)]
+    promotion = Promotion(policy="best", rank_by=rank_by)  # type: ignore[arg-type]
+    promoted, met = select_for_release(promotion, outcomes)
+    assert met and [o.name for o in promoted] == ["lowest"]
+    assert ranked(promotion, outcomes) == ["smallest_but_failed", "lowest", "middle", "highest"]
