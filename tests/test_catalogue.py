@@ -75,7 +75,6 @@ def test_worst_follows_the_direction_and_nan_is_worst() -> None:
     assert worst("cosine", [0.99, 0.9, 0.95]) == 0.9
     assert math.isnan(worst("cosine", [0.99, math.nan]))
     assert worst("cosine", [None]) is None
-    assert worst("label_cer_reference", [0.0, 0.25]) == 0.25  # FP32's own CER, reported beside label_cer: higher is worse too
 
 
 def test_a_gate_without_a_bound_direction_reads_the_worst_output() -> None:
