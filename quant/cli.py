@@ -8,6 +8,7 @@ import sys
 import tempfile
 import traceback
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import click
@@ -77,6 +78,15 @@ def _internal_error(error: BaseException, verbose: bool = False) -> None:
     help="Let a fallback search (or inc's tuning) choose on the evaluation set when the recipe has no 'tuning' set. "
     "Its passes are then optimistic; results.json, the summary and the verdict say so.",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Run up to N builds and evaluations (of different variants and recipes) at once, each in its own process. "
+    "Latency is still measured one variant at a time with nothing else running; models and verdicts are the same as with 1. "
+    "Each uses the recipe's bench.threads onnxruntime threads: keep N x threads within the machine's cores.",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -92,6 +102,7 @@ def main(
     quiet: bool,
     verbose: bool,
     allow_tuning_on_evaluation: bool,
+    jobs: int,
 ) -> None:
     """Quantize an FP32 ONNX model into the variants a recipe names, judge each against FP32
     with accuracy and speed gates, and promote the passing ones into a release folder.
@@ -109,8 +120,19 @@ def main(
         _fail("--quiet and --verbose contradict each other; choose one", EXIT_BAD_INPUT)
     try:
         call = Invocation(
-            recipes, out_dir, cache_dir, only, validate, json_path, junit_path, release_version, list(allow_extends_from), quiet, verbose,
+            recipes,
+            out_dir,
+            cache_dir,
+            only,
+            validate,
+            json_path,
+            junit_path,
+            release_version,
+            list(allow_extends_from),
+            quiet,
+            verbose,
             allow_tuning_on_evaluation,
+            jobs,
         )
         code = _run_all(call)
     except InputError as error:
@@ -153,6 +175,7 @@ class Invocation:
     quiet: bool
     verbose: bool = False
     allow_tuning_on_evaluation: bool = False
+    jobs: int = 1
 
 
 def _run_all(call: Invocation) -> int:
@@ -161,17 +184,18 @@ def _run_all(call: Invocation) -> int:
         for path, flag in ((call.json_path, "--json"), (call.junit_path, "--junit")):
             _check_report_path(path, flag)
 
+    from quant.executor import executor_for, using
+    from quant.recipe.loader import LoadedRecipe
     from quant.release.policy import EXIT_INCONCLUSIVE
     from quant.report.files import write_json, write_junit, write_run_reports
-    from quant.runner import RunOptions, run
+    from quant.runner import RunOptions, RunResult, run
 
     # Across several recipes the worst outcome wins: a failed gate over an undecided one over a pass.
     severity = {EXIT_PASS: 0, EXIT_INCONCLUSIVE: 1, EXIT_GATE_FAILED: 2}
 
     log = (lambda message: None) if call.quiet else log_stderr
-    worst = EXIT_PASS
-    documents = []
-    for recipe in loaded:
+
+    def run_one(recipe: LoadedRecipe) -> RunResult:
         run_dir = (call.out_dir / recipe.recipe.name if len(loaded) > 1 else call.out_dir) if call.out_dir else Path("runs") / recipe.recipe.name
         options = RunOptions(
             out_dir=run_dir,
@@ -187,12 +211,19 @@ def _run_all(call: Invocation) -> int:
         result = run(recipe, options)
         if call.validate:
             click.echo(f"{recipe.path}: {result.verdict}")
-            continue
+            return result
         assert result.results is not None  # a run that is not --validate always has its results
         write_run_reports(run_dir, result.results, result.summary)
-        click.echo(result.summary)
-        documents.append(result.results)
-        worst = max(worst, result.exit_code, key=severity.__getitem__)
+        return result
+
+    # Recipes are independent: with --jobs > 1 they run side by side, sharing the executor's jobs.
+    with using(executor_for(call.jobs)) as executor:
+        results = executor.each([partial(run_one, recipe) for recipe in loaded])
+    for result in results:  # in the order of the recipes, however they finished
+        if result.results is not None:
+            click.echo(result.summary)
+    documents = [r.results for r in results if r.results is not None]
+    worst = max((r.exit_code for r in results if r.results is not None), key=severity.__getitem__, default=EXIT_PASS)
     if call.junit_path and documents:
         write_junit(call.junit_path, documents)
     if call.json_path and documents:

@@ -1,26 +1,57 @@
-"""Where builds run. Each build runs in a fresh child process: a crash or a leak in a quantizer
-cannot take the run down, the cwd temp files of onnxruntime stay out of the way, and the peak
-memory of each build can be measured on its own."""
+"""Where units of work run: the seam between the runner and the machine(s) that do the work.
+
+A *unit* is a top-level function of picklable, typed arguments that writes only to paths it is given
+(a build of one variant, the evaluation of one model file on a split, a sensitivity ranking, an FP16
+scan): it can run in a fresh child process here, or as a task on another machine. The runner never
+starts processes itself; it asks the current `Executor`:
+
+* `call(unit, *args)`: run one unit isolated (a fresh child process; a Ray task), blocking the calling
+  thread; several threads may call at once and the executor runs at most its `jobs` units at a time.
+  Returns the unit's result and {seconds, peak_rss_mb}; an exception raised by the unit is re-raised.
+* `alone(unit, *args)`: run a unit with nothing else running (a latency benchmark: a ratio timed under
+  load is worthless); it waits for the running units and holds new ones back until it is done.
+* `slot()`: a context in which the calling thread does work itself (the FP32 reference, with its
+  progress bar), counted as one running unit.
+* `each(tasks)`: run driver-side tasks (one variant's build-judge pipeline, one recipe) concurrently;
+  their results in order. Each task calls `call`/`alone` as it goes; the units bound the work.
+
+`SerialExecutor` runs everything one after another (the default, as before `--jobs`); `LocalExecutor`
+runs up to `jobs` units at once in child processes on this machine (`quantize --jobs N`). Every unit
+uses a fixed number of onnxruntime intra-op threads that does not depend on the executor (the recipe's
+`bench.threads`): onnxruntime's results can change with the thread count (a Conv with
+ORT_DISABLE_ALL, as calibration runs it, differs in the last bits between 1 and 2 threads), and the
+models and verdicts must be the same whatever `--jobs` is.
+
+The executor of a run is set with `using(executor)` and read with `current()` (a context variable, so
+each recipe and variant thread sees the one its run set, and a child process always runs serially).
+`run_isolated` (any failure of the function becomes the variant's BuildError) and `build_isolated`
+are the units the builders use; both go through `current()`.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import logging
 import multiprocessing
 import resource
+import threading
 import time
 import traceback
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from quant.errors import WRITE_ERRNOS, BuildError, OutputError, QuantError
-from quant.methods.base import BuildContext, BuildResult, builder_for
+
+if TYPE_CHECKING:  # the methods (and onnxruntime.quantization) are imported by the build units alone: a unit's process starts light
+    from quant.methods.base import BuildContext, BuildResult
 
 T = TypeVar("T")
+Stats = dict[str, float]  # {"seconds": wall time of the unit, "peak_rss_mb": its process's peak memory}
 
 
 def _peak_rss_mb() -> float:
@@ -43,48 +74,168 @@ class _DropAdvice(logging.Filter):
         return "pre-processing before quantization" not in record.getMessage()
 
 
-def _call(function: Callable[..., T], args: tuple[Any, ...]) -> tuple[T | None, QuantError | None, float, float]:
+def run_unit(unit: Callable[..., T], args: tuple[Any, ...]) -> tuple[T, Stats]:
+    """What a worker does with a unit (in a child process, or a Ray task): run it quietly, time it, take its peak memory.
+
+    Exceptions propagate to the caller. Public so that other executors run units exactly this way."""
     logging.getLogger().addFilter(_DropAdvice())
     started = time.perf_counter()
-    try:
-        # onnxruntime's histogram calibrators print() their settings; the run's stdout is the summary alone.
-        with contextlib.redirect_stdout(io.StringIO()):
-            return function(*args), None, time.perf_counter() - started, _peak_rss_mb()
-    except QuantError as error:
-        return None, error, time.perf_counter() - started, _peak_rss_mb()
-    except Exception as error:  # a quantizer bug: reported on the variant, with where it happened
-        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:  # disk full, read-only: the whole run stops (exit 2)
-            return (
-                None,
-                OutputError(f"cannot write: {error.strerror}", file=str(error.filename or "the run folder"), field="--out"),
-                time.perf_counter() - started,
-                _peak_rss_mb(),
-            )
-        tail = " | ".join(line.strip() for line in traceback.format_exc().strip().splitlines()[-3:])
-        return None, BuildError(f"{type(error).__name__}: {str(error)[:300]} ({tail})"), time.perf_counter() - started, _peak_rss_mb()
+    # onnxruntime's histogram calibrators print() their settings; the run's stdout is the summary alone.
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = unit(*args)
+    return result, {"seconds": round(time.perf_counter() - started, 3), "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
 
-def run_isolated(function: Callable[..., T], *args: Any) -> tuple[T, dict[str, float]]:
-    """Run a top-level function in a fresh child process; returns its result and {seconds, peak_rss_mb}.
-
-    Bad input (InputError) re-raises as-is (exit 2); any other failure becomes a BuildError."""
+def in_fresh_process(unit: Callable[..., T], *args: Any) -> tuple[T, Stats]:
+    """Run a unit in a fresh spawned interpreter (its own memory, its own peak); its exception is re-raised here."""
     spawn = multiprocessing.get_context("spawn")
     try:
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-            result, error, seconds, peak = pool.submit(_call, function, args).result()
+            return pool.submit(run_unit, unit, args).result()
     except BrokenProcessPool:
-        raise BuildError("the build process died (killed, or out of memory)") from None
+        raise BuildError("its process died (killed, or out of memory)") from None
+
+
+class Executor(Protocol):
+    """How the runner gets its units of work done (see the module's docstring)."""
+
+    jobs: int
+
+    def call(self, unit: Callable[..., T], *args: Any) -> tuple[T, Stats]: ...
+
+    def alone(self, unit: Callable[..., T], *args: Any) -> T: ...
+
+    def slot(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def each(self, tasks: Sequence[Callable[[], T]]) -> list[T]: ...
+
+
+class SerialExecutor:
+    """One unit at a time, each in a fresh child process; benchmarks in this process."""
+
+    jobs = 1
+
+    def call(self, unit: Callable[..., T], *args: Any) -> tuple[T, Stats]:
+        return in_fresh_process(unit, *args)
+
+    def alone(self, unit: Callable[..., T], *args: Any) -> T:
+        return unit(*args)
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        yield
+
+    def each(self, tasks: Sequence[Callable[[], T]]) -> list[T]:
+        return [task() for task in tasks]
+
+
+class LocalExecutor:
+    """Up to `jobs` units at once on this machine, each in a fresh child process; `alone` waits until none runs."""
+
+    def __init__(self, jobs: int) -> None:
+        if jobs < 1:
+            raise ValueError("jobs must be at least 1")
+        self.jobs = jobs
+        self._state = threading.Condition()
+        self._running = 0
+        self._alone_waiting = 0  # a waiting benchmark holds new units back, so it is not starved
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._state:
+            self._state.wait_for(lambda: self._running < self.jobs and self._alone_waiting == 0)
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._running -= 1
+                self._state.notify_all()
+
+    def call(self, unit: Callable[..., T], *args: Any) -> tuple[T, Stats]:
+        with self.slot():
+            return in_fresh_process(unit, *args)
+
+    def alone(self, unit: Callable[..., T], *args: Any) -> T:
+        with self._state:
+            self._alone_waiting += 1
+            self._state.wait_for(lambda: self._running == 0)
+            self._running = self.jobs  # every slot taken: nothing starts meanwhile
+        try:
+            return unit(*args)
+        finally:
+            with self._state:
+                self._alone_waiting -= 1
+                self._running = 0
+                self._state.notify_all()
+
+    def each(self, tasks: Sequence[Callable[[], T]]) -> list[T]:
+        if len(tasks) <= 1:
+            return [task() for task in tasks]
+        with ThreadPoolExecutor(max_workers=len(tasks), thread_name_prefix="quant-task") as pool:
+            # Each thread runs in a copy of this context: it sees the executor `using` set.
+            futures = [pool.submit(contextvars.copy_context().run, task) for task in tasks]
+            return [future.result() for future in futures]
+
+
+_CURRENT: contextvars.ContextVar[Executor | None] = contextvars.ContextVar("quant_executor", default=None)
+_SERIAL = SerialExecutor()
+
+
+def current() -> Executor:
+    """The executor of the run this thread belongs to (serial unless a run set another)."""
+    return _CURRENT.get() or _SERIAL
+
+
+@contextlib.contextmanager
+def using(executor: Executor) -> Iterator[Executor]:
+    """Make `executor` the one `current()` returns in this context (and the tasks `each` starts from it)."""
+    token = _CURRENT.set(executor)
+    try:
+        yield executor
+    finally:
+        _CURRENT.reset(token)
+
+
+def executor_for(jobs: int) -> Executor:
+    """The local executor `--jobs` asks for: serial for 1."""
+    return SerialExecutor() if jobs == 1 else LocalExecutor(jobs)
+
+
+# --------------------------------------------------------------------------- builds
+
+
+def _contained(function: Callable[..., T], args: tuple[Any, ...]) -> tuple[T | None, QuantError | None]:
+    """A build-like function whose failures belong to its variant: returned as a value, never raised."""
+    try:
+        return function(*args), None
+    except QuantError as error:
+        return None, error
+    except Exception as error:  # a quantizer bug: reported on the variant, with where it happened
+        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:  # disk full, read-only: the whole run stops (exit 2)
+            return None, OutputError(f"cannot write: {error.strerror}", file=str(error.filename or "the run folder"), field="--out")
+        tail = " | ".join(line.strip() for line in traceback.format_exc().strip().splitlines()[-3:])
+        return None, BuildError(f"{type(error).__name__}: {str(error)[:300]} ({tail})")
+
+
+def run_isolated(function: Callable[..., T], *args: Any) -> tuple[T, Stats]:
+    """Run a top-level function as a unit of the current executor; returns its result and {seconds, peak_rss_mb}.
+
+    Bad input (InputError) re-raises as-is (exit 2); any other failure becomes a BuildError."""
+    (result, error), stats = current().call(_contained, function, args)
     if error is not None:
         raise error
-    return result, {"seconds": round(seconds, 3), "peak_rss_mb": round(peak, 1)}  # type: ignore[return-value]
+    return result, stats  # type: ignore[return-value]
 
 
 def _build(options: Any, context: BuildContext, out_path: Path) -> BuildResult:
+    from quant.methods.base import builder_for
+
     return builder_for(options)(options, context, out_path)
 
 
 def build_isolated(options: Any, context: BuildContext, out_path: Path) -> BuildResult:
-    """Run a method's build in a child process and record its time and peak memory.
+    """Run a method's build as a unit (a child process) and record its time and peak memory.
 
     The child is a fresh interpreter: `context.log` must be a top-level function (it is pickled)."""
     result, stats = run_isolated(_build, options, context, out_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from quant.bench import latency_ratio
@@ -10,6 +11,7 @@ from quant.checks import RunInputs
 from quant.compare import by_slice_then_output
 from quant.data.feeds import checked_feeds
 from quant.evaluate import evaluate_variant
+from quant.executor import current
 from quant.gates import effective_gates, judge_all, latency_bounds, overall_verdict
 from quant.model import file_sha256, model_size
 from quant.outcome import VariantOutcome
@@ -38,7 +40,9 @@ def judge_variant(
         outcome.size_ratio = outcome.size_bytes / inputs.model.size_bytes
         log(f"{name}: NOTHING QUANTIZED: {unchanged}")
         return outcome
-    comparisons = evaluate_variant(
+    executor = current()
+    comparisons, _ = executor.call(  # a unit: runs beside other variants' builds and evaluations
+        evaluate_variant,
         candidate,
         split.reference,
         split.source,
@@ -60,10 +64,11 @@ def judge_variant(
     feeds = [f for _, f in zip(range(recipe.bench.samples), (f for _, f in checked_feeds(split.source, inputs.model.inputs)))]
     gates = effective_gates(recipe.gates, recipe.variants[name].gates)
     bench = recipe.bench
-    outcome.latency = latency_ratio(
-        inputs.model.path, candidate, feeds, rounds=bench.rounds, warmup=bench.warmup, threads=bench.threads,
+    timed = partial(
+        latency_ratio, rounds=bench.rounds, warmup=bench.warmup, threads=bench.threads,
         bounds=latency_bounds(gates), max_rounds=bench.max_rounds or 4 * bench.rounds, max_seconds=bench.max_seconds,
     )  # fmt: skip
+    outcome.latency = executor.alone(timed, inputs.model.path, candidate, feeds)  # with nothing else running: a ratio under load is worthless
     variant_metrics = {"size_ratio": outcome.size_ratio, "latency_ratio": outcome.latency.ratio}
     intervals = {out: {m: e.interval for m, e in estimates.items()} for out, estimates in outcome.estimates.items()}
     intervals[""] = {"latency_ratio": outcome.latency.interval} if outcome.latency.interval else {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from quant.data.feeds import checked_feeds
 from quant.data.sources import SampleSource, inputs_signature
 from quant.errors import BuildError
 from quant.evaluate import run_reference
-from quant.executor import build_isolated
+from quant.executor import build_isolated, current
 from quant.judge import judge_variant
 from quant.lockfile import remove_stale_lock, write_lock
 from quant.methods.base import BuildContext, BuildResult
@@ -74,7 +75,8 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
 
     evaluation, tuning = _splits(inputs, options)
     remove_stale_lock(loaded, options.out_dir)
-    outcomes = [run_variant(name, inputs, evaluation, tuning, options) for name in inputs.variants]
+    # Variants are independent: the executor runs their builds and evaluations side by side within its jobs.
+    outcomes = current().each([partial(run_variant, name, inputs, evaluation, tuning, options) for name in inputs.variants])
 
     promotion = inputs.recipe.promotion
     to_release, policy_met = select_for_release(promotion, outcomes)
@@ -104,7 +106,7 @@ def _splits(inputs: RunInputs, options: RunOptions) -> tuple[Split, Split | None
 
 def _split(name: SplitName, source: SampleSource, inputs: RunInputs, options: RunOptions) -> Split:
     """A split with FP32's outputs on it (computed once, cached on disk)."""
-    with Progress(f"FP32 reference ({name})", len(source), options.quiet) as bar:
+    with current().slot(), Progress(f"FP32 reference ({name})", len(source), options.quiet) as bar:  # in this process, as one unit
         reference = run_reference(
             inputs.model.path, inputs.model.sha256, source, inputs.model.inputs,
             inputs_signature(inputs.recipe.inputs),

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from quant.data.sources import SampleSource, inputs_signature
 from quant.errors import BuildError
 from quant.evaluate import Reference, evaluate_variant, run_reference
-from quant.executor import build_isolated
+from quant.executor import build_isolated, current
 from quant.fp16.preflight import run_preflight
 from quant.fp16.scan import Preflight
 from quant.gates import effective_gates, judge_all
@@ -50,7 +50,8 @@ def _validate(name: str, candidate: Path, prepared: RunInputs, tuning: SampleSou
     """Compare a candidate with FP32 on the tuning samples and apply the accuracy gates (fills `trial`)."""
     recipe = prepared.recipe
     charsets = {n: c.characters for n, c in prepared.charsets.items()}
-    comparisons = evaluate_variant(candidate, reference, tuning, prepared.model.inputs, recipe.outputs, charsets, recipe.bench.threads)
+    unit = (evaluate_variant, candidate, reference, tuning, prepared.model.inputs, recipe.outputs, charsets, recipe.bench.threads)
+    comparisons, _ = current().call(*unit)
     trial.metrics = {out: c.summary() for out, c in comparisons.items()}
     trial.model_path = candidate
     trial.size_bytes = model_size(candidate)
@@ -72,7 +73,10 @@ def _validation_split(prepared: RunInputs, tuning: Split | None, scanned: Sample
         return _Validation("tuning", tuning.source, tuning.reference)
     recipe, model = prepared.recipe, prepared.model
     signature = inputs_signature(recipe.inputs)
-    reference = run_reference(model.path, model.sha256, scanned, model.inputs, signature, options.cache_dir, recipe.bench.threads, state=recipe.state)
+    with current().slot():  # work done in this process, counted as one unit
+        reference = run_reference(
+            model.path, model.sha256, scanned, model.inputs, signature, options.cache_dir, recipe.bench.threads, state=recipe.state
+        )
     return _Validation("calibration", scanned, reference)
 
 

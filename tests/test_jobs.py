@@ -1,0 +1,96 @@
+"""`--jobs N`: builds and evaluations of different variants and recipes run side by side, latency alone,
+and the models, verdicts and metrics are exactly those of the serial run."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from quant.executor import LocalExecutor, SerialExecutor
+from tests.conftest import base_recipe, run_cli, write_recipe
+from tests.test_determinism import _normalise
+
+
+def _wait_for_each_other(mine: Path, theirs: Path, timeout: float) -> float:
+    """A unit that finishes only if the other one runs at the same time: it announces itself and waits for the other."""
+    mine.write_text(str(os.getpid()))
+    deadline = time.monotonic() + timeout
+    while not theirs.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{theirs.name} never appeared: the units did not run at the same time")
+        time.sleep(0.02)
+    return time.time()
+
+
+def _span(seconds: float) -> tuple[float, float]:
+    """A unit that takes `seconds`: when it started and ended, as its own process saw it."""
+    started = time.time()
+    time.sleep(seconds)
+    return started, time.time()
+
+
+def test_two_jobs_run_two_units_at_once_and_a_benchmark_alone(tmp_path: Path) -> None:
+    executor = LocalExecutor(2)
+    a, b = tmp_path / "a", tmp_path / "b"
+    calls = [lambda: executor.call(_wait_for_each_other, a, b, 60.0), lambda: executor.call(_wait_for_each_other, b, a, 60.0)]
+    (done_a, stats_a), (done_b, _) = executor.each(calls)
+    assert abs(done_a - done_b) < 30 and stats_a["seconds"] >= 0 and stats_a["peak_rss_mb"] > 0
+
+    # A benchmark waits for the running unit, and a unit asked for meanwhile starts only after the benchmark.
+    spans: dict[str, tuple[float, float]] = {}
+
+    def unit(name: str, delay: float) -> None:
+        time.sleep(delay)
+        spans[name] = executor.call(_span, 1.0)[0]
+
+    def bench() -> None:
+        time.sleep(0.5)  # the first unit is under way by now
+        spans["bench"] = executor.alone(_span, 0.0)
+
+    executor.each([lambda: unit("first", 0.0), bench, lambda: unit("second", 1.0)])
+    assert spans["first"][1] <= spans["bench"][0] and spans["bench"][1] <= spans["second"][0]
+
+
+def test_one_job_runs_units_one_after_another(tmp_path: Path) -> None:
+    with pytest.raises(TimeoutError):
+        SerialExecutor().call(_wait_for_each_other, tmp_path / "a", tmp_path / "b", 1.0)
+
+
+def _recipes(workspace: dict[str, Path], folder: Path) -> list[str]:
+    """Two recipes (in `folder`, releasing into `folder`/releases): one whose variants pass, one whose variant fails."""
+    folder.mkdir()
+    variants = {
+        "fp16": {"method": "fp16"},
+        "qdq-entropy": {"method": "static_int8", "format": "QDQ", "calibrate": "entropy"},
+    }
+    gates = [{"metric": "cosine", "min": 0.9}, {"metric": "nonfinite", "max": 0}, {"metric": "latency_ratio", "max": 1000}]
+    first = base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants=variants, gates=gates)
+    second = {**first, "name": "tiny-two", "variants": {"qop": {"method": "static_int8", "format": "QOperator"}}}
+    second["gates"] = [{"metric": "cosine", "min": 0.9999999}]  # fails: verdicts other than a pass must match too
+    paths = [write_recipe(folder, first, "one.yaml"), write_recipe(folder, second, "two.yaml")]
+    return [arg for path in paths for arg in ("--recipe", str(path))]
+
+
+def test_two_jobs_give_the_serial_runs_models_verdicts_and_metrics(workspace: dict[str, Path]) -> None:
+    root = workspace["root"]
+    serial, parallel = root / "serial", root / "parallel"
+    done = [
+        run_cli(*_recipes(workspace, serial), "--out", str(serial / "run"), "--quiet", cwd=root),
+        run_cli(*_recipes(workspace, parallel), "--out", str(parallel / "run"), "--quiet", "--jobs", "2", cwd=root),
+    ]
+    assert [d.returncode for d in done] == [1, 1], done[0].stderr + done[1].stderr  # tiny-two's gate fails
+    for out in (d.stdout for d in done):  # the summaries in the order of the recipes, however they finished
+        assert 0 <= out.index("## quant: tiny\n") < out.index("## quant: tiny-two\n")
+    for name, exit_code in (("tiny", 0), ("tiny-two", 1)):
+        built = sorted(p.name for p in (serial / "run" / name / "variants").glob("*.onnx"))
+        assert built == sorted(p.name for p in (parallel / "run" / name / "variants").glob("*.onnx")) and built
+        for model in built:
+            a = (serial / "run" / name / "variants" / model).read_bytes()
+            assert a == (parallel / "run" / name / "variants" / model).read_bytes(), f"{name}/{model} differs with --jobs 2"
+        results = [json.loads((folder / "run" / name / "results.json").read_text()) for folder in (serial, parallel)]
+        assert [r["exit_code"] for r in results] == [exit_code, exit_code]
+        assert _normalise(results[0], str(serial)) == _normalise(results[1], str(parallel))
