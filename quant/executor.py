@@ -5,9 +5,11 @@ A *unit* is a top-level function of picklable, typed arguments that writes only 
 scan): it can run in a fresh child process here, or as a task on another machine. The runner never
 starts processes itself; it asks the current `Executor`:
 
-* `call(unit, *args)`: run one unit isolated (a fresh child process; a Ray task), blocking the calling
-  thread; several threads may call at once and the executor runs at most its `jobs` units at a time.
-  Returns the unit's result and {seconds, peak_rss_mb}; an exception raised by the unit is re-raised.
+* `call(unit, *args, fresh=True)`: run one unit isolated (a fresh child process; a Ray task), blocking the
+  calling thread; several threads may call at once and the executor runs at most its `jobs` units at a time.
+  Returns the unit's result and {seconds, peak_rss_mb, started}; an exception raised by the unit is re-raised.
+  `fresh=False` (evaluations): the unit needs no process of its own, so a local executor runs it on the
+  calling thread (still within its jobs) and saves the process start-up; a remote executor may still ship it.
 * `alone(unit, *args)`: run a unit with nothing else running (a latency benchmark: a ratio timed under
   load is worthless); it waits for the running units and holds new ones back until it is done.
 * `slot()`: a context in which the calling thread does work itself (the FP32 reference, with its
@@ -46,12 +48,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from quant.errors import WRITE_ERRNOS, BuildError, OutputError, QuantError
+from quant.stages import unit_ran
 
 if TYPE_CHECKING:  # the methods (and onnxruntime.quantization) are imported by the build units alone: a unit's process starts light
     from quant.methods.base import BuildContext, BuildResult
 
 T = TypeVar("T")
-Stats = dict[str, float]  # {"seconds": wall time of the unit, "peak_rss_mb": its process's peak memory}
+Stats = dict[str, float]  # {"seconds": wall time of the unit, "peak_rss_mb": its process's peak memory, "started": epoch seconds}
 
 
 def _peak_rss_mb() -> float:
@@ -79,11 +82,11 @@ def run_unit(unit: Callable[..., T], args: tuple[Any, ...]) -> tuple[T, Stats]:
 
     Exceptions propagate to the caller. Public so that other executors run units exactly this way."""
     logging.getLogger().addFilter(_DropAdvice())
-    started = time.perf_counter()
+    started, clock = time.time(), time.perf_counter()
     # onnxruntime's histogram calibrators print() their settings; the run's stdout is the summary alone.
     with contextlib.redirect_stdout(io.StringIO()):
         result = unit(*args)
-    return result, {"seconds": round(time.perf_counter() - started, 3), "peak_rss_mb": round(_peak_rss_mb(), 1)}
+    return result, {"seconds": round(time.perf_counter() - clock, 3), "peak_rss_mb": round(_peak_rss_mb(), 1), "started": started}
 
 
 def in_fresh_process(unit: Callable[..., T], *args: Any) -> tuple[T, Stats]:
@@ -91,9 +94,29 @@ def in_fresh_process(unit: Callable[..., T], *args: Any) -> tuple[T, Stats]:
     spawn = multiprocessing.get_context("spawn")
     try:
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-            return pool.submit(run_unit, unit, args).result()
+            result, stats = pool.submit(run_unit, unit, args).result()
     except BrokenProcessPool:
         raise BuildError("its process died (killed, or out of memory)") from None
+    unit_ran(stats)
+    return result, stats
+
+
+def in_this_process(unit: Callable[..., T], *args: Any) -> tuple[T, Stats]:
+    """A unit that needs no process of its own (an evaluation: no crash-prone quantizer, no leak) on the calling
+    thread: no process start-up (a second or more per unit); onnxruntime releases the GIL while it runs."""
+    started, clock = time.time(), time.perf_counter()
+    result = unit(*args)
+    stats = {"seconds": round(time.perf_counter() - clock, 3), "peak_rss_mb": round(_peak_rss_mb(), 1), "started": started}
+    unit_ran(stats)
+    return result, stats
+
+
+def run_alone(unit: Callable[..., T], *args: Any) -> T:
+    """A benchmark in this process (the executor made sure nothing else runs); its span goes to the open stage."""
+    started, clock = time.time(), time.perf_counter()
+    result = unit(*args)
+    unit_ran({"started": started, "seconds": time.perf_counter() - clock})
+    return result
 
 
 class Executor(Protocol):
@@ -101,7 +124,7 @@ class Executor(Protocol):
 
     jobs: int
 
-    def call(self, unit: Callable[..., T], *args: Any) -> tuple[T, Stats]: ...
+    def call(self, unit: Callable[..., T], *args: Any, fresh: bool = True) -> tuple[T, Stats]: ...
 
     def alone(self, unit: Callable[..., T], *args: Any) -> T: ...
 
@@ -115,11 +138,11 @@ class SerialExecutor:
 
     jobs = 1
 
-    def call(self, unit: Callable[..., T], *args: Any) -> tuple[T, Stats]:
-        return in_fresh_process(unit, *args)
+    def call(self, unit: Callable[..., T], *args: Any, fresh: bool = True) -> tuple[T, Stats]:
+        return in_fresh_process(unit, *args) if fresh else in_this_process(unit, *args)
 
     def alone(self, unit: Callable[..., T], *args: Any) -> T:
-        return unit(*args)
+        return run_alone(unit, *args)
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
@@ -152,9 +175,9 @@ class LocalExecutor:
                 self._running -= 1
                 self._state.notify_all()
 
-    def call(self, unit: Callable[..., T], *args: Any) -> tuple[T, Stats]:
+    def call(self, unit: Callable[..., T], *args: Any, fresh: bool = True) -> tuple[T, Stats]:
         with self.slot():
-            return in_fresh_process(unit, *args)
+            return in_fresh_process(unit, *args) if fresh else in_this_process(unit, *args)
 
     def alone(self, unit: Callable[..., T], *args: Any) -> T:
         with self._state:
@@ -162,7 +185,7 @@ class LocalExecutor:
             self._state.wait_for(lambda: self._running == 0)
             self._running = self.jobs  # every slot taken: nothing starts meanwhile
         try:
-            return unit(*args)
+            return run_alone(unit, *args)
         finally:
             with self._state:
                 self._alone_waiting -= 1

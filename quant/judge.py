@@ -17,6 +17,7 @@ from quant.model import file_sha256, model_size
 from quant.outcome import VariantOutcome
 from quant.precision import nothing_quantized
 from quant.splits import Split
+from quant.stages import timed
 
 Log = Callable[[str], None]
 
@@ -41,16 +42,18 @@ def judge_variant(
         log(f"{name}: NOTHING QUANTIZED: {unchanged}")
         return outcome
     executor = current()
-    comparisons, _ = executor.call(  # a unit: runs beside other variants' builds and evaluations
-        evaluate_variant,
-        candidate,
-        split.reference,
-        split.source,
-        inputs.model.inputs,
-        recipe.outputs,
-        {n: c.characters for n, c in inputs.charsets.items()},
-        recipe.bench.threads,
-    )
+    with timed("evaluation", name, split.name):
+        comparisons, _ = executor.call(  # a unit: runs beside other variants' builds and evaluations
+            evaluate_variant,
+            candidate,
+            split.reference,
+            split.source,
+            inputs.model.inputs,
+            recipe.outputs,
+            {n: c.characters for n, c in inputs.charsets.items()},
+            recipe.bench.threads,
+            fresh=False,
+        )
     outcome.judged_on = split.name
     outcome.metrics = {out: c.summary() for out, c in comparisons.items()}
     outcome.estimates = {out: c.estimates() for out, c in comparisons.items()}
@@ -64,11 +67,12 @@ def judge_variant(
     feeds = [f for _, f in zip(range(recipe.bench.samples), (f for _, f in checked_feeds(split.source, inputs.model.inputs)))]
     gates = effective_gates(recipe.gates, recipe.variants[name].gates)
     bench = recipe.bench
-    timed = partial(
+    benchmark = partial(
         latency_ratio, rounds=bench.rounds, warmup=bench.warmup, threads=bench.threads,
         bounds=latency_bounds(gates), max_rounds=bench.max_rounds or 4 * bench.rounds, max_seconds=bench.max_seconds,
     )  # fmt: skip
-    outcome.latency = executor.alone(timed, inputs.model.path, candidate, feeds)  # with nothing else running: a ratio under load is worthless
+    with timed("latency", name, split.name):
+        outcome.latency = executor.alone(benchmark, inputs.model.path, candidate, feeds)  # with nothing else running: a ratio under load is worthless
     variant_metrics = {"size_ratio": outcome.size_ratio, "latency_ratio": outcome.latency.ratio}
     intervals = {out: {m: e.interval for m, e in estimates.items()} for out, estimates in outcome.estimates.items()}
     intervals[""] = {"latency_ratio": outcome.latency.interval} if outcome.latency.interval else {}

@@ -135,6 +135,7 @@ class RunResults(Document):
     verdict: str
     exit_code: int
     family: dict[str, Any] | None = None  # a model family: its FP32 parts and how it generates
+    stages: list[dict[str, Any]] = []  # quant.stages: each stage's start (epoch seconds) and duration
 
 
 class ManifestRecipe(Record):
@@ -243,6 +244,7 @@ def build_results(
     verdict: str,
     exit_code: int,
     started: str,
+    stages: list[dict[str, Any]] | None = None,
 ) -> RunResults:
     loaded, model = inputs.loaded, inputs.model
     regression = None
@@ -268,6 +270,7 @@ def build_results(
         promotion=promotion,
         verdict=verdict,
         exit_code=exit_code,
+        stages=stages or [],
     )
 
 

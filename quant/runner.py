@@ -33,6 +33,7 @@ from quant.report.summary import summary_markdown
 from quant.results import PromotionRecord, RunResults, build_manifest, build_results, now, variant_metric_table
 from quant.search import SearchSetup, search_fallback
 from quant.splits import TUNED_ON_EVALUATION, Split, SplitName
+from quant.stages import StageLog, record_calibration, recording, timed
 
 Log = Callable[[str], None]
 
@@ -66,8 +67,14 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
 
         family = run_family(loaded, options)
         return RunResult(family.exit_code, family.verdict, family.outcomes, family.results, family.summary, family.release)
+    with recording() as stages:
+        return _run(loaded, options, stages)
+
+
+def _run(loaded: LoadedRecipe, options: RunOptions, stages: StageLog) -> RunResult:
     started = now()
-    inputs = check_inputs(loaded, options.only, options.version, options.allow_tuning_on_evaluation)
+    with timed("checks"):
+        inputs = check_inputs(loaded, options.only, options.version, options.allow_tuning_on_evaluation)
     if options.validate_only:
         return RunResult(0, f"recipe, model and data are valid ({len(inputs.variants)} variant(s); nothing built)")
     check_output_folders(options.out_dir, options.cache_dir)
@@ -80,7 +87,8 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
 
     promotion = inputs.recipe.promotion
     to_release, policy_met = select_for_release(promotion, outcomes)
-    published = _publish(inputs, outcomes, to_release, started) if policy_met and to_release else None
+    with timed("publish"):
+        published = _publish(inputs, outcomes, to_release, started) if policy_met and to_release else None
     release = published.where if published else None
     exit_code, verdict = run_verdict(promotion, outcomes, to_release, policy_met)
     if inputs.tuned_on_evaluation:
@@ -89,7 +97,7 @@ def run(loaded: LoadedRecipe, options: RunOptions) -> RunResult:
         {"policy": promotion.policy, "met": policy_met, "promoted": [o.name for o in to_release] if release else [], "release": release}
         | (published.record if published else {})
     )
-    results = build_results(inputs, evaluation, tuning, outcomes, record, verdict, exit_code, started)
+    results = build_results(inputs, evaluation, tuning, outcomes, record, verdict, exit_code, started, stages.records())
     return RunResult(exit_code, verdict, outcomes, results, _summary(inputs, outcomes, release, verdict), release)
 
 
@@ -106,7 +114,7 @@ def _splits(inputs: RunInputs, options: RunOptions) -> tuple[Split, Split | None
 
 def _split(name: SplitName, source: SampleSource, inputs: RunInputs, options: RunOptions) -> Split:
     """A split with FP32's outputs on it (computed once, cached on disk)."""
-    with current().slot(), Progress(f"FP32 reference ({name})", len(source), options.quiet) as bar:  # in this process, as one unit
+    with timed("reference", split=name), current().slot(), Progress(f"FP32 reference ({name})", len(source), options.quiet) as bar:
         reference = run_reference(
             inputs.model.path, inputs.model.sha256, source, inputs.model.inputs,
             inputs_signature(inputs.recipe.inputs),
@@ -167,7 +175,7 @@ def _search(
     context = build_context(inputs, options, name)
 
     def build(variant_options: StaticInt8Options, out_path: Path) -> BuildResult:
-        return build_isolated(variant_options, context, out_path)
+        return _timed_build(name, variant_options, context, out_path, "search build")
 
     def judge_on(split: Split) -> Callable[[Path], VariantOutcome]:
         def judge(candidate: Path) -> VariantOutcome:
@@ -187,6 +195,14 @@ def _search(
     return chosen
 
 
+def _timed_build(name: str, variant: object, context: BuildContext, out_path: Path, stage: str) -> BuildResult:
+    """A build as a unit of the executor, recorded as `stage` (its calibration, measured in the build's process, with it)."""
+    with timed(stage, name):
+        result = build_isolated(variant, context, out_path)
+        record_calibration(name, result.details)
+    return result
+
+
 def run_variant(name: str, inputs: RunInputs, evaluation: Split, tuning: Split | None, options: RunOptions) -> VariantOutcome:
     variant = inputs.recipe.variants[name]
     outcome = VariantOutcome(name=name, method=variant.method, options=variant.model_dump(mode="json", exclude={"gates"}))
@@ -196,11 +212,12 @@ def run_variant(name: str, inputs: RunInputs, evaluation: Split, tuning: Split |
         if getattr(variant, "repair", "off") != "off":
             from quant.fp16.repair import repair_fp16
 
-            return repair_fp16(name, inputs, evaluation, tuning, options, outcome, build_context=build_context, judge_variant=judge_variant)
+            with timed("fp16 repair", name):  # its evaluation and latency stages are inside
+                return repair_fp16(name, inputs, evaluation, tuning, options, outcome, build_context=build_context, judge_variant=judge_variant)
         if isinstance(variant, StaticInt8Options) and variant.fallback is not None:
             assert tuning is not None  # prepare() refused a search without a tuning split
             return _search(name, variant, inputs, evaluation, tuning, options, outcome)
-        result = build_isolated(variant, build_context(inputs, options, name), out_path)
+        result = _timed_build(name, variant, build_context(inputs, options, name), out_path, "build")
         outcome.build = result.details
         options.detail(f"{name}: built {json.dumps(result.details, default=str)[:2000]}")
         return judge_variant(name, result.path, inputs, evaluation, outcome, options.log, options.detail)

@@ -42,6 +42,7 @@ from quant.outcome import VariantOutcome
 from quant.recipe.schema import StaticInt8Options
 from quant.search_space import graph_order, sensitive_overrides, settings_to_try, units_of
 from quant.sensitivity import NodeSensitivity, rank_nodes
+from quant.stages import timed
 
 Build = Callable[[StaticInt8Options, Path], BuildResult]  # these options into this file (in a child process)
 Judge = Callable[[Path], VariantOutcome]  # compare, measure and gate a built file: a new outcome
@@ -115,7 +116,8 @@ def _ranking(
         qdq_variant = variant.model_copy(update={"format": "QDQ", "fallback": None})
         qdq_path = build(qdq_variant, work_dir / "ranking-qdq.onnx").path
     samples = feeds(variant.fallback.samples if variant.fallback else 8)
-    ranking, stats = run_isolated(_rank_in_child, float_model, qdq_path, [f for _, f in samples], variant.op_types)
+    with timed("search ranking", first.name):
+        ranking, stats = run_isolated(_rank_in_child, float_model, qdq_path, [f for _, f in samples], variant.op_types)
     return ranking, [sample_id for sample_id, _ in samples], stats["seconds"]
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,4 +94,10 @@ def test_two_jobs_give_the_serial_runs_models_verdicts_and_metrics(workspace: di
             assert a == (parallel / "run" / name / "variants" / model).read_bytes(), f"{name}/{model} differs with --jobs 2"
         results = [json.loads((folder / "run" / name / "results.json").read_text()) for folder in (serial, parallel)]
         assert [r["exit_code"] for r in results] == [exit_code, exit_code]
+        stages = [r.pop("stages") for r in results]  # when each stage ran differs, of course
         assert _normalise(results[0], str(serial)) == _normalise(results[1], str(parallel))
+        assert sorted(_kinds(stages[0])) == sorted(_kinds(stages[1]))
+
+
+def _kinds(stages: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return [(s["stage"], s["variant"] or "", s["split"] or "") for s in stages]

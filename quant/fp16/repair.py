@@ -51,7 +51,7 @@ def _validate(name: str, candidate: Path, prepared: RunInputs, tuning: SampleSou
     recipe = prepared.recipe
     charsets = {n: c.characters for n, c in prepared.charsets.items()}
     unit = (evaluate_variant, candidate, reference, tuning, prepared.model.inputs, recipe.outputs, charsets, recipe.bench.threads)
-    comparisons, _ = current().call(*unit)
+    comparisons, _ = current().call(*unit, fresh=False)
     trial.metrics = {out: c.summary() for out, c in comparisons.items()}
     trial.model_path = candidate
     trial.size_bytes = model_size(candidate)
