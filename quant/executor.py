@@ -97,7 +97,7 @@ def in_fresh_process(unit: Callable[..., T], *args: Any) -> tuple[T, Stats]:
             result, stats = pool.submit(run_unit, unit, args).result()
     except BrokenProcessPool:
         raise BuildError("its process died (killed, or out of memory)") from None
-    unit_ran(stats)
+    unit_ran(stats, own_process=True)
     return result, stats
 
 
@@ -107,7 +107,7 @@ def in_this_process(unit: Callable[..., T], *args: Any) -> tuple[T, Stats]:
     started, clock = time.time(), time.perf_counter()
     result = unit(*args)
     stats = {"seconds": round(time.perf_counter() - clock, 3), "peak_rss_mb": round(_peak_rss_mb(), 1), "started": started}
-    unit_ran(stats)
+    unit_ran(stats, own_process=False)
     return result, stats
 
 
@@ -115,7 +115,7 @@ def run_alone(unit: Callable[..., T], *args: Any) -> T:
     """A benchmark in this process (the executor made sure nothing else runs); its span goes to the open stage."""
     started, clock = time.time(), time.perf_counter()
     result = unit(*args)
-    unit_ran({"started": started, "seconds": time.perf_counter() - clock})
+    unit_ran({"started": started, "seconds": time.perf_counter() - clock}, own_process=False)
     return result
 
 

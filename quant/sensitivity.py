@@ -132,7 +132,10 @@ def rank_nodes(float_model: Path, qdq_model: Path, feeds: list[Feeds], op_types:
     float_graph = float_proto.graph
     graph_inputs = {i.name for i in float_graph.input}
     # Tensors both graphs compute under the same name: float outputs of float nodes that survived quantization.
-    names = sorted(set(_float_tensors(float_proto)) & {o for n in float_graph.node for o in n.output} & qdq_tensors)
+    # Only what the ranking reads, the candidates' outputs and inputs: every name asked for is held for both models at
+    # once (all tensors of PP-OCRv4 rec on 8 tuning lines: a 757 MB process; these: 306 MB, same ranking).
+    needed = {t for n in float_graph.node if n.name in candidates for t in (*n.input, *n.output[:1])}
+    names = sorted(set(_float_tensors(float_proto)) & {o for n in float_graph.node for o in n.output} & qdq_tensors & needed)
     errors = {**{name: 0.0 for name in graph_inputs}, **_tensor_errors(float_model, qdq_model, names, feeds)}
     ranking = []
     for node in float_graph.node:

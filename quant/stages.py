@@ -25,6 +25,7 @@ class Stage:
     split: str | None  # the split an evaluation or benchmark ran on: a search judges its attempts on "tuning"
     started: float  # epoch seconds (time.time()): comparable across the recipes and processes of one invocation
     seconds: float
+    peak_rss_mb: float | None = None  # the peak memory of the unit's own process, when it had one
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -37,10 +38,10 @@ class StageLog:
     stages: list[Stage] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, stage: str, variant: str | None, split: str | None, started: float, seconds: float) -> None:
+    def add(self, stage: str, variant: str | None, split: str | None, started: float, seconds: float, peak_rss_mb: float | None = None) -> None:
         """`started`: epoch seconds (time.time(), comparable across this machine's processes)."""
         with self._lock:
-            self.stages.append(Stage(stage, variant, split, round(started, 3), round(seconds, 3)))
+            self.stages.append(Stage(stage, variant, split, round(started, 3), round(seconds, 3), peak_rss_mb))
 
     def records(self) -> list[dict[str, object]]:
         with self._lock:
@@ -51,7 +52,7 @@ class StageLog:
 class _Open:
     """A `timed` block: the spans of the units that ran inside it."""
 
-    spans: list[tuple[float, float]] = field(default_factory=list)
+    spans: list[tuple[float, float, float | None]] = field(default_factory=list)  # (started, seconds, peak_rss_mb)
 
 
 _LOG: contextvars.ContextVar[StageLog | None] = contextvars.ContextVar("quant_stage_log", default=None)
@@ -84,15 +85,16 @@ def timed(stage: str, variant: str | None = None, split: str | None = None) -> I
         yield
     finally:
         _OPEN.reset(token)
-        for unit_started, seconds in block.spans or [(started, time.time() - started)]:
-            log.add(stage, variant, split, unit_started, seconds)
+        for unit_started, seconds, peak in block.spans or [(started, time.time() - started, None)]:
+            log.add(stage, variant, split, unit_started, seconds, peak)
 
 
-def unit_ran(stats: Mapping[str, float]) -> None:
-    """The executor reports a unit's own span ({started: epoch seconds, seconds}) to the stage open around it."""
+def unit_ran(stats: Mapping[str, float], own_process: bool) -> None:
+    """The executor reports a unit's own span ({started: epoch seconds, seconds, peak_rss_mb}) to the stage open
+    around it; the peak only when the unit had a process of its own (else it is the run's)."""
     block = _OPEN.get()
     if block is not None and "started" in stats:
-        block.spans.append((stats["started"], stats["seconds"]))
+        block.spans.append((stats["started"], stats["seconds"], stats.get("peak_rss_mb") if own_process else None))
 
 
 def record_calibration(variant: str, details: Mapping[str, object]) -> None:

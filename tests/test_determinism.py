@@ -10,7 +10,8 @@ What cannot be deterministic, and is excluded from the comparison by name:
 - `latency_ratio` and the rest of `latency` (medians of timed runs: measured, so noisy), and the
   `latency_ratio` gate's observed value and verdict;
 - wall-clock timestamps (`started`, `finished`, `created`) and durations (`seconds`, `build_seconds`,
-  `calibration_seconds`) and the build process's peak memory (`build_peak_rss_mb`);
+  `calibration_seconds`, each stage's `started` and `seconds`) and the build process's peak memory (`build_peak_rss_mb`,
+  a stage's `peak_rss_mb`);
 - absolute paths name the run folder (`prepared_model`, `promotion.release`, the results' file paths): they are
   compared with the run folder replaced by a placeholder;
 - `regression` compares with whatever earlier release sits in the release folder (none in both runs here).
@@ -27,7 +28,10 @@ from typing import Any
 
 from tests.conftest import base_recipe, write_recipe
 
-MEASURED_KEYS = {"started", "finished", "created", "seconds", "build_seconds", "calibration_seconds", "build_peak_rss_mb", "latency", "latency_ratio"}
+MEASURED_KEYS = {
+    *("started", "finished", "created", "seconds", "build_seconds", "calibration_seconds"),
+    *("build_peak_rss_mb", "peak_rss_mb", "latency", "latency_ratio"),
+}
 
 
 def _normalise(node: Any, root: str) -> Any:
@@ -59,7 +63,11 @@ def _run(root: Path, shared: dict[str, Path], seed: str) -> subprocess.Completed
     path = write_recipe(root, recipe)
     return subprocess.run(
         [sys.executable, "-m", "quant.cli", "--recipe", str(path), "--out", str(root / "run"), "--quiet"],
-        cwd=root, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "PYTHONHASHSEED": seed},
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "PYTHONHASHSEED": seed},
     )
 
 
