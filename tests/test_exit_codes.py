@@ -130,7 +130,8 @@ def test_a_full_disk_after_the_run_exits_2_naming_the_report_file(workspace: dic
     """The disk fills while the reports are written, after the run: the file that could not be written is named, not the run folder."""
     root = workspace["root"]
     path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"]))
-    done = run_cli("--recipe", str(path), "--out", str(root / "run"), "--quiet", "--json", "/dev/full", cwd=root)  # every write: ENOSPC
+    reports = ["--json", str(root / "results.json"), "--junit", "/dev/full"]  # every write to /dev/full: ENOSPC
+    done = run_cli("--recipe", str(path), "--out", str(root / "run"), "--quiet", *reports, cwd=root)
     assert done.returncode == 2, done.stderr
-    assert done.stderr == "quantize: error: /dev/full, field '--json': cannot write: No space left on device\n"
+    assert done.stderr == "quantize: error: /dev/full, field '--junit': cannot write: No space left on device\n"  # not the other report's flag
     assert (root / "run" / "results.json").is_file()  # the run's own reports were written before
