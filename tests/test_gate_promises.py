@@ -218,6 +218,7 @@ def test_only_latency_bounds_are_settled_by_more_rounds() -> None:
         Gate(metric="latency_ratio", min=0.1, max=2.0),
         Gate(metric="latency_ratio", max_regression=0.1),  # no bound to settle
         Gate(metric="size_ratio", max=0.5),
+        Gate(metric="cosine", min=0.99),
     ]
     assert latency_bounds(gates) == [(None, 0.9), (0.1, 2.0)]
 
