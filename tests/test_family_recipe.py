@@ -94,6 +94,10 @@ def test_the_shipped_family_recipe_resolves_generation_from_the_models_files() -
         ({"inputs": {"image": PIXELS}}, "inputs.image", "the encoder has no input 'image'"),
         ({"promotion": {"to": "mlflow", "tracking_uri": "sqlite:///m.db", "model_name": "x"}}, "promotion", "does not take model families"),
         ({"model": {"path": "x.onnx"}}, "model", "unknown key"),
+        ({"variants": {"v": {"parts": {"all": {"method": "weight_only", "overrides": {"/decoder/lm_head/MatMul": {"bits": 8}}}}}}},
+         "variants.v.parts.all.overrides", "in the encoder part (encoder_model.onnx); name the parts that have it instead of 'all'"),
+        ({"variants": {"v": {"parts": {"decoders": {"method": "weight_only", "exclude_nodes": ["/lm_head/MatMul"]}}}}},
+         "variants.v.parts.decoders.exclude_nodes", "no MatMul node named ['/lm_head/MatMul'] in the decoder part"),
     ],
 )  # fmt: skip
 def test_bad_family_input_is_refused_naming_the_field(tmp_path: Path, change: dict[str, Any], field: str, words: str) -> None:

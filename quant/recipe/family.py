@@ -153,11 +153,15 @@ class FamilyVariant(Strict):
 
     def resolved(self) -> dict[str, PartMethod]:
         """The method of each part that gets one: its own entry, else its group's (`decoders`, then `all`)."""
-        chosen: dict[str, PartMethod] = {}
+        return {role: self.parts[key] for role, key in self.entries().items()}
+
+    def entries(self) -> dict[str, str]:
+        """Per part that gets a method, the `parts` key it comes from (the part itself, `decoders` or `all`)."""
+        chosen: dict[str, str] = {}
         for role in ROLES:
             for key in (role, *(group for group, members in GROUPS.items() if role in members)):
                 if key in self.parts:
-                    chosen[role] = self.parts[key]
+                    chosen[role] = key
                     break
         return chosen
 

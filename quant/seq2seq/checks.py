@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import onnx
+
 from quant.checks import check_gates_supportable, check_splits
 from quant.data.sources import SampleSource, open_source
 from quant.errors import InputError, ModelError, RecipeError
 from quant.metrics.catalogue import CATALOGUE, VARIANT_METRICS
-from quant.recipe.family import FamilyRecipe
+from quant.recipe.family import FamilyRecipe, FamilyVariant
 from quant.recipe.loader import LoadedRecipe
+from quant.recipe.schema import WeightOnlyOptions
 from quant.release.destination import Destination, destination_for
 from quant.release.previous import PreviousRelease
 from quant.seq2seq.family import FamilyInfo, inspect_family
@@ -83,7 +86,27 @@ def _check(loaded: LoadedRecipe, only: tuple[str, ...], version: str | None) -> 
     calibration = open_source(recipe.calibration, loaded.base_dir, recipe.inputs, names, "calibration") if recipe.calibration else None
     tuning = open_source(recipe.tuning, loaded.base_dir, recipe.inputs, names, "tuning") if recipe.tuning else None
     check_splits([s for s in (calibration, tuning, evaluation) if s is not None], encoder.inputs)
+    for name in only or tuple(recipe.variants):
+        _check_named_nodes(name, recipe.variants[name], family)
     destination = destination_for(recipe.promotion, loaded.base_dir, recipe.name, tuple(recipe.variants), version)
     variants = only or tuple(recipe.variants)
     return FamilyInputs(recipe, loaded, family, evaluation, calibration, tuning, tuple(variants), destination.previous(), destination)
 
+
+def _check_named_nodes(name: str, variant: FamilyVariant, family: FamilyInfo) -> None:
+    """Nodes a weight_only part names (overrides, exclude_nodes) must be MatMuls of that part: with a group (`all`,
+    `decoders`) an LM head name that only the decoders have is refused now, not after the other variants are built."""
+    for role, key in variant.entries().items():
+        options = variant.parts[key]
+        if not isinstance(options, WeightOnlyOptions):
+            continue
+        part = family.parts[role]
+        matmuls = {node.name for node in onnx.load(str(part.path), load_external_data=False).graph.node if node.op_type == "MatMul"}
+        for field in ("overrides", "exclude_nodes"):
+            unknown = sorted(set(getattr(options, field)) - matmuls)
+            if unknown:
+                raise RecipeError(
+                    f"no MatMul node named {unknown} in the {role} part ({part.path.name}); name the parts that have it instead of '{key}'"
+                    if key != role else f"no MatMul node named {unknown} in the {role} part ({part.path.name})",
+                    field=f"variants.{name}.parts.{key}.{field}",
+                )
