@@ -901,7 +901,14 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
 
 
 # Fields named by bad-input errors that other test files check, because they need an optional extra's setting.
-CHECKED_ELSEWHERE = {"algorithm": "tests/test_weight_only.py", "promotion.tracking_uri": "tests/test_mlflow.py"}
+CHECKED_ELSEWHERE = {
+    "algorithm": "tests/test_weight_only.py",
+    "promotion.tracking_uri": "tests/test_mlflow.py",
+    # family recipes (an encoder–decoder by part): every bad family input, each naming its field
+    "family.folder": "tests/test_family_recipe.py",
+    "family.generation.max_new_tokens": "tests/test_family_recipe.py",
+    "family.generation.vocab": "tests/test_family_recipe.py",
+}
 
 
 def test_every_field_a_bad_input_error_names_has_a_case() -> None:

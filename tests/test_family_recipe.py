@@ -80,6 +80,9 @@ def test_the_shipped_family_recipe_resolves_generation_from_the_models_files() -
         ({"family": {"folder": str(MODEL), "generation": {"start_token": "<start>"}}}, "family.generation.start_token", "not in the vocabulary"),
         ({"family": {"folder": str(MODEL), "generation": {"end_token": 500}}}, "family.generation.end_token", "outside the decoder's 98 logits"),
         ({"family": {"folder": str(MODEL), "generation": {"vocab": "tokens.json"}}}, "family.generation.vocab", "not found"),
+        ({"family": {"folder": str(MODEL / "missing")}}, "family.folder", "folder is not found"),
+        ({"family": {"folder": str(MODEL), "generation": {"config": None, "start_token": "<s>", "end_token": "</s>"}}},
+         "family.generation.max_new_tokens", "no generation_config.json"),
         ({"family": {"folder": str(MODEL), "parts": {
             "encoder": {"path": "encoder_model.onnx", "sha256": "0" * 64},
             "decoder": {"path": "decoder_model.onnx"}, "decoder_with_past": {"path": "decoder_with_past_model.onnx"}}}},
