@@ -132,7 +132,7 @@ def repair_fp16(
             _validate(name, result.path, prepared, validation.source, validation.reference, trial)
         except BuildError as error:
             trial.status, trial.error = "error", str(error)
-        attempts.append({**_attempt_record(trial, extra), "kept_fp32": extra, "split": validation.name})
+        attempts.append({**_attempt_record(trial, extra, "repair", {}, 0), "kept_fp32": extra, "split": validation.name})
         judged.append((trial, extra))
         options.log(f"{name}: {len(extra)} node(s) kept in FP32 -> {trial.status} on the {validation.name} samples")
         return trial
