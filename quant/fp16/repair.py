@@ -7,6 +7,11 @@ through the same `judge_variant` as every other variant, so the verdict is on da
 
 The search adds the scan's ranked candidates (lowest headroom first) to the flagged set, 1, 2, 4, ... up to
 `max_nodes`, then bisects between the last failing and the first passing count, within `budget_seconds`.
+When no overflow candidate passes, the loss is the rounding itself: with `rank_by_rounding` a second search runs
+the same way over the nodes ranked by weight-rounding sensitivity (quant/fp16/rounding.py, measured on the
+validation samples), limited to what the variant's size gate can still afford; its attempts must clear the accuracy
+gates with their whole 95 % interval on the validation samples (many near-equal sets are tried at the metric's noise
+level, so a set that passes by its value alone tends to fall back below the bound on held-out data).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from quant.errors import BuildError
 from quant.evaluate import Reference, evaluate_variant, run_reference
 from quant.executor import build_isolated, current
 from quant.fp16.preflight import run_preflight
+from quant.fp16.rounding import CAST_ALLOWANCE, RoundingRanking, rounding_ranking
 from quant.fp16.scan import Preflight
 from quant.gates import effective_gates, judge_all
 from quant.lockfile import write_lock_options
@@ -30,7 +36,7 @@ from quant.methods.base import BuildContext
 from quant.metrics.catalogue import HEADLINE_METRICS, VARIANT_METRICS
 from quant.model import model_size
 from quant.outcome import VariantOutcome
-from quant.recipe.schema import Fp16Options, Gate
+from quant.recipe.schema import INTERVAL_GATE_METRICS, Fp16Options, Gate
 from quant.search import _attempt_record
 
 if TYPE_CHECKING:
@@ -46,8 +52,16 @@ def tuning_gates(recipe_gates: list[Gate], variant_gates: list[Gate]) -> list[Ga
     return [g.model_copy(update={"max_regression": None}) for g in gates]
 
 
-def _validate(name: str, candidate: Path, prepared: RunInputs, tuning: SampleSource, reference: Reference, trial: VariantOutcome) -> None:
-    """Compare a candidate with FP32 on the tuning samples and apply the accuracy gates (fills `trial`)."""
+def interval_gates(gates: list[Gate]) -> list[Gate]:
+    """The same bounds, each to be cleared by its whole 95 % interval where the metric has one."""
+    return [g.model_copy(update={"must_clear": "interval"}) if g.metric in INTERVAL_GATE_METRICS else g for g in gates]
+
+
+def _validate(
+    name: str, candidate: Path, prepared: RunInputs, tuning: SampleSource, reference: Reference, trial: VariantOutcome, strict: bool = False
+) -> None:
+    """Compare a candidate with FP32 on the tuning samples and apply the accuracy gates (fills `trial`); `strict`: the
+    gates' intervals must clear them, not only their values."""
     recipe = prepared.recipe
     charsets = {n: c.characters for n, c in prepared.charsets.items()}
     unit = (evaluate_variant, candidate, reference, tuning, prepared.model.inputs, recipe.outputs, charsets, recipe.bench.threads)
@@ -56,7 +70,9 @@ def _validate(name: str, candidate: Path, prepared: RunInputs, tuning: SampleSou
     trial.model_path = candidate
     trial.size_bytes = model_size(candidate)
     trial.size_ratio = trial.size_bytes / prepared.model.size_bytes
-    trial.gates = judge_all(tuning_gates(recipe.gates, recipe.variants[name].gates), trial.metrics, {}, recipe.outputs)
+    gates = tuning_gates(recipe.gates, recipe.variants[name].gates)
+    intervals = {out: {m: e.interval for m, e in c.estimates().items()} for out, c in comparisons.items()} if strict else None
+    trial.gates = judge_all(interval_gates(gates) if strict else gates, trial.metrics, {}, recipe.outputs, None, intervals)
     trial.status = "passed" if all(g.passed for g in trial.gates) else "failed"
 
 
@@ -80,9 +96,14 @@ def _validation_split(prepared: RunInputs, tuning: Split | None, scanned: Sample
     return _Validation("calibration", scanned, reference)
 
 
-def _reasons(preflight: Preflight, kept: list[str], flagged: list[str]) -> dict[str, str]:
+def _reasons(preflight: Preflight, kept: list[str], flagged: list[str], ranking: RoundingRanking | None = None) -> dict[str, str]:
     """Why each node kept in FP32 is kept: its worst finding, or the search."""
     reasons: dict[str, str] = {}
+    total = sum(c.output_change for c in ranking.costs) if ranking else 0.0
+    for rank, cost in enumerate(ranking.costs if ranking else []):
+        if cost.node in kept:
+            share = f"{cost.output_change / total:.1%} of the summed output change" if total else "no measured change"
+            reasons[cost.node] = f"search: weight rounding, rank {rank + 1} per value kept ({share}, {cost.values} value(s))"
     for finding in preflight.findings:
         for node in finding.nodes:
             if node in kept and node not in reasons and (node not in flagged or finding.flagged):
@@ -123,28 +144,44 @@ def repair_fp16(
     judged: list[tuple[VariantOutcome, list[str]]] = []
     work = options.out_dir / "work" / name
 
-    def attempt(extra: list[str]) -> VariantOutcome:
+    def attempt(extra: list[str], strict: bool = False) -> VariantOutcome:
         trial = VariantOutcome(name=name, method=outcome.method, options=outcome.options)
         try:
             kept = variant.model_copy(update={"keep_fp32": list(dict.fromkeys([*variant.keep_fp32, *extra]))})  # typed options, not extra arguments
             result = build_isolated(kept, context, work / f"repair-{len(attempts):02d}.onnx")
             trial.build = result.details
-            _validate(name, result.path, prepared, validation.source, validation.reference, trial)
+            _validate(name, result.path, prepared, validation.source, validation.reference, trial, strict)
         except BuildError as error:
             trial.status, trial.error = "error", str(error)
-        attempts.append({**_attempt_record(trial, extra, "repair", {}, 0), "kept_fp32": extra, "split": validation.name})
+        record = {
+            **_attempt_record(trial, extra, "repair", {}, 0),
+            "kept_fp32": extra,
+            "split": validation.name,
+            "gates_cleared_by": "interval" if strict else "value",
+        }
+        attempts.append(record)
         judged.append((trial, extra))
-        options.log(f"{name}: {len(extra)} node(s) kept in FP32 -> {trial.status} on the {validation.name} samples")
+        options.log(f"{name}: {len(extra)} node(s) kept in FP32 -> {trial.status} on the {validation.name} samples{' (intervals)' if strict else ''}")
         return trial
 
     conclusion = "scan only (repair: scan): nothing kept in FP32 beyond keep_fp32"
+    ranking: RoundingRanking | None = None
     extra: list[str] = []
     if variant.repair == "auto":
         validation = _validation_split(prepared, tuning, scanned, options)
         first = attempt(flagged)
         conclusion = f"passed on the {validation.name} samples with the scan's {len(flagged)} node(s) in FP32"
+        deadline = started + settings.budget_seconds
         if not first.passed:
-            conclusion = _search(attempt, first, flagged, preflight.ranked_candidates(), settings.max_nodes, started + settings.budget_seconds)
+            conclusion = _search(attempt, first, flagged, preflight.ranked_candidates(), settings.max_nodes, deadline)
+        if not any(o.passed for o, _ in judged) and first.status != "error" and settings.rank_by_rounding and time.perf_counter() < deadline:
+            ranking = _rounding_ranking(variant, context, source, validation, flagged, options)
+            affordable = _affordable(ranking, flagged, first, _size_limit(prepared.recipe.gates, variant.gates), prepared.model.size_bytes)
+            options.log(f"{name}: weight-rounding ranking of {len(ranking.costs)} node(s) ({_cost(ranking)}); {len(affordable)} within the size gate")
+            # Many near-equal node sets are tried at the noise level of the metric: the chosen one must clear the gates
+            # with its whole interval on the tuning samples, or its held-out value would often fall back below the bound.
+            rounded = _search(lambda keep: attempt(keep, strict=True), first, flagged, affordable, settings.max_rounding_nodes, deadline)
+            conclusion = f"overflow candidates: {conclusion}; weight-rounding candidates: {rounded}"
         chosen, extra = next(((o, e) for o, e in sorted(judged, key=lambda item: len(item[1])) if o.passed), None) or min(
             judged, key=lambda item: (len(item[0].failed_gates) if item[0].status != "error" else 99, len(item[1]))
         )
@@ -160,7 +197,9 @@ def repair_fp16(
     final.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(built, final)
     outcome.build = {**details, "fp16_preflight": {**preflight.to_dict(), "split": "calibration", "source_model": str(source)}}
-    outcome.build["kept_fp32_reasons"] = _reasons(preflight, [*variant.keep_fp32, *extra], flagged)
+    outcome.build["kept_fp32_reasons"] = _reasons(preflight, [*variant.keep_fp32, *extra], flagged, ranking)
+    if ranking is not None:
+        outcome.build["fp16_rounding"] = {**ranking.to_dict(), "split": validation.name}
     judge_variant(name, final, prepared, evaluation, outcome, options.log, options.detail)
     if variant.repair == "auto":
         outcome.search = {
@@ -217,3 +256,39 @@ def _search(
         timed_out = not affordable()
         return f"no attempt passed validation {'within the time budget' if timed_out else f'with up to {len(candidates)} more node(s)'}"
     return f"passed validation with the scan's {len(flagged)} node(s) and {passing} more from its ranking in FP32"
+
+
+def _rounding_ranking(
+    variant: Fp16Options, context: BuildContext, source: Path, validation: _Validation, flagged: list[str], options: RunOptions
+) -> RoundingRanking:
+    """Nodes ranked by weight-rounding sensitivity on the first `rounding_samples` validation samples (never evaluation)."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST  # what the conversion keeps in FP32 anyway
+
+    blocked = variant.op_block_list if variant.op_block_list is not None else sorted(DEFAULT_OP_BLOCK_LIST)
+    samples = validation.source.subset(variant.preflight.rounding_samples)
+    return rounding_ranking(source, samples, context.model_inputs, [*variant.keep_fp32, *flagged], blocked, options.cache_dir)
+
+
+def _cost(ranking: RoundingRanking) -> str:
+    return "cached" if ranking.cache_hit else f"{ranking.samples} samples, {ranking.seconds:.1f} s"
+
+
+def _size_limit(recipe_gates: list[Gate], variant_gates: list[Gate]) -> float | None:
+    return next((g.max for g in effective_gates(recipe_gates, variant_gates) if g.metric == "size_ratio" and g.max is not None), None)
+
+
+def _affordable(ranking: RoundingRanking, flagged: list[str], first: VariantOutcome, size_limit: float | None, fp32_bytes: int) -> list[str]:
+    """The ranking's nodes, in order, while keeping them all in FP32 still fits the size gate: each kept value adds
+    2 bytes to the first attempt's size (4 instead of 2), plus its cast allowance."""
+    if size_limit is None or first.size_ratio is None:
+        return [n for n in ranking.nodes() if n not in flagged]
+    room = (size_limit - first.size_ratio) * fp32_bytes
+    chosen: list[str] = []
+    for cost in ranking.costs:
+        if cost.node in flagged or cost.output_change <= 0:
+            continue
+        room -= 2 * (cost.values + CAST_ALLOWANCE)
+        if room < 0:
+            break
+        chosen.append(cost.node)
+    return chosen

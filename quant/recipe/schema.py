@@ -375,6 +375,15 @@ class Fp16Repair(Strict):
         default=32, ge=0, description="Nodes the search may keep in FP32 beyond the scan's own, when the first repair fails its gates."
     )
     budget_seconds: float = Field(default=900, gt=0, description="Time the search may spend on validation attempts.")
+    rank_by_rounding: bool = Field(
+        default=True,
+        description="When no overflow candidate passes: rank the weighted nodes by how much rounding only their weights to FP16 "
+        "moves the outputs (per value kept), on the validation samples, and search that ranking within the size gate.",
+    )
+    rounding_samples: int = Field(default=2, ge=1, description="Validation samples the weight-rounding ranking reads (one pass per weighted node).")
+    max_rounding_nodes: int = Field(
+        default=128, ge=0, description="Nodes the weight-rounding search may keep in FP32 (the size gate limits them too)."
+    )
 
 
 class Fp16Options(Strict):
