@@ -85,6 +85,8 @@ def test_repair_keeps_the_rounding_sensitive_node_chosen_on_the_tuning_split_whe
     assert [a["gates_cleared_by"] for a in attempts] == ["value", "value", "value", "interval"]  # the rounding search's are strict
     assert repaired["build"]["keep_fp32"] == ["cancelling"] and "weight rounding" in repaired["build"]["kept_fp32_reasons"]["cancelling"]
     assert repaired["build"]["fp16_rounding"]["split"] == "tuning" and repaired["build"]["fp16_rounding"]["top"][0]["node"] == "cancelling"
+    assert "weight-rounding ranking: 3 weighted nodes on 2 tuning samples" in (tmp_path / "run" / "summary.md").read_text()
+    assert "Weight-rounding ranking" in (tmp_path / "run" / "report.html").read_text()
     # The built graph changed: the Conv keeps FP32 weights and computes in FP32, the plain one reads FP16 weights.
     for name, weight_type in (("plain", TensorProto.FLOAT16), ("repaired", TensorProto.FLOAT)):
         model = onnx.load(str(tmp_path / "run" / "variants" / f"{name}.onnx"))

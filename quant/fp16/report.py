@@ -13,6 +13,12 @@ def _headroom(value: float | None) -> str:
     return "—" if value is None else f"{value:.3g}"
 
 
+def _rounding(ranking: dict[str, Any]) -> str:
+    cost = "cached" if ranking.get("cache_hit") else f"{ranking['seconds']:.1f} s"
+    top = ", ".join(f"{c['node']} ({c['share']:.0%})" for c in ranking.get("top", [])[:5])
+    return f"{ranking['nodes_measured']} weighted nodes on {ranking['samples']} {ranking['split']} samples ({cost}); first per value kept: {top}"
+
+
 def summary_lines(outcomes: list[VariantOutcome]) -> list[str]:
     """One paragraph per variant that ran the pre-flight."""
     lines = []
@@ -31,6 +37,9 @@ def summary_lines(outcomes: list[VariantOutcome]) -> list[str]:
             risky = [f for f in preflight.get("findings", []) if f["kind"] in kinds and f.get("headroom") is not None][:3]
             if risky:
                 lines.append(f"- lowest headroom, {label}: " + ", ".join(f"{f['tensor']} ({f['op_type']}) {_headroom(f['headroom'])}" for f in risky))
+        rounding = outcome.build.get("fp16_rounding")
+        if rounding:
+            lines.append(f"- weight-rounding ranking: {_rounding(rounding)}")
         if outcome.search and outcome.search.get("kind") == "fp16_repair":
             lines.append(f"- repair: {outcome.search['conclusion']} ({outcome.search['split']})")
     return lines
@@ -58,6 +67,7 @@ def html_sections(results: dict[str, Any]) -> str:
             f"({preflight['samples']} samples, {preflight['tensors_observed']} tensors, {cost}); "
             f"flagged when headroom = 65504 / |x|max is below {preflight['headroom_threshold']:g}. "
             f"{escape(search.get('conclusion', ''))} {escape(search.get('split', ''))}</p>"
+            + (f"<p>Weight-rounding ranking: {escape(_rounding(build['fp16_rounding']))}</p>" if build.get("fp16_rounding") else "")
             + (f"<h3>Kept in FP32</h3><table><tr><th>node</th><th>why</th></tr>{kept}</table>" if kept else "<p>Nothing kept in FP32.</p>")
             + f"<h3>Riskiest tensors ({preflight['findings_total']} findings)</h3><table><tr><th>kind</th><th>tensor</th><th>op</th><th>|x|max</th>"
             f"<th>headroom</th><th>flagged</th><th>why</th></tr>{findings}</table>"
