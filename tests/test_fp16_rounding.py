@@ -83,6 +83,7 @@ def test_repair_keeps_the_rounding_sensitive_node_chosen_on_the_tuning_split_whe
     assert [a["kept_fp32"] for a in attempts] == [[], ["scale_up"], ["scale_up", "scale_down"], ["cancelling"]]
     assert [a["passed"] for a in attempts] == [False, False, False, True]
     assert [a["gates_cleared_by"] for a in attempts] == ["value", "value", "value", "interval"]  # the rounding search's are strict
+    assert [a["stage"] for a in attempts] == ["scan", "overflow", "overflow", "weight_rounding"]
     assert repaired["build"]["keep_fp32"] == ["cancelling"] and "weight rounding" in repaired["build"]["kept_fp32_reasons"]["cancelling"]
     assert repaired["build"]["fp16_rounding"]["split"] == "tuning" and repaired["build"]["fp16_rounding"]["top"][0]["node"] == "cancelling"
     assert "weight-rounding ranking: 3 weighted nodes on 2 tuning samples" in (tmp_path / "run" / "summary.md").read_text()

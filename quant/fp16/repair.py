@@ -153,8 +153,9 @@ def repair_fp16(
             _validate(name, result.path, prepared, validation.source, validation.reference, trial, strict)
         except BuildError as error:
             trial.status, trial.error = "error", str(error)
+        stage = "weight_rounding" if strict else ("scan" if not attempts else "overflow")  # which ranking the node set came from
         record = {
-            **_attempt_record(trial, extra, "repair", {}, 0),
+            **_attempt_record(trial, extra, stage, {"keep_fp32": len(extra)}, 0),
             "kept_fp32": extra,
             "split": validation.name,
             "gates_cleared_by": "interval" if strict else "value",
