@@ -4,13 +4,14 @@ whose rounding moves the outputs most (per value kept) in FP32 — ranked and va
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from quant.fp16.repair import _affordable
+from quant.fp16.repair import _affordable, _search_down
 from quant.fp16.rounding import CAST_ALLOWANCE, RoundingCost, RoundingRanking, rounding_costs
 from quant.outcome import VariantOutcome
 from tests.conftest import HEIGHT, run_cli
@@ -66,6 +67,26 @@ def test_only_what_the_size_gate_can_afford_is_searched() -> None:
     assert _affordable(ranking, [], first, 0.55, fp32_bytes=int(room_for_two / 0.05)) == ["a", "b"]
     assert _affordable(ranking, [], first, 0.55, fp32_bytes=int(room_for_two / 0.05) - 100) == ["a"]
     assert _affordable(ranking, ["a"], first, None, fp32_bytes=1) == ["b", "c"]  # no size gate: every node that moves the outputs
+
+
+def test_rounding_search_tries_everything_affordable_first_then_bisects_down_to_the_fewest() -> None:
+    candidates = [f"n{i}" for i in range(40)]
+    tried: list[int] = []
+
+    def attempt_needing(count: int):  # passes once the first `count` candidates are kept (a stand-in for build + validate)
+        def attempt(keep: list[str]) -> VariantOutcome:
+            tried.append(len(keep) - 1)
+            passed = count <= len(candidates) and set(candidates[:count]) <= set(keep)
+            return VariantOutcome(name="v", method="fp16", options={}, status="passed" if passed else "failed")
+
+        return attempt
+
+    assert "first 5 by weight rounding" in _search_down(attempt_needing(5), ["flagged"], candidates, time.perf_counter() + 600)
+    assert tried == [40, 20, 10, 5, 2, 3, 4]
+    tried.clear()
+    assert "all 40 node(s)" in _search_down(attempt_needing(41), ["flagged"], candidates, time.perf_counter() + 600) and tried == [40]
+    tried.clear()
+    assert "time budget" in _search_down(attempt_needing(1), [], candidates, time.perf_counter() - 1) and not tried
 
 
 def test_repair_keeps_the_rounding_sensitive_node_chosen_on_the_tuning_split_where_overflow_candidates_fail(tmp_path: Path) -> None:

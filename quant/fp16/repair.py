@@ -8,8 +8,8 @@ through the same `judge_variant` as every other variant, so the verdict is on da
 The search adds the scan's ranked candidates (lowest headroom first) to the flagged set, 1, 2, 4, ... up to
 `max_nodes`, then bisects between the last failing and the first passing count, within `budget_seconds`.
 When no overflow candidate passes, the loss is the rounding itself: with `rank_by_rounding` a second search runs
-the same way over the nodes ranked by weight-rounding sensitivity (quant/fp16/rounding.py, measured on the
-validation samples), limited to what the variant's size gate can still afford; its attempts must clear the accuracy
+over the nodes ranked by weight-rounding sensitivity (quant/fp16/rounding.py, measured on the validation samples),
+limited to what the variant's size gate can still afford: all of those first, then bisecting down to the fewest; its attempts must clear the accuracy
 gates with their whole 95 % interval on the validation samples (many near-equal sets are tried at the metric's noise
 level, so a set that passes by its value alone tends to fall back below the bound on held-out data).
 """
@@ -181,7 +181,7 @@ def repair_fp16(
             options.log(f"{name}: weight-rounding ranking of {len(ranking.costs)} node(s) ({_cost(ranking)}); {len(affordable)} within the size gate")
             # Many near-equal node sets are tried at the noise level of the metric: the chosen one must clear the gates
             # with its whole interval on the tuning samples, or its held-out value would often fall back below the bound.
-            rounded = _search(lambda keep: attempt(keep, strict=True), first, flagged, affordable, settings.max_rounding_nodes, deadline)
+            rounded = _search_down(lambda keep: attempt(keep, strict=True), flagged, affordable[: settings.max_rounding_nodes], deadline)
             conclusion = f"overflow candidates: {conclusion}; weight-rounding candidates: {rounded}"
         chosen, extra = next(((o, e) for o, e in sorted(judged, key=lambda item: len(item[1])) if o.passed), None) or min(
             judged, key=lambda item: (len(item[0].failed_gates) if item[0].status != "error" else 99, len(item[1]))
@@ -293,3 +293,24 @@ def _affordable(ranking: RoundingRanking, flagged: list[str], first: VariantOutc
             break
         chosen.append(cost.node)
     return chosen
+
+
+def _search_down(attempt: Callable[[list[str]], VariantOutcome], flagged: list[str], candidates: list[str], deadline: float) -> str:
+    """Every affordable candidate first (the most the size gate allows); only if that passes, bisect down to the fewest
+    that still pass. One attempt decides when even all of them fail, and no attempt is spent on sets far too small."""
+    if not candidates:
+        return "the size gate affords no node"
+    if time.perf_counter() >= deadline:
+        return "no attempt within the time budget"
+    started = time.perf_counter()
+    if not attempt([*flagged, *candidates]).passed:
+        return f"failed validation with all {len(candidates)} node(s) the size gate affords in FP32"
+    last = time.perf_counter() - started
+    failing, passing = 0, len(candidates)
+    while passing - failing > 1 and time.perf_counter() + last < deadline:
+        middle = (failing + passing) // 2
+        if attempt([*flagged, *candidates[:middle]]).passed:
+            passing = middle
+        else:
+            failing = middle
+    return f"passed validation with the scan's {len(flagged)} node(s) and the first {passing} by weight rounding in FP32"
