@@ -18,6 +18,7 @@ from onnx import numpy_helper
 
 from quant.bench import LatencyResult
 from quant.errors import OutputError
+from quant.files import copy_model
 from quant.outcome import VariantOutcome
 from quant.recipe.schema import Promotion
 from quant.release.folder import STAGING_PREFIX, existing_versions, next_version, promote, remove_stale_staging
@@ -187,3 +188,17 @@ def test_policy_best_promotes_the_passing_variant_with_the_lowest_rank_by(rank_b
     promoted, met = select_for_release(promotion, outcomes)
     assert met and [o.name for o in promoted] == ["lowest"]
     assert ranked(promotion, outcomes) == ["smallest_but_failed", "lowest", "middle", "highest"]
+
+
+def test_a_model_is_copied_with_its_external_data_in_its_sub_folders(tmp_path: Path) -> None:
+    """What a search copies as its chosen model: the copy loads on its own, with the same weights."""
+    source = tmp_path / "built" / "m.onnx"
+    (source.parent / "weights" / "fp32").mkdir(parents=True)
+    model = tiny_ctc_model(seed=3)
+    weights = [numpy_helper.to_array(t).tobytes() for t in model.graph.initializer]
+    onnx.save(model, str(source), save_as_external_data=True, location="weights/fp32/m.data", size_threshold=0)
+    target = tmp_path / "variants" / "m.onnx"
+    written = copy_model(source, target)
+    assert written == [target, target.parent / "weights" / "fp32" / "m.data"]
+    copied = onnx.load(str(target))  # reads the external data: fails when it was left behind
+    assert [numpy_helper.to_array(t).tobytes() for t in copied.graph.initializer] == weights
