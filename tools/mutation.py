@@ -44,7 +44,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
         ["quant/metrics/numeric.py", "quant/metrics/ctc.py", "quant/metrics/catalogue.py", "quant/compare.py"],
         ["tests/test_metric_promises.py", "tests/test_metrics_gates.py", "tests/test_catalogue.py"],
     ),
-    "search": (["quant/search.py"], ["tests/test_search_promises.py", "tests/test_static_search.py"]),
+    "search": (["quant/search.py"], ["tests/test_search_promises.py", "tests/test_static_search.py", "tests/test_search_space.py"]),
     "calibration-cache": (["quant/calibration/ranges.py"], ["tests/test_calibration_cache.py"]),
     "promotion": (
         ["quant/release/folder.py", "quant/release/bundle.py", "quant/release/previous.py", "quant/release/policy.py", "quant/files.py"],
