@@ -169,6 +169,35 @@ def _survivor_diffs(session: Path) -> list[tuple[str, str]]:
         return [(where, diff) for where, diff in db.execute(query)]
 
 
+def _apply_diff(diff: str, tree: Path) -> bool:
+    """Apply a cosmic-ray mutation diff (one file, unified) by finding each hunk's old lines, with their context,
+    once in the file; line numbers may have moved. False when a hunk's lines are not found exactly once."""
+    lines = diff.splitlines()
+    target = tree / next(line[len("+++ b/") :] for line in lines if line.startswith("+++ b/"))
+    text = target.read_text(encoding="utf-8")
+    hunks: list[tuple[list[str], list[str]]] = []
+    for line in lines[next(i for i, line in enumerate(lines) if line.startswith("+++ ")) + 1 :]:
+        if line.startswith("@@"):
+            hunks.append(([], []))
+        elif hunks and line[:1] in (" ", "-", "+", ""):
+            old, new = hunks[-1]
+            body = line[1:]
+            if line[:1] != "+":
+                old.append(body)
+            if line[:1] != "-":
+                new.append(body)
+    for old, new in hunks:
+        while old and new and old[-1] == "" and new[-1] == "":  # difflib's context past the file's last newline
+            old.pop()
+            new.pop()
+        before, after = "\n".join(old) + "\n", "\n".join(new) + "\n"
+        if text.count(before) != 1:
+            return False
+        text = text.replace(before, after)
+    target.write_text(text, encoding="utf-8")
+    return True
+
+
 def recheck_survivors(name: str, session: Path, source: Path, python: str, timeout: float) -> list[tuple[str, bool]]:
     """Apply each survivor's diff to a fresh copy of `source` and run the module's tests: (where, still survives).
 
@@ -180,10 +209,8 @@ def recheck_survivors(name: str, session: Path, source: Path, python: str, timeo
         scratch = Path(tempfile.mkdtemp(prefix="quant-recheck-"))
         try:
             _copy_tree(source, scratch)
-            patch = diff[diff.index("--- a/") :]
-            applied = subprocess.run(["patch", "-s", "-p1", "-d", str(scratch)], check=False, input=patch, text=True, capture_output=True)
-            if applied.returncode != 0:
-                print(f"{where}: the diff no longer applies ({applied.stdout.strip()}); run a new session", file=sys.stderr)
+            if not _apply_diff(diff, scratch):
+                print(f"{where}: the diff no longer applies (its lines changed); run a new session", file=sys.stderr)
                 continue
             command = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *tests]
             env = {**os.environ, "PYTHONPATH": str(scratch)}
