@@ -202,3 +202,17 @@ def test_a_model_is_copied_with_its_external_data_in_its_sub_folders(tmp_path: P
     assert written == [target, target.parent / "weights" / "fp32" / "m.data"]
     copied = onnx.load(str(target))  # reads the external data: fails when it was left behind
     assert [numpy_helper.to_array(t).tobytes() for t in copied.graph.initializer] == weights
+
+
+def test_all_or_nothing_promotes_every_variant_or_none_and_all_passing_the_passing_ones() -> None:
+    def outcome(name: str, status: str) -> VariantOutcome:
+        return VariantOutcome(name=name, method="fp16", options={}, status=status)  # type: ignore[arg-type]
+
+    passing, failing = [outcome("a", "passed"), outcome("b", "passed")], [outcome("a", "passed"), outcome("b", "failed")]
+    every = Promotion(policy="all_or_nothing")
+    promoted, met = select_for_release(every, passing)
+    assert met and [o.name for o in promoted] == ["a", "b"]
+    assert select_for_release(every, failing) == ([], False)
+    promoted, met = select_for_release(Promotion(policy="all_passing"), failing)
+    assert met and [o.name for o in promoted] == ["a"]
+    assert select_for_release(Promotion(policy="all_passing"), [outcome("b", "failed")]) == ([], False)
