@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -135,3 +136,15 @@ def test_a_full_disk_after_the_run_exits_2_naming_the_report_file(workspace: dic
     assert done.returncode == 2, done.stderr
     assert done.stderr == "quantize: error: /dev/full, field '--junit': cannot write: No space left on device\n"  # not the other report's flag
     assert (root / "run" / "results.json").is_file()  # the run's own reports were written before
+
+
+def test_a_write_error_that_names_no_file_names_the_run_folder_given(workspace: dict[str, Path]) -> None:
+    """A failed write() says nothing of its file (here: every file may hold 200 bytes, RLIMIT_FSIZE): the --out folder is named."""
+    root = workspace["root"]
+    path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"]))
+    done = subprocess.run(
+        [sys.executable, "-m", "quant.cli", "--recipe", str(path), "--out", str(root / "run"), "--quiet"],
+        cwd=root, capture_output=True, text=True, timeout=600, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200)),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"quantize: error: {root / 'run'}, field '--out': cannot write: File too large\n"
