@@ -164,6 +164,7 @@ def build_context(inputs: RunInputs, options: RunOptions, name: str) -> BuildCon
         calibration=inputs.calibration,
         tuning=inputs.tuning,
         log=log_nothing if options.quiet else log_stderr,  # top-level functions: the build runs in a child process
+        threads=inputs.recipe.bench.threads,  # explicit, whatever --jobs is: the same bytes either way
     )
 
 

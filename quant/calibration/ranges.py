@@ -61,11 +61,15 @@ class CalibrationRanges:
         }
 
 
-def cache_key(model_sha256: str, data_fingerprint: str, feeds_signature: str, method: str, percentile: float, op_types: list[str] | None) -> str:
+def cache_key(
+    model_sha256: str, data_fingerprint: str, feeds_signature: str, method: str, percentile: float, op_types: list[str] | None,
+    threads: int | None = None,
+) -> str:  # fmt: skip
     """Every input that changes the ranges is in the key: the bytes of the model calibrated (after
     `prepare`), the chosen samples' contents, how a sample becomes feeds (resize, scale, mean/std,
-    colour, layout), the method and its percentile, the op types observed, and the onnxruntime
-    version (its histogram code and default op types)."""
+    colour, layout), the method and its percentile, the op types observed, the onnxruntime
+    version (its histogram code and default op types) and its intra-op thread count (the last bits
+    of an unoptimised Conv can depend on it)."""
     settings = json.dumps(
         {
             "format": CACHE_FORMAT,
@@ -74,7 +78,8 @@ def cache_key(model_sha256: str, data_fingerprint: str, feeds_signature: str, me
             "method": method,
             "percentile": percentile if method == "percentile" else None,
             "op_types": sorted(op_types) if op_types else None,
-        },
+        }
+        | ({"threads": threads} if threads is not None else {}),  # unpinned (onnxruntime's default): the key as before
         sort_keys=True,
     )
     return hashlib.sha256(f"{model_sha256}|{data_fingerprint}|{settings}".encode()).hexdigest()[:32]
@@ -92,8 +97,9 @@ def calibration_ranges(
     cache_dir: Path,
     log: Callable[[str], None],
     progress: Callable[[int], None] | None = None,  # samples done, per pass (the calibration test point's test counts them)
+    threads: int | None = None,  # onnxruntime intra-op threads (None: its default, every core)
 ) -> CalibrationRanges:
-    key = cache_key(model_sha256, source.fingerprint, source.feeds_signature, method, percentile, op_types)
+    key = cache_key(model_sha256, source.fingerprint, source.feeds_signature, method, percentile, op_types, threads)
     cache_file = cache_dir / "calibration" / f"{key}.json"
     if cache_file.is_file():
         log(f"calibration: reusing cached {method} ranges ({cache_file.name})")
@@ -114,6 +120,7 @@ def calibration_ranges(
             op_types_to_calibrate=op_types or quantize_static_default_op_types(),
             work_dir=Path(work_dir),
             progress=progress,
+            threads=threads,
         )
     # save_tensors_data writes to a temporary file and renames it: a crash never leaves half a cache.
     save_tensors_data(ranges, cache_file)

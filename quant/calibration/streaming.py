@@ -183,9 +183,7 @@ def _select_tensors(model: ModelProto, op_types: Sequence[str] | None) -> tuple[
     return selector.select_tensors_to_calibrate(model)
 
 
-def _range_model(
-    base: ModelProto, tensors: list[str], value_infos: dict[str, onnx.ValueInfoProto], settings: _Settings
-) -> ModelProto:
+def _range_model(base: ModelProto, tensors: list[str], value_infos: dict[str, onnx.ValueInfoProto], settings: _Settings) -> ModelProto:
     """Base model + per-tensor ReduceMin/ReduceMax (as ORT's MinMax augment_graph) outputs.
 
     Histogram methods also get Size (to split the histogram passes by bytes) and, for
@@ -233,8 +231,10 @@ def _save_model(model: ModelProto, path: Path) -> None:
     onnx.save_model(model, str(path), save_as_external_data=large, location=path.name + ".data" if large else None)
 
 
-def _session(path: Path, providers: Sequence[str]) -> onnxruntime.InferenceSession:
+def _session(path: Path, providers: Sequence[str], threads: int | None = None) -> onnxruntime.InferenceSession:
     options = onnxruntime.SessionOptions()
+    if threads is not None:  # explicit: results may depend on it, and parallel jobs must not oversubscribe the cores
+        options.intra_op_num_threads = threads
     # As ORT's calibrator: optimisations could fuse observed tensors away or change numerics.
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     # DEFAULT order runs all probe/Reduce leaves after the whole network (every
@@ -286,9 +286,9 @@ def _merge(store: dict[str, np.ndarray], name: str, value: np.ndarray, reduce: C
 
 
 def _range_pass(
-    observed: _Observed, batches: Iterable[Batch], providers: Sequence[str], counter: _RunCounter
+    observed: _Observed, batches: Iterable[Batch], providers: Sequence[str], counter: _RunCounter, threads: int | None = None
 ) -> _RangeStats:
-    session = _session(observed.range_model_path, providers)
+    session = _session(observed.range_model_path, providers, threads)
     output_names = [o.name for o in session.get_outputs()]
     stats = _RangeStats()
     for batch in batches:
@@ -450,13 +450,14 @@ def _histogram_pass(
     work_dir: Path,
     providers: Sequence[str],
     counter: _RunCounter,
+    threads: int | None = None,
 ) -> None:
     """One pass over the batches observing ``names`` (session outputs) and ``feed_names``."""
     path = work_dir / f"histogram_pass_{pass_index}.onnx"
     session = None
     if names:
         _chunk_model(observed, names, path)
-        session = _session(path, providers)
+        session = _session(path, providers, threads)
     seen = 0
     for batch in batches:
         seen += 1
@@ -474,9 +475,7 @@ def _histogram_pass(
     path.unlink(missing_ok=True)
 
 
-def _histogram_dict(
-    observed: _Observed, stats: _RangeStats, histograms: dict[str, _Histogram], settings: _Settings
-) -> dict[str, tuple]:
+def _histogram_dict(observed: _Observed, stats: _RangeStats, histograms: dict[str, _Histogram], settings: _Settings) -> dict[str, tuple]:
     """Entries in the exact layout of ORT's HistogramCollector.histogram_dict."""
     result: dict[str, tuple] = {}
     for name in observed.tensors:
@@ -498,13 +497,14 @@ def _histogram_result(
     work_dir: Path,
     providers: Sequence[str],
     counter: _RunCounter,
+    threads: int | None = None,
 ) -> TensorsData:
     histograms = {name: _new_histogram(stats, name, settings) for name in observed.tensors}
     chunks = _chunks(observed, stats, settings.max_pass_bytes) or [[]]
     feed_names = [n for n in observed.tensors if n in observed.graph_inputs]
     for index, names in enumerate(chunks, start=1):
         feeds = feed_names if index == 1 else []
-        _histogram_pass(observed, names, feeds, histograms, batches, stats.batches, index, work_dir, providers, counter)
+        _histogram_pass(observed, names, feeds, histograms, batches, stats.batches, index, work_dir, providers, counter, threads)
     collector = HistogramCollector(
         method=settings.method,
         symmetric=settings.symmetric,
@@ -535,6 +535,7 @@ def collect_ranges(
     max_pass_bytes: int = _DEFAULT_MAX_PASS_BYTES,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     progress: Callable[[int], None] | None = None,
+    threads: int | None = None,
 ) -> TensorsData:
     """Compute activation ranges batch by batch, as ORT's calibrators would, in bounded memory.
 
@@ -549,6 +550,8 @@ def collect_ranges(
     * ``max_pass_bytes``: histogram methods observe tensors in chunks whose summed
       largest per-batch size stays below this (one tensor larger than it gets its own pass).
     * ``progress``: called after every session run with the running count of runs.
+    * ``threads``: onnxruntime intra-op threads (``None``: its default, every core). Unoptimised
+      graphs can give other last bits with another thread count, so pin it for reproducible ranges.
 
     Returns ORT's ``TensorsData``: MinMax ranges equal ``MinMaxCalibrater``'s exactly; for
     fixed shapes the histograms and thresholds equal ORT's Entropy/Percentile/
@@ -561,10 +564,10 @@ def collect_ranges(
     work_dir.mkdir(parents=True, exist_ok=True)
     counter = _RunCounter(progress)
     observed = _prepare_models(Path(model_path), op_types_to_calibrate, settings, work_dir)
-    stats = _range_pass(observed, batches, providers, counter)
+    stats = _range_pass(observed, batches, providers, counter, threads)
     if settings.method == "minmax":
         return _minmax_result(observed, stats, settings.symmetric)
-    return _histogram_result(observed, stats, batches, settings, work_dir, providers, counter)
+    return _histogram_result(observed, stats, batches, settings, work_dir, providers, counter, threads)
 
 
 def quantize_with_ranges(

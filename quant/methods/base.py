@@ -29,6 +29,7 @@ class BuildContext:
     calibration: SampleSource | None = None
     tuning: SampleSource | None = None  # only for methods with their own accuracy-aware tuning: never the gates' evaluation set
     log: Callable[[str], None] = print
+    threads: int | None = None  # onnxruntime intra-op threads of its sessions (the recipe's bench.threads; None: onnxruntime's default)
 
 
 @dataclass

@@ -44,6 +44,7 @@ def build_static_int8(options: StaticInt8Options, context: BuildContext, out_pat
             op_types=options.op_types,
             cache_dir=context.cache_dir,
             log=context.log,
+            threads=context.threads,
         )
 
     started = time.perf_counter()
