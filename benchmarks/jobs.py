@@ -3,6 +3,7 @@ give the same verdicts and model bytes.
 
     python benchmarks/jobs.py             # edge-cpu.yaml + edge-cpu-det.yaml: serial, then --jobs 2
     python benchmarks/jobs.py --rounds 2  # serial, --jobs 2, --jobs 2, serial (drift in the load hits both alike)
+    python benchmarks/jobs.py --only fp16 # a quicker check: one variant of each recipe
 
 Each invocation is `quantize --recipe <rec> --recipe <det>` in a subprocess with a fresh cache (nothing reused,
 so both sides do the same work: FP32 references, calibrations, builds, searches, evaluations, latency), releases
@@ -61,6 +62,7 @@ def main() -> None:
     parser.add_argument("--recipe", action="append", type=Path, help=f"recipes (repeatable) [default: {', '.join(DEFAULT_RECIPES)}]")
     parser.add_argument("--jobs", type=int, default=2, help="the parallel side's --jobs [default: 2]")
     parser.add_argument("--rounds", type=int, default=1, help="serial/parallel pairs, alternating [default: 1]")
+    parser.add_argument("--only", action="append", default=[], metavar="VARIANT", help="passed to quantize: only this variant (repeatable)")
     args = parser.parse_args()
     recipes = args.recipe or [REPO / r for r in DEFAULT_RECIPES]
     print(f"machine: {os.cpu_count()} CPUs, 1-minute load {os.getloadavg()[0]:.1f} at the start")
@@ -72,7 +74,7 @@ def main() -> None:
             for jobs in (1, args.jobs) if round_index % 2 == 0 else (args.jobs, 1):
                 folder = Path(scratch) / f"r{round_index}-j{jobs}"
                 folder.mkdir()
-                run = run_quantize(recipes, folder, jobs=jobs)
+                run = run_quantize(recipes, folder, jobs=jobs, only=args.only)
                 walls[jobs].append(run["wall"])
                 seen = fingerprint(run)
                 verdicts = ", ".join(f"{n}: {r['verdict'][:60]}" for n, r in seen["recipes"].items())

@@ -95,13 +95,15 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def run_quantize(recipes: list[Path], folder: Path, jobs: int = 1) -> dict[str, Any]:
+def run_quantize(recipes: list[Path], folder: Path, jobs: int = 1, only: list[str] | None = None) -> dict[str, Any]:
     """`quantize` on the recipes (one invocation) in a subprocess: wall time, exit code, memory, each run's results.json."""
     out, cache = folder / "run", folder / "cache"
     command = [sys.executable, "-m", "quant.cli", "--out", str(out), "--cache", str(cache), "--quiet", "--jobs", str(jobs)]
     command += ["--allow-extends-from", str(REPO / "recipes")]
     for recipe in recipes:
         command += ["--recipe", str(scratch_recipe(recipe, folder))]
+    for variant in only or []:
+        command += ["--only", variant]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     started = time.perf_counter()
     with open(folder / "stdout.txt", "w", encoding="utf-8") as stdout, open(folder / "stderr.txt", "w", encoding="utf-8") as stderr:
