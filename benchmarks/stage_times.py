@@ -50,7 +50,7 @@ def scratch_recipe(recipe: Path, folder: Path) -> Path:
 
 
 class TreeMemory:
-    """Samples the RSS of a process and all its descendants (Linux /proc) until stopped."""
+    """Samples the RSS of a process and all its descendants (psutil) until stopped."""
 
     def __init__(self, pid: int) -> None:
         self.pid, self.peak_tree_mb, self.root_hwm_mb = pid, 0.0, 0.0
@@ -59,10 +59,16 @@ class TreeMemory:
         self._thread.start()
 
     def _sample(self) -> None:
+        import psutil
+
+        root = psutil.Process(self.pid)
         while not self._stop.is_set():
-            tree = _descendants(self.pid)
-            self.peak_tree_mb = max(self.peak_tree_mb, sum(_status_kb(p, "VmRSS:") for p in tree) / 1024)
-            self.root_hwm_mb = max(self.root_hwm_mb, _status_kb(self.pid, "VmHWM:") / 1024)
+            try:
+                tree = [root, *root.children(recursive=True)]
+                self.peak_tree_mb = max(self.peak_tree_mb, sum(_rss(p) for p in tree) / 2**20)
+                self.root_hwm_mb = max(self.root_hwm_mb, _high_water_mb(self.pid))
+            except psutil.Error:  # the run ended between two samples
+                pass
             time.sleep(0.2)
 
     def stop(self) -> None:
@@ -70,29 +76,20 @@ class TreeMemory:
         self._thread.join()
 
 
-def _status_kb(pid: int, field: str) -> int:
+def _rss(process: Any) -> int:
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            return next((int(line.split()[1]) for line in status if line.startswith(field)), 0)
-    except OSError:
+        return process.memory_info().rss
+    except Exception:  # psutil.NoSuchProcess: a child that just ended
         return 0
 
 
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = defaultdict(list)
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children[parent].append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
+def _high_water_mb(pid: int) -> float:
+    """The process's own peak resident set (VmHWM: psutil does not expose it)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            return next((int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:")), 0.0)
+    except OSError:
+        return 0.0
 
 
 def run_quantize(recipes: list[Path], folder: Path, jobs: int = 1, only: list[str] | None = None) -> dict[str, Any]:
