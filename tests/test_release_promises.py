@@ -18,7 +18,7 @@ from onnx import numpy_helper
 
 from quant.bench import LatencyResult
 from quant.errors import OutputError
-from quant.files import copy_model
+from quant.files import check_can_create, copy_model
 from quant.outcome import VariantOutcome
 from quant.recipe.schema import Promotion
 from quant.release.folder import STAGING_PREFIX, existing_versions, next_version, promote, remove_stale_staging
@@ -197,7 +197,7 @@ def test_a_model_is_copied_with_its_external_data_in_its_sub_folders(tmp_path: P
     model = tiny_ctc_model(seed=3)
     weights = [numpy_helper.to_array(t).tobytes() for t in model.graph.initializer]
     onnx.save(model, str(source), save_as_external_data=True, location="weights/fp32/m.data", size_threshold=0)
-    target = tmp_path / "variants" / "m.onnx"
+    target = tmp_path / "run" / "variants" / "m.onnx"  # folders made as needed
     written = copy_model(source, target)
     assert written == [target, target.parent / "weights" / "fp32" / "m.data"]
     copied = onnx.load(str(target))  # reads the external data: fails when it was left behind
@@ -216,3 +216,13 @@ def test_all_or_nothing_promotes_every_variant_or_none_and_all_passing_the_passi
     promoted, met = select_for_release(Promotion(policy="all_passing"), failing)
     assert met and [o.name for o in promoted] == ["a"]
     assert select_for_release(Promotion(policy="all_passing"), [outcome("b", "failed")]) == ([], False)
+
+
+def test_a_release_root_under_a_file_is_found_before_anything_is_built(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OutputError) as raised:
+        check_can_create(blocker / "releases" / "tiny", "promotion.to")
+    assert (raised.value.file, raised.value.field) == (str(blocker), "promotion.to")
+    check_can_create(tmp_path / "new" / "releases", "promotion.to")  # not there yet, under a writable folder: fine
+    assert not (tmp_path / "new").exists()  # and nothing created

@@ -48,7 +48,12 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "calibration-cache": (["quant/calibration/ranges.py"], ["tests/test_calibration_cache.py"]),
     "promotion": (
         ["quant/release/folder.py", "quant/release/bundle.py", "quant/release/previous.py", "quant/release/policy.py", "quant/files.py"],
-        ["tests/test_release_promises.py", "tests/test_verdicts.py", "tests/test_cli.py::test_passing_run_promotes_a_verifiable_release"],
+        [
+            "tests/test_release_promises.py",
+            "tests/test_family_release.py",
+            "tests/test_verdicts.py",
+            "tests/test_cli.py::test_passing_run_promotes_a_verifiable_release",
+        ],
     ),
     "cli-exit-codes": (["quant/cli.py"], ["tests/test_exit_codes.py", "tests/test_cli.py"]),
 }
