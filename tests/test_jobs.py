@@ -101,3 +101,24 @@ def test_two_jobs_give_the_serial_runs_models_verdicts_and_metrics(workspace: di
 
 def _kinds(stages: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     return [(s["stage"], s["variant"] or "", s["split"] or "") for s in stages]
+
+
+def test_calibration_ranges_are_cached_per_thread_count(workspace: dict[str, Path]) -> None:
+    """Each unit runs with the recipe's thread count, never --jobs': ranges computed with one count are never
+    reused for another (an unoptimised Conv can differ in its last bits), and with the same count they are."""
+    from quant.calibration.ranges import calibration_ranges
+    from quant.model import file_sha256
+    from tests.test_calibration_cache import INPUTS, _source
+
+    model, cache = workspace["model"], workspace["root"] / "cache"
+
+    def ranges(threads: int | None) -> Any:
+        settings = {"method": "minmax", "percentile": 99.999, "op_types": None}
+        return calibration_ranges(
+            model, file_sha256(model), _source(workspace["calib"]), INPUTS, cache_dir=cache, log=lambda _: None, threads=threads, **settings
+        )
+
+    one, two, one_again, default = ranges(1), ranges(2), ranges(1), ranges(None)
+    assert not one.cache_hit and not two.cache_hit and one_again.cache_hit and not default.cache_hit
+    assert len({one.key, two.key, default.key}) == 3 and one_again.key == one.key
+    assert json.loads(one.cache_file.read_text()).keys() == json.loads(two.cache_file.read_text()).keys()
