@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -13,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from quant.calibration.ranges import CalibrationRanges, calibration_ranges
+from quant.calibration.ranges import CalibrationRanges, cache_key, calibration_ranges
 from quant.calibration.streaming import collect_ranges, quantize_static_default_op_types
 from quant.data.feeds import checked_feeds
 from quant.data.sources import open_source
@@ -82,6 +83,13 @@ def test_cache_is_reused_and_invalidated_by_data_model_and_settings(calibration_
     onnx.save(tiny_ctc_model(seed=1), str(model))  # other weights, same graph and tensor names
     assert not _ranges(model, images, cache).cache_hit
     assert len(list((cache / "calibration").glob("*.json"))) == 5
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy", "distribution"])
+def test_the_percentile_setting_keys_only_the_percentile_method(method: str) -> None:
+    """Only `calibrate: percentile` reads it: changing it must not throw away the other methods' ranges."""
+    key = functools.partial(cache_key, "model", "data", "feeds", op_types=None)
+    assert key(method, 99.999) == key(method, 99.9) and key("percentile", 99.999) != key("percentile", 99.9)
 
 
 # Each change of pre-processing gives the model other tensors, so other ranges: a cached entry must not be reused.

@@ -195,12 +195,22 @@ def _apply_diff(diff: str, tree: Path) -> bool:
         while old and new and old[-1] == "" and new[-1] == "":  # difflib's context past the file's last newline
             old.pop()
             new.pop()
-        before, after = "\n".join(old) + "\n", "\n".join(new) + "\n"
-        if text.count(before) != 1:
+        # Less context while the lines around the mutant changed elsewhere (as patch's fuzz), but always a unique match.
+        for cut in range(len(old)):
+            head = min(cut, _common_prefix(old, new))
+            tail = min(cut, _common_prefix(old[head:][::-1], new[head:][::-1]))
+            before = "\n" + "\n".join(old[head : len(old) - tail]) + "\n"  # whole lines only
+            if text.count(before) == 1:
+                text = text.replace(before, "\n" + "\n".join(new[head : len(new) - tail]) + "\n")
+                break
+        else:
             return False
-        text = text.replace(before, after)
     target.write_text(text, encoding="utf-8")
     return True
+
+
+def _common_prefix(first: list[str], second: list[str]) -> int:
+    return next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
 
 
 def recheck_survivors(name: str, session: Path, source: Path, python: str, timeout: float) -> list[tuple[str, bool]]:
