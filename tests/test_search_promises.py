@@ -74,6 +74,7 @@ def test_when_no_attempt_passes_the_best_is_kept_and_the_report_says_it_failed(w
     search = variant["search"]
     assert [a["nodes_in_float"] for a in search["attempts"]] == [0, 1, 2]
     assert len(search["ranked_on"]) == 4  # the ranking reads fallback.samples (BROKEN_INT8: 4) of the 10 tuning images
+    assert search["objective"] == "ctc_exact_match"  # none in the recipe: the first accuracy gate its own setting failed
     assert [len(a["failed_gates"]) for a in search["attempts"]] == [2, 1, 1]
     # Attempts 1 and 2 both fail one gate: the one with fewer nodes in float is kept, not the last.
     assert search["chosen_attempt"] == 1 and search["chosen_nodes_in_float"] == 1
