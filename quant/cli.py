@@ -186,12 +186,9 @@ def _run_all(call: Invocation) -> int:
 
     from quant.executor import executor_for, using
     from quant.recipe.loader import LoadedRecipe
-    from quant.release.policy import EXIT_INCONCLUSIVE
+    from quant.release.policy import worst_exit_code
     from quant.report.files import write_json, write_junit, write_run_reports
     from quant.runner import RunOptions, RunResult, run
-
-    # Across several recipes the worst outcome wins: a failed gate over an undecided one over a pass.
-    severity = {EXIT_PASS: 0, EXIT_INCONCLUSIVE: 1, EXIT_GATE_FAILED: 2}
 
     log = (lambda message: None) if call.quiet else log_stderr
 
@@ -223,7 +220,7 @@ def _run_all(call: Invocation) -> int:
         if result.results is not None:
             click.echo(result.summary)
     documents = [r.results for r in results if r.results is not None]
-    worst = max((r.exit_code for r in results if r.results is not None), key=severity.__getitem__, default=EXIT_PASS)
+    worst = worst_exit_code(r.exit_code for r in results if r.results is not None)
     if call.junit_path and documents:
         write_junit(call.junit_path, documents)
     if call.json_path and documents:

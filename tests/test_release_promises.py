@@ -22,7 +22,7 @@ from quant.files import check_can_create, copy_model
 from quant.outcome import VariantOutcome
 from quant.recipe.schema import Promotion
 from quant.release.folder import STAGING_PREFIX, existing_versions, next_version, promote, remove_stale_staging
-from quant.release.policy import ranked, select_for_release
+from quant.release.policy import ranked, select_for_release, worst_exit_code
 from quant.release.previous import PreviousRelease, changes_since_release
 from quant.testpoint import InjectedFailure
 from tests.conftest import tiny_ctc_model
@@ -226,3 +226,8 @@ def test_a_release_root_under_a_file_is_found_before_anything_is_built(tmp_path:
     assert (raised.value.file, raised.value.field) == (str(blocker), "promotion.to")
     check_can_create(tmp_path / "new" / "releases", "promotion.to")  # not there yet, under a writable folder: fine
     assert not (tmp_path / "new").exists()  # and nothing created
+
+
+@pytest.mark.parametrize(("codes", "worst"), [([0, 4], 4), ([4, 0], 4), ([4, 1], 1), ([1, 4], 1), ([0, 1, 0], 1), ([0, 0], 0), ([], 0)])
+def test_across_recipes_a_failed_gate_outweighs_an_undecided_one_which_outweighs_a_pass(codes: list[int], worst: int) -> None:
+    assert worst_exit_code(codes) == worst

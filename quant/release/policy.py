@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from quant.outcome import VariantOutcome
 from quant.recipe.schema import Promotion
 
 EXIT_PASS, EXIT_GATE_FAILED = 0, 1
 EXIT_INCONCLUSIVE = 4  # only undecided (inconclusive) variants kept the policy from being met
+
+
+def worst_exit_code(codes: Iterable[int]) -> int:
+    """Across several recipes the worst outcome wins: a failed gate over an undecided one over a pass."""
+    severity = {EXIT_PASS: 0, EXIT_INCONCLUSIVE: 1, EXIT_GATE_FAILED: 2}
+    return max(codes, key=severity.__getitem__, default=EXIT_PASS)
 
 
 def rank_key(promotion: Promotion) -> Callable[[VariantOutcome], float]:
