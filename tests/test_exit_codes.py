@@ -80,6 +80,7 @@ def test_the_worst_recipe_decides_the_exit_code(workspace: dict[str, Path]) -> N
         documents = json.loads((root / "ci" / "json" / "all.json").read_text())
         names = [Path(r).stem for r in order]
         assert [d["recipe"]["name"] for d in documents] == names and len(suites) == 2
+        assert all(json.loads((root / "runs" / name / "results.json").read_text())["recipe"]["name"] == name for name in names)  # a folder each
     alone = run_cli("--recipe", str(passing), "--out", str(root / "alone"), "--quiet", "--json", str(root / "alone.json"), cwd=root)
     assert alone.returncode == 0, alone.stderr
     assert json.loads((root / "alone.json").read_text())["recipe"]["name"] == "passes"  # one recipe: the document itself
