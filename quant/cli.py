@@ -10,6 +10,7 @@ import traceback
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,6 +18,9 @@ from quant.errors import WRITE_ERRNOS, InputError, OutputError, QuantError
 from quant.progress import log_stderr
 from quant.recipe.docs import recipe_json_schema
 from quant.recipe.loader import load_recipe
+
+if TYPE_CHECKING:
+    from quant.executor import Executor
 
 EXIT_PASS, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -87,6 +91,20 @@ def _internal_error(error: BaseException, verbose: bool = False) -> None:
     "Latency is still measured one variant at a time with nothing else running; models and verdicts are the same as with 1. "
     "Each uses the recipe's bench.threads onnxruntime threads: keep N x threads within the machine's cores.",
 )
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this machine (--jobs); ray: each build and evaluation as a Ray task on a cluster (pip install 'quant[ray]'). "
+    "With ray, --out and --cache must be on storage every node mounts at the same path.",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    metavar="ADDR",
+    help="With --executor ray: the cluster to join (e.g. 10.0.0.5:6379) [default: $RAY_ADDRESS, else a local cluster on this machine].",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -103,6 +121,8 @@ def main(
     verbose: bool,
     allow_tuning_on_evaluation: bool,
     jobs: int,
+    executor: str,
+    ray_address: str | None,
 ) -> None:
     """Quantize an FP32 ONNX model into the variants a recipe names, judge each against FP32
     with accuracy and speed gates, and promote the passing ones into a release folder.
@@ -118,6 +138,10 @@ def main(
         _fail("--recipe is required", EXIT_BAD_INPUT)
     if quiet and verbose:
         _fail("--quiet and --verbose contradict each other; choose one", EXIT_BAD_INPUT)
+    if executor == "ray" and jobs != 1:
+        _fail("--jobs is for --executor local; a Ray cluster runs as many units as its nodes hold", EXIT_BAD_INPUT)
+    if ray_address and executor != "ray":
+        _fail("--ray-address needs --executor ray", EXIT_BAD_INPUT)
     try:
         call = Invocation(
             recipes,
@@ -133,6 +157,8 @@ def main(
             verbose,
             allow_tuning_on_evaluation,
             jobs,
+            executor,
+            ray_address,
         )
         code = _run_all(call)
     except InputError as error:
@@ -176,6 +202,8 @@ class Invocation:
     verbose: bool = False
     allow_tuning_on_evaluation: bool = False
     jobs: int = 1
+    executor: str = "local"
+    ray_address: str | None = None
 
 
 def _run_all(call: Invocation) -> int:
@@ -184,7 +212,7 @@ def _run_all(call: Invocation) -> int:
         for path, flag in ((call.json_path, "--json"), (call.junit_path, "--junit")):
             _check_report_path(path, flag)
 
-    from quant.executor import executor_for, using
+    from quant.executor import using
     from quant.recipe.loader import LoadedRecipe
     from quant.release.policy import worst_exit_code
     from quant.report.files import write_json, write_junit, write_run_reports
@@ -214,7 +242,7 @@ def _run_all(call: Invocation) -> int:
         return result
 
     # Recipes are independent: with --jobs > 1 they run side by side, sharing the executor's jobs.
-    with using(executor_for(call.jobs)) as executor:
+    with using(_executor(call)) as executor:
         results = executor.each([partial(run_one, recipe) for recipe in loaded])
     for result in results:  # in the order of the recipes, however they finished
         if result.results is not None:
@@ -226,6 +254,16 @@ def _run_all(call: Invocation) -> int:
     if call.json_path and documents:
         write_json(call.json_path, documents)
     return worst
+
+
+def _executor(call: Invocation) -> Executor:
+    from quant.executor import executor_for
+
+    if call.executor == "ray" and not call.validate:  # --validate builds nothing: no cluster to join
+        from quant.ray_executor import RayExecutor
+
+        return RayExecutor(call.ray_address)
+    return executor_for(call.jobs)
 
 
 def _check_report_path(path: Path | None, flag: str) -> None:

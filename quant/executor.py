@@ -41,7 +41,7 @@ import resource
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -52,6 +52,7 @@ from quant.stages import unit_ran
 
 if TYPE_CHECKING:  # the methods (and onnxruntime.quantization) are imported by the build units alone: a unit's process starts light
     from quant.methods.base import BuildContext, BuildResult
+    from quant.needs import Needs
 
 T = TypeVar("T")
 Stats = dict[str, float]  # {"seconds": wall time of the unit, "peak_rss_mb": its process's peak memory, "started": epoch seconds}
@@ -96,7 +97,7 @@ def in_fresh_process(unit: Callable[..., T], *args: Any) -> tuple[T, Stats]:
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
             result, stats = pool.submit(run_unit, unit, args).result()
     except BrokenProcessPool:
-        raise BuildError("its process died (killed, or out of memory)") from None
+        raise ProcessLost("its process died (killed, or out of memory)") from None
     unit_ran(stats, own_process=True)
     return result, stats
 
@@ -119,6 +120,10 @@ def run_alone(unit: Callable[..., T], *args: Any) -> T:
     return result
 
 
+class ProcessLost(BuildError):
+    """A unit's process died under it (killed, out of memory): nothing it wrote counts, and running it again is safe."""
+
+
 class Executor(Protocol):
     """How the runner gets its units of work done (see the module's docstring)."""
 
@@ -131,6 +136,9 @@ class Executor(Protocol):
     def slot(self) -> contextlib.AbstractContextManager[None]: ...
 
     def each(self, tasks: Sequence[Callable[[], T]]) -> list[T]: ...
+
+    def check(self, needs: Needs, places: Mapping[str, Path]) -> None:
+        """Before anything is built: can the units of a run with these needs run, and reach `places` ({field: path})?"""
 
 
 class SerialExecutor:
@@ -150,6 +158,9 @@ class SerialExecutor:
 
     def each(self, tasks: Sequence[Callable[[], T]]) -> list[T]:
         return [task() for task in tasks]
+
+    def check(self, needs: Needs, places: Mapping[str, Path]) -> None:
+        """On this machine the run's places are where the checks found them."""
 
 
 class LocalExecutor:
@@ -199,6 +210,9 @@ class LocalExecutor:
             # Each thread runs in a copy of this context: it sees the executor `using` set.
             futures = [pool.submit(contextvars.copy_context().run, task) for task in tasks]
             return [future.result() for future in futures]
+
+    def check(self, needs: Needs, places: Mapping[str, Path]) -> None:
+        """On this machine the run's places are where the checks found them."""
 
 
 _CURRENT: contextvars.ContextVar[Executor | None] = contextvars.ContextVar("quant_executor", default=None)

@@ -21,6 +21,7 @@ from quant.executor import build_isolated, current
 from quant.judge import judge_variant
 from quant.lockfile import remove_stale_lock, write_lock
 from quant.methods.base import BuildContext, BuildResult
+from quant.needs import Needs, declaring
 from quant.outcome import VariantOutcome
 from quant.precision import one_value_per_sample, source_precision
 from quant.progress import Progress, log_nothing, log_stderr
@@ -79,11 +80,14 @@ def _run(loaded: LoadedRecipe, options: RunOptions, stages: StageLog) -> RunResu
         return RunResult(0, f"recipe, model and data are valid ({len(inputs.variants)} variant(s); nothing built)")
     check_output_folders(options.out_dir, options.cache_dir)
     inputs.destination.check_writable()  # before hours of building, not after
+    needs = Needs.of(inputs.recipe)
+    current().check(needs, _places(inputs, options))  # a cluster: every node reaches the files, a node fits the benchmark
 
-    evaluation, tuning = _splits(inputs, options)
-    remove_stale_lock(loaded, options.out_dir)
-    # Variants are independent: the executor runs their builds and evaluations side by side within its jobs.
-    outcomes = current().each([partial(run_variant, name, inputs, evaluation, tuning, options) for name in inputs.variants])
+    with declaring(needs):  # what each unit declares to a cluster scheduler
+        evaluation, tuning = _splits(inputs, options)
+        remove_stale_lock(loaded, options.out_dir)
+        # Variants are independent: the executor runs their builds and evaluations side by side within its jobs.
+        outcomes = current().each([partial(run_variant, name, inputs, evaluation, tuning, options) for name in inputs.variants])
 
     promotion = inputs.recipe.promotion
     to_release, policy_met = select_for_release(promotion, outcomes)
@@ -99,6 +103,15 @@ def _run(loaded: LoadedRecipe, options: RunOptions, stages: StageLog) -> RunResu
     )
     results = build_results(inputs, evaluation, tuning, outcomes, record, verdict, exit_code, started, stages.records())
     return RunResult(exit_code, verdict, outcomes, results, _summary(inputs, outcomes, release, verdict), release)
+
+
+def _places(inputs: RunInputs, options: RunOptions) -> dict[str, Path]:
+    """What the units of work read and write, by the field that names it: every worker must see these as the driver does."""
+    places = {"--out": options.out_dir, "--cache": options.cache_dir, "model.path": inputs.model.path}
+    for source in (inputs.calibration, inputs.tuning, inputs.evaluation):
+        if source is not None:
+            places[f"{source.field}.source"] = Path(source.where)
+    return places
 
 
 def _splits(inputs: RunInputs, options: RunOptions) -> tuple[Split, Split | None]:

@@ -4,12 +4,15 @@ With QUANT_TEST_PAUSE_AT=<point> (reference, calibration, evaluation, promotion,
 reaches that point writes its pid to the file QUANT_TEST_PAUSE_FILE and sleeps until it is killed
 (at most 10 minutes, then it carries on). With QUANT_TEST_FAIL_AT=<point> the process raises an
 unexpected exception there instead: a stand-in for a bug, so tests can check that a bug exits 3 and
-leaves nothing half-done. Without the variables this is two dictionary lookups.
+leaves nothing half-done. With QUANT_TEST_DIE_ONCE_AT=<point> the first process that reaches it creates
+the file QUANT_TEST_DIE_ONCE_FILE and kills itself (SIGKILL: a worker lost mid-build); a process that finds
+the file carries on, so a retried unit completes. Without the variables this is three dictionary lookups.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 
@@ -23,6 +26,14 @@ def pause_point(point: str) -> None:
     but not yet renamed into place."""
     if os.environ.get("QUANT_TEST_FAIL_AT") == point:
         raise InjectedFailure(f"QUANT_TEST_FAIL_AT={point}")
+    if os.environ.get("QUANT_TEST_DIE_ONCE_AT") == point:
+        try:
+            with open(os.environ.get("QUANT_TEST_DIE_ONCE_FILE", f"quant-died-at-{point}"), "x", encoding="utf-8") as handle:
+                handle.write(str(os.getpid()))
+        except FileExistsError:
+            pass  # died here once already: this is the retry
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)
     if os.environ.get("QUANT_TEST_PAUSE_AT") != point:
         return
     marker = os.environ.get("QUANT_TEST_PAUSE_FILE", f"quant-paused-at-{point}")

@@ -658,6 +658,32 @@ class Bench(Strict):
         "rounds in all [default: 4 x rounds]; still straddling then: the gate is inconclusive.",
     )
     max_seconds: float = Field(default=120, ge=0, description="Time budget for those extra rounds, per variant.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="With --executor ray: Ray custom resources the node measuring latency must have, naming the hardware the "
+        "release targets (e.g. {avx512_vnni: 1}, a node started with `ray start --resources '{\"avx512_vnni\": 1}'`). Each benchmark "
+        "takes that node whole, one at a time; a cluster with no such node is bad input (exit 2). Ignored without Ray.",
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _positive_amounts(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [name for name, amount in value.items() if amount <= 0 or name in ("CPU", "GPU", "memory", "object_store_memory")]
+        if bad:
+            raise ValueError(f"custom resources need a positive amount and a name of their own (not CPU, GPU, memory): {bad}")
+        return value
+
+
+class Tasks(Strict):
+    """What each unit of work (a build, an evaluation, a ranking) declares to a cluster scheduler (--executor ray)."""
+
+    memory_mb: int = Field(
+        default=2048,
+        gt=0,
+        description="Memory each unit declares to Ray (calibration is memory-bound: a build's peak is in results.json as "
+        "`build_peak_rss_mb`); Ray starts no more units on a node than its memory holds. Each also declares bench.threads CPUs, "
+        "the onnxruntime threads it uses. A unit Ray's memory monitor kills is reported on its variant. Ignored without Ray.",
+    )
 
 
 MLFLOW = "mlflow"
@@ -754,6 +780,7 @@ class Recipe(Strict):
     variants: dict[str, Variant] = Field(description="Variants to build, by name.")
     gates: list[Gate] = Field(default_factory=list, description="Gates applied to every variant unless the variant overrides them.")
     bench: Bench = Field(default_factory=Bench)
+    tasks: Tasks = Field(default_factory=Tasks)
     promotion: Promotion = Field(default_factory=Promotion)
 
     @field_validator("state")

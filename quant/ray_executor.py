@@ -1,0 +1,221 @@
+"""The Ray executor (`quantize --executor ray [--ray-address ADDR]`; the optional extra quant[ray]).
+
+Each unit of work (a variant's build, an evaluation, a ranking, a scan) runs as a Ray task that
+declares the recipe's CPUs (bench.threads, the onnxruntime threads it uses) and memory
+(tasks.memory_mb), in a fresh child process of a Ray worker, as without Ray (a leak or crash stays in
+it, its peak memory is its own). A unit whose process or worker dies (killed, its node lost) runs
+again, up to `retries` times; the unit only writes paths it is given, so a retry gives the same bytes. A unit that still
+dies, or that Ray's memory monitor kills (OutOfMemoryError), becomes a BuildError on its variant, as
+a crashed build does without Ray. A latency benchmark runs on a node that has the recipe's
+`bench.resources` (the target hardware), taking all of that node's CPUs, so nothing else runs there
+meanwhile. The driver keeps the FP32 reference, the gates and the promotion: the release layout
+and the exit codes do not change, and a killed driver leaves no half release (promotion is staged
+and renamed, as always).
+
+Every node must reach the run's files at the same paths (the run and cache folders given with --out
+and --cache on storage every node mounts, the model and the data) and run the same quant: `check`
+asks each node before anything is built. Ray is imported only here, and only when this executor is
+used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+from quant import __version__
+from quant.errors import BuildError, InputError
+from quant.executor import LocalExecutor, ProcessLost, Stats, in_fresh_process
+from quant.needs import Needs, declared
+
+T = TypeVar("T")
+MB = 1024 * 1024
+RETRIES = 3  # a worker killed mid-unit: its unit runs again, up to this many times
+OOM_RETRIES = 1  # a unit Ray's memory monitor killed runs once more (Ray's default: forever), then fails its variant
+EXECUTOR_FIELD = "--executor ray"
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise InputError("Ray is not installed: pip install 'quant[ray]'", field=EXECUTOR_FIELD) from None
+    return ray
+
+
+def connect(address: str | None) -> bool:
+    """Join the cluster at `address` (or RAY_ADDRESS); without either, start a local one on this machine's cores.
+    True when the cluster is that local one (its nodes see this machine's files by construction).
+
+    A driver that is already connected (a test's cluster, a notebook) keeps its connection."""
+    ray = _ray()
+    if ray.is_initialized():
+        return False
+    target = address or os.environ.get("RAY_ADDRESS")
+    quiet: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    try:
+        if target:
+            ray.init(address=target, **quiet)
+        else:  # address="local": never join a cluster an earlier `ray start` left on this machine by accident
+            ray.init(address="local", _system_config={"task_oom_retries": OOM_RETRIES}, **quiet)
+    except ConnectionError as error:
+        raise InputError(f"cannot reach the Ray cluster: {str(error).splitlines()[0][:300]}", file=target, field="--ray-address") from None
+    return not target
+
+
+@cache
+def _remote_unit() -> Any:
+    # In a fresh child of the Ray worker, as without Ray: a leak or a crash stays in it, its peak memory is its own,
+    # and the worker (which never loads onnxruntime) is reused.
+    return _ray().remote(in_fresh_process)
+
+
+def _forwarded_environment() -> dict[str, Any] | None:
+    """The test hooks (quant.testpoint) set in the driver's environment reach the units' workers too."""
+    hooks = {name: value for name, value in os.environ.items() if name.startswith("QUANT_TEST_")}
+    return {"env_vars": hooks} if hooks else None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+class RayExecutor(LocalExecutor):
+    """Units as Ray tasks; driver-side work (the FP32 reference) one at a time in this process, and a benchmark
+    waits for it (`slot`, `each` and the waiting in `alone` are the local executor's)."""
+
+    def __init__(self, address: str | None = None, retries: int = RETRIES) -> None:
+        super().__init__(1)
+        self.local = connect(address)
+        self.retries = retries
+
+    def call(self, unit: Callable[..., T], *args: Any) -> tuple[T, Stats]:
+        needs = declared()
+        task = _remote_unit().options(
+            num_cpus=needs.cpus, memory=needs.memory_mb * MB, max_retries=self.retries, retry_exceptions=[ProcessLost],
+            runtime_env=_forwarded_environment(),
+        )  # fmt: skip
+        return self._result(task.remote(unit, *args))
+
+    def alone(self, unit: Callable[..., T], *args: Any) -> T:
+        return super().alone(self._on_bench_node, unit, *args)
+
+    def _on_bench_node(self, unit: Callable[..., T], *args: Any) -> T:
+        """The unit on a node with the recipe's bench resources, holding all its CPUs: one benchmark at a time there, alone."""
+        needs = declared()
+        task = _remote_unit().options(
+            num_cpus=bench_cpus(needs),
+            resources=dict(needs.bench_resources),
+            max_retries=self.retries,
+            retry_exceptions=[ProcessLost],
+            runtime_env=_forwarded_environment(),
+        )
+        result, _ = self._result(task.remote(unit, *args))
+        return result
+
+    def _result(self, ref: Any) -> tuple[T, Stats]:
+        exceptions = _ray().exceptions
+        try:
+            return _ray().get(ref)
+        except exceptions.RayTaskError as error:  # the unit raised: the same exception as without Ray
+            cause = error.cause
+            if isinstance(cause, ProcessLost):
+                raise ProcessLost(f"its process died {self.retries + 1} times (killed, or out of memory)") from None
+            raise (cause if isinstance(cause, Exception) else BuildError(_first_line(error))) from None
+        except exceptions.OutOfMemoryError as error:
+            raise BuildError(f"out of memory: Ray's memory monitor stopped it ({_first_line(error)}); declare more with tasks.memory_mb") from None
+        except (exceptions.WorkerCrashedError, exceptions.NodeDiedError, exceptions.LocalRayletDiedError) as error:
+            raise BuildError(f"its Ray worker died {self.retries + 1} times (killed, or out of memory): {_first_line(error)}") from None
+
+    def check(self, needs: Needs, places: Mapping[str, Path]) -> None:
+        """Before anything is built: a node can hold a unit and one has the bench resources, and every node
+        runs this quant and sees `places` ({field: path}) as this driver does."""
+        nodes = alive_nodes()
+        if not any(n["Resources"].get("CPU", 0) >= needs.cpus and n["Resources"].get("memory", 0) >= needs.memory_mb * MB for n in nodes):
+            raise InputError(
+                f"no node of the Ray cluster has {needs.cpus:g} CPUs and {needs.memory_mb} MB free for a unit of work",
+                field="tasks.memory_mb",
+            )
+        bench_cpus(needs)  # a named target no node has is bad input, not a benchmark waiting forever
+        if self.local:
+            return
+        probes = _write_probes({field: path for field, path in places.items() if path.is_dir() and field.startswith("--")})
+        try:
+            _check_nodes(nodes, places, probes)
+        finally:
+            for probe, _ in probes.values():
+                probe.unlink(missing_ok=True)
+
+
+def alive_nodes() -> list[dict[str, Any]]:
+    return [node for node in _ray().nodes() if node.get("Alive")]
+
+
+def bench_cpus(needs: Needs) -> float:
+    """All the CPUs of the largest node with the bench resources (a benchmark takes such a node whole)."""
+    wanted = dict(needs.bench_resources)
+    fitting = [n for n in alive_nodes() if all(n["Resources"].get(name, 0) >= amount for name, amount in wanted.items())]
+    if not fitting:
+        raise InputError(
+            f"no node of the Ray cluster has the resources {wanted}: start the node of the target hardware with "
+            f"ray start --resources '{{\"{next(iter(wanted))}\": 1}}'",
+            field="bench.resources",
+        )
+    return max(n["Resources"].get("CPU", 0.0) for n in fitting)
+
+
+def _write_probes(folders: Mapping[str, Path]) -> dict[str, tuple[Path, str]]:
+    """A file with a random token in each shared folder: a node that reads the same token sees the same folder."""
+    probes = {}
+    for field, folder in folders.items():
+        token = secrets.token_hex(8)
+        probe = folder / f".quant-reach-{token}"
+        probe.write_text(token, encoding="ascii")
+        probes[field] = (probe, token)
+    return probes
+
+
+def what_this_node_sees(places: Mapping[str, str], probes: Mapping[str, tuple[str, str]]) -> tuple[str, list[str]]:
+    """Run on each node: this node's quant version, and which places it does not see as the driver does."""
+    missing = [field for field, path in places.items() if not os.path.exists(path)]
+    for field, (probe, token) in probes.items():
+        try:
+            seen = Path(probe).read_text(encoding="ascii")
+        except OSError:
+            seen = None
+        if seen != token and field not in missing:
+            missing.append(field)
+    return __version__, missing
+
+
+def _check_nodes(nodes: list[dict[str, Any]], places: Mapping[str, Path], probes: Mapping[str, tuple[Path, str]]) -> None:
+    ray = _ray()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    ask = ray.remote(what_this_node_sees)
+    paths = {field: str(path) for field, path in places.items()}
+    shared = {field: (str(probe), token) for field, (probe, token) in probes.items()}
+    pending = {
+        f"Ray node {node['NodeID'][:12]} at {node['NodeManagerAddress']}": ask.options(
+            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False), max_retries=0
+        ).remote(paths, shared)
+        for node in nodes
+    }
+    for address, ref in pending.items():
+        try:
+            version, missing = ray.get(ref)
+        except ray.exceptions.RayError as error:
+            message = f"a Ray worker there cannot run quant ({_first_line(error)}): install the same quant[ray] on every node"
+            raise InputError(message, file=address, field=EXECUTOR_FIELD) from None
+        if version != __version__:
+            message = f"the node runs quant {version}, this driver {__version__}: install the same on every node"
+            raise InputError(message, file=address, field=EXECUTOR_FIELD)
+        if missing:
+            where = ", ".join(f"{field} ({places[field]})" for field in missing)
+            raise InputError(f"the node does not see {where} as this driver does: put it on storage every node mounts at the same path",
+                             file=address, field=missing[0])  # fmt: skip

@@ -1,0 +1,147 @@
+"""`--executor ray` against a real Ray, no mock: a local cluster (the one the command starts on this machine's
+cores when given no address) and a cluster of several nodes on this machine (`ray.cluster_utils.Cluster`, as Ray
+tests itself: a head, a node with the custom resource a recipe names for its benchmark, and for one test a node
+whose memory monitor is set to trip). The models are the serial run's, byte for byte, and so are the verdicts,
+also when a build's process is killed mid-build; a benchmark runs on the named node; a unit that runs out of
+memory fails its variant; a cluster without the named node is bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+import pytest
+
+from quant.errors import BuildError, InputError
+from quant.executor import using
+from quant.needs import Needs, declaring
+from tests import ray_units
+from tests.conftest import REPO, base_recipe, run_cli, tiny_ctc_model, write_images, write_recipe
+from tests.test_determinism import _normalise
+
+ray = pytest.importorskip("ray", reason="the Ray executor's tests need the extra: pip install -e '.[ray]'")
+from ray.cluster_utils import Cluster
+
+from quant.ray_executor import RayExecutor
+
+GATES = [{"metric": "cosine", "min": 0.9}, {"metric": "nonfinite", "max": 0}, {"metric": "latency_ratio", "max": 1000}]
+BENCH_NODE = {"avx512_vnni": 1.0}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ray")
+    onnx.save(tiny_ctc_model(), str(root / "tiny.onnx"))
+    write_images(root / "calib", 12, seed=1, prefix="c")
+    write_images(root / "eval", 10, seed=2, prefix="e")
+    return {"root": root, "model": root / "tiny.onnx", "calib": root / "calib", "eval": root / "eval"}
+
+
+def _run(tiny: dict[str, Path], name: str, *args: str, env: dict[str, str] | None = None, **recipe: Any) -> Path:
+    """The command on a recipe with an FP16 and a static INT8 variant, in its own folder (releasing there)."""
+    folder = tiny["root"] / name
+    folder.mkdir()
+    variants = {"fp16": {"method": "fp16"}, "qdq": {"method": "static_int8", "format": "QDQ"}}
+    content = base_recipe(tiny["model"], tiny["calib"], tiny["eval"], variants=variants, gates=GATES)
+    content["bench"].update(recipe.pop("bench", {}))
+    path = write_recipe(folder, content | recipe)
+    done = run_cli("--recipe", str(path), "--out", str(folder / "run"), *args, cwd=folder, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return folder
+
+
+@pytest.fixture(scope="module")
+def serial(tiny: dict[str, Path]) -> Path:
+    return _run(tiny, "serial", "--quiet")
+
+
+def _same_models_and_verdicts(serial: Path, other: Path) -> None:
+    built = sorted(p.name for p in (serial / "run" / "variants").glob("*.onnx"))
+    assert built == ["fp16.onnx", "qdq.onnx"] == sorted(p.name for p in (other / "run" / "variants").glob("*.onnx"))
+    for model in built:
+        assert (serial / "run" / "variants" / model).read_bytes() == (other / "run" / "variants" / model).read_bytes(), model
+    results = [json.loads((folder / "run" / "results.json").read_text()) for folder in (serial, other)]
+    for key in ("variants", "verdict", "exit_code", "promotion"):
+        assert _normalise(results[0][key], str(serial)) == _normalise(results[1][key], str(other)), key
+    # Promotion stayed in the driver: the same release, laid out the same way.
+    releases = [sorted(p.relative_to(folder / "releases").as_posix() for p in (folder / "releases").rglob("*")) for folder in (serial, other)]
+    assert releases[0] == releases[1] and "tiny/v1/qdq.onnx" in releases[0]
+
+
+def test_on_a_local_cluster_a_build_killed_once_runs_again_and_gives_the_serial_models_and_verdicts(tiny: dict[str, Path], serial: Path) -> None:
+    died = tiny["root"] / "died-once"
+    environment = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}  # the command starts its own cluster
+    # The static INT8 build kills its own process one sample into calibration, the first time only.
+    environment |= {"QUANT_TEST_DIE_ONCE_AT": "calibration", "QUANT_TEST_DIE_ONCE_FILE": str(died)}
+    on_ray = _run(tiny, "local-ray", "--executor", "ray", env=environment)
+    assert died.is_file(), "no build was killed: the test tested nothing"
+    _same_models_and_verdicts(serial, on_ray)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """A head and a node with the benchmark's custom resource; each node's raylet names it for `ray_units.node_name`."""
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), saved]))  # the workers import tests.ray_units
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": False, "env_vars": {"QUANT_RAY_TEST_NODE": "head"},
+                        "_system_config": {"task_oom_retries": 1}},
+    )  # fmt: skip
+    try:
+        cluster.add_node(num_cpus=1, resources=BENCH_NODE, env_vars={"QUANT_RAY_TEST_NODE": "bench"})
+        cluster.wait_for_nodes()
+        cluster.connect()
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+def test_on_a_two_node_cluster_the_run_gives_the_serial_models_and_verdicts(tiny: dict[str, Path], serial: Path, cluster: Cluster) -> None:
+    on_ray = _run(tiny, "cluster", "--executor", "ray", "--ray-address", cluster.address, "--quiet", bench={"resources": BENCH_NODE})
+    _same_models_and_verdicts(serial, on_ray)
+
+
+def test_benchmarks_run_on_the_node_with_the_named_resource_and_a_cluster_without_one_is_bad_input(cluster: Cluster) -> None:
+    executor = RayExecutor()
+    with using(executor), declaring(Needs(bench_resources=BENCH_NODE)):
+        assert [executor.alone(ray_units.node_name) for _ in range(3)] == ["bench"] * 3
+        executor.check(Needs(bench_resources=BENCH_NODE), {"model.path": REPO / "pyproject.toml"})  # every node sees this file
+    with pytest.raises(InputError) as refused:
+        executor.check(Needs(bench_resources={"gpu_a100": 1.0}), {})
+    assert refused.value.field == "bench.resources" and "gpu_a100" in str(refused.value)
+    with pytest.raises(InputError) as unseen:
+        executor.check(Needs(), {"model.path": REPO / "no-such-model.onnx"})
+    assert unseen.value.field == "model.path"
+
+
+def _memory_in_use() -> int:
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    kib = {name: int(value.split()[0]) for name, value in meminfo.items() if name in ("MemTotal", "MemAvailable")}
+    return (kib["MemTotal"] - kib["MemAvailable"]) * 1024
+
+
+def test_a_unit_that_runs_out_of_memory_fails_as_a_build_does(cluster: Cluster) -> None:
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    threshold = (_memory_in_use() + 1024**3) / total  # this node's memory monitor kills a worker 1 GB above today's use
+    tight = cluster.add_node(
+        num_cpus=0, resources={"tight_memory": 1.0},  # nothing but this test's unit lands there
+        env_vars={"QUANT_RAY_TEST_NODE": "tight", "RAY_memory_usage_threshold": f"{threshold:.4f}", "RAY_memory_monitor_refresh_ms": "100"},
+    )  # fmt: skip
+    try:
+        cluster.wait_for_nodes()
+        executor = RayExecutor()
+        with using(executor), declaring(Needs(bench_resources={"tight_memory": 1.0})), pytest.raises(BuildError) as failed:
+            executor.alone(ray_units.hog_memory, 4000)
+        assert "out of memory" in str(failed.value)
+    finally:
+        cluster.remove_node(tight)
