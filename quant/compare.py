@@ -13,6 +13,8 @@ from quant.metrics.numeric import abs_errors, cosine, nonfinite_count, snr_db, t
 from quant.metrics.samples import Estimate, SampleParts, by_slice, estimates
 from quant.recipe.schema import OutputSpec
 
+MAX_MISMATCHES = 10  # examples kept for the report
+
 
 def binary_iou(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> float:
     ref = reference > threshold
@@ -30,7 +32,7 @@ class OutputComparison:
     cosines: list[float] = field(default_factory=list)
     snrs: list[float] = field(default_factory=list)
     max_abs: float = 0.0
-    abs_sum: float = 0.0
+    abs_sums: list[float] = field(default_factory=list)  # per sample, summed in sample order: shards merge to the same bits
     abs_count: int = 0
     nonfinite: int = 0
     ious: list[float] = field(default_factory=list)
@@ -56,7 +58,7 @@ class OutputComparison:
         self.snrs.append(snr_db(reference, candidate))
         peak, mean = abs_errors(reference, candidate)
         self.max_abs = max(self.max_abs, peak)
-        self.abs_sum += mean * max(reference.size, 1)
+        self.abs_sums.append(mean * max(reference.size, 1))
         self.abs_count += max(reference.size, 1)
         self.nonfinite += nonfinite_count(reference, candidate)
         kind = self.spec.kind
@@ -84,7 +86,7 @@ class OutputComparison:
                 row.add("ctc_cer_norm", edit_distance(ref_norm, cand_norm), max(len(ref_norm), 1))
             # Agreement where FP32 was sure of its reading, apart from where it nearly read something else.
             row.add("ctc_exact_match_confident" if margin >= self.spec.confident_margin else "ctc_exact_match_unsure", agrees, 1)
-            if ref_seq != cand_seq and len(self.mismatches) < 10:
+            if ref_seq != cand_seq and len(self.mismatches) < MAX_MISMATCHES:
                 decode = (lambda s: to_text(s, self.charset)) if self.charset else (lambda s: " ".join(map(str, s)))
                 self.mismatches.append({"sample": row.id, "fp32": decode(ref_seq), "variant": decode(cand_seq)})
             if label is not None and self.charset is not None:
@@ -109,7 +111,7 @@ class OutputComparison:
             "cosine": float(np.mean(self.cosines)) if self.cosines else math.nan,
             "cosine_min": float(np.min(self.cosines)) if self.cosines else math.nan,
             "max_abs": self.max_abs,
-            "mean_abs": self.abs_sum / self.abs_count if self.abs_count else math.nan,
+            "mean_abs": sum(self.abs_sums) / self.abs_count if self.abs_count else math.nan,
             "snr_db": float(np.mean(self.snrs)) if self.snrs else math.nan,
             "snr_db_min": float(np.min(self.snrs)) if self.snrs else math.nan,
             "nonfinite": float(self.nonfinite),
@@ -118,6 +120,19 @@ class OutputComparison:
         if self.ious:
             values["map_iou_min"] = float(np.min(self.ious))
         return values
+
+    def extend(self, later: OutputComparison) -> None:
+        """Append the samples `later` compared, which come after this one's (an evaluation in shards, merged in order):
+        the result is the comparison of all of them one after another, to the bit."""
+        self.cosines += later.cosines
+        self.snrs += later.snrs
+        self.max_abs = max(self.max_abs, later.max_abs)
+        self.abs_sums += later.abs_sums
+        self.abs_count += later.abs_count
+        self.nonfinite += later.nonfinite
+        self.ious += later.ious
+        self.rows += later.rows
+        self.mismatches = (self.mismatches + later.mismatches)[:MAX_MISMATCHES]
 
     def distributions(self) -> dict[str, list[float]]:
         """Per-sample values, for the report's histograms."""

@@ -113,10 +113,30 @@ def evaluate_variant(
     """Run the variant on every evaluation sample and compare each output with FP32's. With the reference's
     `state`, the variant runs each sequence closed-loop on its own state (or on FP32's, `teacher_forced`,
     which shows one step's error only) and each sequence is one sample of the comparison."""
+    candidate = variant_session(variant_path, threads)
+    return compare_samples(candidate, reference, source, model_inputs, output_specs, charsets, teacher_forced=teacher_forced)
+
+
+def variant_session(variant_path: Path, threads: int) -> ort.InferenceSession:
     try:
-        candidate = session(variant_path, threads=threads)
+        return session(variant_path, threads=threads)
     except Exception as error:  # onnxruntime raises its own exception types for unloadable models
         raise BuildError(f"the variant does not load in onnxruntime: {str(error).splitlines()[0][:300]}") from None
+
+
+def compare_samples(
+    candidate: ort.InferenceSession,
+    reference: Reference,
+    source: SampleSource,
+    model_inputs: dict[str, Dims],
+    output_specs: dict[str, OutputSpec],
+    charsets: dict[str, list[str]],
+    start: int = 0,
+    teacher_forced: bool = False,
+) -> dict[str, OutputComparison]:
+    """Compare the variant's outputs with FP32's on `source`, whose first sample is the split's sample `start`
+    (a shard of a stateless split: `SampleSource.window`); shards compared in order and merged with
+    `OutputComparison.extend` give the comparison of the whole split."""
     comparisons = {name: OutputComparison(output_specs.get(name, OutputSpec()), charsets.get(name)) for name in reference.output_names}
     names = reference.output_names
 
@@ -127,13 +147,13 @@ def evaluate_variant(
             raise BuildError(f"the variant fails to run on '{sample.id}': {str(error).splitlines()[0][:300]}") from None
 
     def teacher(index: int) -> dict[str, np.ndarray]:
-        return dict(zip(names, reference_outputs(reference, index)))
+        return dict(zip(names, reference_outputs(reference, start + index)))
 
     def steps() -> Iterator[tuple[Sample, list[np.ndarray], list[np.ndarray]]]:
         looped = closed_loop(checked_feeds(source, model_inputs), reference.state, run, teacher if teacher_forced else None)
         for index, sample, outputs in looped:
-            yield sample, reference_outputs(reference, index), [outputs[name] for name in names]
-            if index == 0:
+            yield sample, reference_outputs(reference, start + index), [outputs[name] for name in names]
+            if start + index == 0:
                 pause_point("evaluation")
 
     for sample, expected_outputs, actual_outputs in by_sequence(steps()) if reference.state else steps():

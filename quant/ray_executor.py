@@ -6,7 +6,8 @@ declares the recipe's CPUs (bench.threads, the onnxruntime threads it uses) and 
 it, its peak memory is its own). A unit whose process or worker dies (killed, its node lost) runs
 again, up to `retries` times; the unit only writes paths it is given, so a retry gives the same bytes. A unit that still
 dies, or that Ray's memory monitor kills (OutOfMemoryError), becomes a BuildError on its variant, as
-a crashed build does without Ray. A latency benchmark runs on a node that has the recipe's
+a crashed build does without Ray. An evaluation of more than `shard_samples` samples runs in shards through Ray Data
+(quant.ray_evaluate). A latency benchmark runs on a node that has the recipe's
 `bench.resources` (the target hardware), taking all of that node's CPUs, so nothing else runs there
 meanwhile. The driver keeps the FP32 reference, the gates and the promotion: the release layout
 and the exit codes do not change, and a killed driver leaves no half release (promotion is staged
@@ -23,18 +24,23 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
 from quant import __version__
+from quant.compare import OutputComparison
 from quant.errors import BuildError, InputError
+from quant.evaluate import evaluate_variant
 from quant.executor import LocalExecutor, ProcessLost, Stats, in_fresh_process
 from quant.needs import Needs, declared
+from quant.ray_evaluate import evaluate_in_shards
 
 T = TypeVar("T")
 MB = 1024 * 1024
+SHARD_SAMPLES = 128  # an evaluation of more samples than this runs in shards of this many through Ray Data
 RETRIES = 3  # a worker killed mid-unit: its unit runs again, up to this many times
 OOM_RETRIES = 1  # a unit Ray's memory monitor killed runs once more (Ray's default: forever), then fails its variant
 EXECUTOR_FIELD = "--executor ray"
@@ -89,18 +95,28 @@ class RayExecutor(LocalExecutor):
     """Units as Ray tasks; driver-side work (the FP32 reference) one at a time in this process, and a benchmark
     waits for it (`slot`, `each` and the waiting in `alone` are the local executor's)."""
 
-    def __init__(self, address: str | None = None, retries: int = RETRIES) -> None:
+    def __init__(self, address: str | None = None, retries: int = RETRIES, shard_samples: int = SHARD_SAMPLES) -> None:
         super().__init__(1)
         self.local = connect(address)
         self.retries = retries
+        self.shard_samples = shard_samples
 
     def call(self, unit: Callable[..., T], *args: Any) -> tuple[T, Stats]:
         needs = declared()
+        if unit is evaluate_variant and len(args[2]) > self.shard_samples:  # (variant_path, reference, source, ...): a large split
+            return self._in_shards(needs, *args)  # type: ignore[return-value]
         task = _remote_unit().options(
             num_cpus=needs.cpus, memory=needs.memory_mb * MB, max_retries=self.retries, retry_exceptions=[ProcessLost],
             runtime_env=_forwarded_environment(),
         )  # fmt: skip
         return self._result(task.remote(unit, *args))
+
+    def _in_shards(self, needs: Needs, *args: Any) -> tuple[dict[str, OutputComparison], Stats]:
+        """evaluate_variant through Ray Data: shards of the split on a pool of actors, one session each."""
+        started, clock = time.time(), time.perf_counter()
+        actors = int(_ray().cluster_resources().get("CPU", 1.0) // max(needs.cpus, 1.0))
+        comparisons = evaluate_in_shards(*args, shard_samples=self.shard_samples, memory_mb=needs.memory_mb, actors=actors)
+        return comparisons, {"seconds": round(time.perf_counter() - clock, 3), "started": started}
 
     def alone(self, unit: Callable[..., T], *args: Any) -> T:
         return super().alone(self._on_bench_node, unit, *args)

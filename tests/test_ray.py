@@ -19,6 +19,9 @@ import pytest
 from quant.errors import BuildError, InputError
 from quant.executor import using
 from quant.needs import Needs, declaring
+from quant.recipe.loader import load_recipe
+from quant.report.files import write_run_reports
+from quant.runner import RunOptions, run
 from tests import ray_units
 from tests.conftest import REPO, base_recipe, run_cli, tiny_ctc_model, write_images, write_recipe
 from tests.test_determinism import _normalise
@@ -26,6 +29,8 @@ from tests.test_determinism import _normalise
 ray = pytest.importorskip("ray", reason="the Ray executor's tests need the extra: pip install -e '.[ray]'")
 from ray.cluster_utils import Cluster
 
+from quant import ray_executor
+from quant.ray_evaluate import evaluate_in_shards
 from quant.ray_executor import RayExecutor
 
 GATES = [{"metric": "cosine", "min": 0.9}, {"metric": "nonfinite", "max": 0}, {"metric": "latency_ratio", "max": 1000}]
@@ -41,14 +46,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "model": root / "tiny.onnx", "calib": root / "calib", "eval": root / "eval"}
 
 
-def _run(tiny: dict[str, Path], name: str, *args: str, env: dict[str, str] | None = None, **recipe: Any) -> Path:
+def _run(tiny: dict[str, Path], name: str, *args: str, env: dict[str, str] | None = None) -> Path:
     """The command on a recipe with an FP16 and a static INT8 variant, in its own folder (releasing there)."""
     folder = tiny["root"] / name
     folder.mkdir()
     variants = {"fp16": {"method": "fp16"}, "qdq": {"method": "static_int8", "format": "QDQ"}}
     content = base_recipe(tiny["model"], tiny["calib"], tiny["eval"], variants=variants, gates=GATES)
-    content["bench"].update(recipe.pop("bench", {}))
-    path = write_recipe(folder, content | recipe)
+    path = write_recipe(folder, content)
     done = run_cli("--recipe", str(path), "--out", str(folder / "run"), *args, cwd=folder, env=env)
     assert done.returncode == 0, done.stderr[-4000:]
     return folder
@@ -106,22 +110,50 @@ def cluster() -> Iterator[Cluster]:
             os.environ["PYTHONPATH"] = saved
 
 
-def test_on_a_two_node_cluster_the_run_gives_the_serial_models_and_verdicts(tiny: dict[str, Path], serial: Path, cluster: Cluster) -> None:
-    on_ray = _run(tiny, "cluster", "--executor", "ray", "--ray-address", cluster.address, "--quiet", bench={"resources": BENCH_NODE})
-    _same_models_and_verdicts(serial, on_ray)
+def test_on_a_two_node_cluster_evaluations_in_shards_give_the_serial_models_and_verdicts(
+    tiny: dict[str, Path], serial: Path, cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sharded: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:  # the real Ray Data evaluation, counted: the test must go through it
+        sharded.append(kwargs["shard_samples"])
+        return evaluate_in_shards(*args, **kwargs)
+
+    monkeypatch.setattr(ray_executor, "evaluate_in_shards", counted)
+    folder = tiny["root"] / "cluster"
+    folder.mkdir()
+    variants = {"fp16": {"method": "fp16"}, "qdq": {"method": "static_int8", "format": "QDQ"}}
+    content = base_recipe(tiny["model"], tiny["calib"], tiny["eval"], variants=variants, gates=GATES)
+    content["bench"]["resources"] = BENCH_NODE
+    loaded = load_recipe(write_recipe(folder, content))
+    with using(RayExecutor(shard_samples=4)):  # 10 evaluation samples: 3 shards on a pool of actors
+        result = run(loaded, RunOptions(out_dir=folder / "run", cache_dir=folder / "run" / "cache", quiet=True, log=lambda message: None))
+    assert result.results is not None and result.exit_code == 0, result.verdict
+    write_run_reports(folder / "run", result.results, result.summary)
+    assert sharded == [4, 4]  # each variant's evaluation went through Ray Data
+    _same_models_and_verdicts(serial, folder)
 
 
-def test_benchmarks_run_on_the_node_with_the_named_resource_and_a_cluster_without_one_is_bad_input(cluster: Cluster) -> None:
+def test_benchmarks_run_on_the_node_with_the_named_resource(cluster: Cluster) -> None:
     executor = RayExecutor()
     with using(executor), declaring(Needs(bench_resources=BENCH_NODE)):
         assert [executor.alone(ray_units.node_name) for _ in range(3)] == ["bench"] * 3
-        executor.check(Needs(bench_resources=BENCH_NODE), {"model.path": REPO / "pyproject.toml"})  # every node sees this file
-    with pytest.raises(InputError) as refused:
-        executor.check(Needs(bench_resources={"gpu_a100": 1.0}), {})
-    assert refused.value.field == "bench.resources" and "gpu_a100" in str(refused.value)
+    executor.check(Needs(bench_resources=BENCH_NODE), {"model.path": REPO / "pyproject.toml"})  # every node sees this file
     with pytest.raises(InputError) as unseen:
         executor.check(Needs(), {"model.path": REPO / "no-such-model.onnx"})
     assert unseen.value.field == "model.path"
+
+
+def test_a_cluster_without_the_named_benchmark_node_is_bad_input(tiny: dict[str, Path], cluster: Cluster) -> None:
+    folder = tiny["root"] / "no-such-node"
+    folder.mkdir()
+    content = base_recipe(tiny["model"], tiny["calib"], tiny["eval"], gates=GATES)
+    content["bench"]["resources"] = {"gpu_a100": 1}
+    path = write_recipe(folder, content)
+    done = run_cli("--recipe", str(path), "--out", str(folder / "run"), "--executor", "ray", "--ray-address", cluster.address, cwd=folder)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "field 'bench.resources'" in done.stderr and "gpu_a100" in done.stderr
+    assert not (folder / "run" / "variants").exists() and not (folder / "releases").exists()
 
 
 def _memory_in_use() -> int:

@@ -74,9 +74,13 @@ class SampleSource(ABC):
         """The first `count` samples (already in seeded order) as a source of the same kind."""
         if count is None or count >= len(self.samples):
             return self
+        return self.window(0, count)
+
+    def window(self, start: int, stop: int) -> SampleSource:
+        """Samples start..stop-1 (a shard of an evaluation) as a source of the same kind."""
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
-        clone.samples = self.samples[:count]
+        clone.samples = self.samples[start:stop]
         return clone
 
 

@@ -1,0 +1,103 @@
+"""A large evaluation in shards through Ray Data (with --executor ray).
+
+The split's samples are cut into contiguous shards; `map_batches` hands each shard to a pool of actors of
+`ShardEvaluator`, each of which builds the variant's onnxruntime session once (its intra-op threads set
+explicitly to the recipe's bench.threads: onnxruntime ignores OMP_NUM_THREADS) and compares the shard's
+outputs with FP32's stored ones (quant.evaluate.compare_samples, the serial code). The driver merges the
+shards' comparisons in sample order (`OutputComparison.extend`), so the metrics and their intervals are the
+serial evaluation's, to the bit. Every node reads the samples and the FP32 outputs from the shared paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quant.compare import OutputComparison
+from quant.data.sources import SampleSource
+from quant.errors import BuildError, QuantError
+from quant.evaluate import Reference, compare_samples, variant_session
+from quant.model import Dims
+from quant.recipe.schema import OutputSpec
+
+MB = 1024 * 1024
+
+
+class ShardEvaluator:
+    """A Ray Data actor: one session for every shard it is handed."""
+
+    def __init__(
+        self,
+        variant_path: Path,
+        threads: int,
+        reference: Reference,
+        source: SampleSource,
+        model_inputs: dict[str, Dims],
+        output_specs: dict[str, OutputSpec],
+        charsets: dict[str, list[str]],
+    ) -> None:
+        self.candidate = variant_session(variant_path, threads)  # intra_op_num_threads = threads (quant.model.session)
+        self.reference, self.source, self.model_inputs = reference, source, model_inputs
+        self.output_specs, self.charsets = output_specs, charsets
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        compared = []
+        for start, stop in zip(batch["start"].tolist(), batch["stop"].tolist()):
+            shard = self.source.window(start, stop)
+            comparisons = compare_samples(self.candidate, self.reference, shard, self.model_inputs, self.output_specs, self.charsets, start)
+            compared.append(pickle.dumps(comparisons))
+        return {"start": batch["start"], "comparisons": np.array(compared, dtype=object)}
+
+
+def _quant_error_in(error: BaseException) -> QuantError | None:
+    """The tool's own error (e.g. the variant fails to run on a sample) inside Ray Data's wrapping of it."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, QuantError):
+            return seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return None
+
+
+def evaluate_in_shards(
+    variant_path: Path,
+    reference: Reference,
+    source: SampleSource,
+    model_inputs: dict[str, Dims],
+    output_specs: dict[str, OutputSpec],
+    charsets: dict[str, list[str]],
+    threads: int,
+    *,
+    shard_samples: int,
+    memory_mb: int,
+    actors: int,
+) -> dict[str, OutputComparison]:
+    """quant.evaluate.evaluate_variant's result, computed by up to `actors` Ray Data actors, `shard_samples` samples a shard."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    shards = [{"start": start, "stop": min(start + shard_samples, len(source))} for start in range(0, len(source), shard_samples)]
+    evaluated = ray.data.from_items(shards, override_num_blocks=len(shards)).map_batches(
+        ShardEvaluator,
+        batch_size=1,
+        batch_format="numpy",
+        fn_constructor_args=(variant_path, threads, reference, source, model_inputs, output_specs, charsets),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(actors, len(shards)))),
+        num_cpus=threads,
+        memory=memory_mb * MB,
+    )
+    try:
+        rows: list[dict[str, Any]] = sorted(evaluated.take_all(), key=lambda row: int(row["start"]))
+    except Exception as error:
+        raise _quant_error_in(error) or BuildError(f"the evaluation in shards failed: {str(error).strip().splitlines()[0][:300]}") from None
+    merged: dict[str, OutputComparison] = pickle.loads(rows[0]["comparisons"])
+    for row in rows[1:]:
+        for name, comparison in pickle.loads(row["comparisons"]).items():
+            merged[name].extend(comparison)
+    return merged
