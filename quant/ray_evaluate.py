@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -27,28 +27,30 @@ from quant.recipe.schema import OutputSpec
 MB = 1024 * 1024
 
 
+class Evaluation(NamedTuple):
+    """quant.evaluate.evaluate_variant's arguments, in its order: the unit this module runs in shards."""
+
+    variant_path: Path
+    reference: Reference
+    source: SampleSource
+    model_inputs: dict[str, Dims]
+    output_specs: dict[str, OutputSpec]
+    charsets: dict[str, list[str]]
+    threads: int
+
+
 class ShardEvaluator:
     """A Ray Data actor: one session for every shard it is handed."""
 
-    def __init__(
-        self,
-        variant_path: Path,
-        threads: int,
-        reference: Reference,
-        source: SampleSource,
-        model_inputs: dict[str, Dims],
-        output_specs: dict[str, OutputSpec],
-        charsets: dict[str, list[str]],
-    ) -> None:
-        self.candidate = variant_session(variant_path, threads)  # intra_op_num_threads = threads (quant.model.session)
-        self.reference, self.source, self.model_inputs = reference, source, model_inputs
-        self.output_specs, self.charsets = output_specs, charsets
+    def __init__(self, evaluation: Evaluation) -> None:
+        self.evaluation = evaluation
+        self.candidate = variant_session(evaluation.variant_path, evaluation.threads)  # intra_op_num_threads (quant.model.session)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        compared = []
+        job, compared = self.evaluation, []
         for start, stop in zip(batch["start"].tolist(), batch["stop"].tolist()):
-            shard = self.source.window(start, stop)
-            comparisons = compare_samples(self.candidate, self.reference, shard, self.model_inputs, self.output_specs, self.charsets, start)
+            shard = job.source.window(start, stop)
+            comparisons = compare_samples(self.candidate, job.reference, shard, job.model_inputs, job.output_specs, job.charsets, start)
             compared.append(pickle.dumps(comparisons))
         return {"start": batch["start"], "comparisons": np.array(compared, dtype=object)}
 
@@ -63,33 +65,22 @@ def _quant_error_in(error: BaseException) -> QuantError | None:
     return None
 
 
-def evaluate_in_shards(
-    variant_path: Path,
-    reference: Reference,
-    source: SampleSource,
-    model_inputs: dict[str, Dims],
-    output_specs: dict[str, OutputSpec],
-    charsets: dict[str, list[str]],
-    threads: int,
-    *,
-    shard_samples: int,
-    memory_mb: int,
-    actors: int,
-) -> dict[str, OutputComparison]:
+def evaluate_in_shards(evaluation: Evaluation, *, shard_samples: int, memory_mb: int, actors: int) -> dict[str, OutputComparison]:
     """quant.evaluate.evaluate_variant's result, computed by up to `actors` Ray Data actors, `shard_samples` samples a shard."""
     import ray.data
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    shards = [{"start": start, "stop": min(start + shard_samples, len(source))} for start in range(0, len(source), shard_samples)]
+    count = len(evaluation.source)
+    shards = [{"start": start, "stop": min(start + shard_samples, count)} for start in range(0, count, shard_samples)]
     evaluated = ray.data.from_items(shards, override_num_blocks=len(shards)).map_batches(
         ShardEvaluator,
         batch_size=1,
         batch_format="numpy",
-        fn_constructor_args=(variant_path, threads, reference, source, model_inputs, output_specs, charsets),
+        fn_constructor_args=(evaluation,),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(actors, len(shards)))),
-        num_cpus=threads,
+        num_cpus=evaluation.threads,
         memory=memory_mb * MB,
     )
     try:

@@ -36,7 +36,7 @@ from quant.errors import BuildError, InputError
 from quant.evaluate import evaluate_variant
 from quant.executor import LocalExecutor, ProcessLost, Stats, in_fresh_process
 from quant.needs import Needs, declared
-from quant.ray_evaluate import evaluate_in_shards
+from quant.ray_evaluate import Evaluation, evaluate_in_shards
 
 T = TypeVar("T")
 MB = 1024 * 1024
@@ -115,7 +115,7 @@ class RayExecutor(LocalExecutor):
         """evaluate_variant through Ray Data: shards of the split on a pool of actors, one session each."""
         started, clock = time.time(), time.perf_counter()
         actors = int(_ray().cluster_resources().get("CPU", 1.0) // max(needs.cpus, 1.0))
-        comparisons = evaluate_in_shards(*args, shard_samples=self.shard_samples, memory_mb=needs.memory_mb, actors=actors)
+        comparisons = evaluate_in_shards(Evaluation(*args), shard_samples=self.shard_samples, memory_mb=needs.memory_mb, actors=actors)
         return comparisons, {"seconds": round(time.perf_counter() - clock, 3), "started": started}
 
     def alone(self, unit: Callable[..., T], *args: Any) -> T:

@@ -104,18 +104,23 @@ def write_recipe(folder: Path, recipe: dict[str, Any], name: str = "recipe.yaml"
     return path
 
 
-@pytest.fixture
-def workspace(tmp_path: Path) -> dict[str, Path]:
-    """A tiny model with calibration, tuning and evaluation image folders (disjoint)."""
-    model_path = tmp_path / "tiny.onnx"
+def make_workspace(root: Path) -> dict[str, Path]:
+    """A tiny model with calibration, tuning and evaluation image folders (disjoint) in `root`."""
+    model_path = root / "tiny.onnx"
     onnx.save(tiny_ctc_model(), str(model_path))
-    calib = tmp_path / "calib"
-    evaluation = tmp_path / "eval"
-    tune = tmp_path / "tune"
+    calib = root / "calib"
+    evaluation = root / "eval"
+    tune = root / "tune"
     write_images(calib, 12, seed=1, prefix="c")
     write_images(evaluation, 10, seed=2, prefix="e")
     write_images(tune, 10, seed=3, prefix="t")
-    return {"root": tmp_path, "model": model_path, "calib": calib, "eval": evaluation, "tune": tune}
+    return {"root": root, "model": model_path, "calib": calib, "eval": evaluation, "tune": tune}
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> dict[str, Path]:
+    """A tiny model with calibration, tuning and evaluation image folders (disjoint)."""
+    return make_workspace(tmp_path)
 
 
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import onnx
 import pytest
 
 from quant.errors import BuildError, InputError
@@ -23,7 +22,7 @@ from quant.recipe.loader import load_recipe
 from quant.report.files import write_run_reports
 from quant.runner import RunOptions, run
 from tests import ray_units
-from tests.conftest import REPO, base_recipe, run_cli, tiny_ctc_model, write_images, write_recipe
+from tests.conftest import REPO, base_recipe, make_workspace, run_cli, write_recipe
 from tests.test_determinism import _normalise
 
 ray = pytest.importorskip("ray", reason="the Ray executor's tests need the extra: pip install -e '.[ray]'")
@@ -39,11 +38,7 @@ BENCH_NODE = {"avx512_vnni": 1.0}
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("ray")
-    onnx.save(tiny_ctc_model(), str(root / "tiny.onnx"))
-    write_images(root / "calib", 12, seed=1, prefix="c")
-    write_images(root / "eval", 10, seed=2, prefix="e")
-    return {"root": root, "model": root / "tiny.onnx", "calib": root / "calib", "eval": root / "eval"}
+    return make_workspace(tmp_path_factory.mktemp("ray"))
 
 
 def _run(tiny: dict[str, Path], name: str, *args: str, env: dict[str, str] | None = None) -> Path:
