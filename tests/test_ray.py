@@ -23,6 +23,7 @@ from quant.report.files import write_run_reports
 from quant.runner import RunOptions, run
 from tests import ray_units
 from tests.conftest import REPO, base_recipe, make_workspace, run_cli, write_recipe
+from tests.test_crash_safety import _check_releases, _kill_at
 from tests.test_determinism import _normalise
 
 ray = pytest.importorskip("ray", reason="the Ray executor's tests need the extra: pip install -e '.[ray]'")
@@ -149,6 +150,19 @@ def test_a_cluster_without_the_named_benchmark_node_is_bad_input(tiny: dict[str,
     assert done.returncode == 2, done.stderr[-3000:]
     assert "field 'bench.resources'" in done.stderr and "gpu_a100" in done.stderr
     assert not (folder / "run" / "variants").exists() and not (folder / "releases").exists()
+
+
+def test_a_driver_killed_while_promoting_leaves_no_release_and_the_cluster_serves_on(tiny: dict[str, Path], cluster: Cluster) -> None:
+    folder = tiny["root"] / "driver-killed"
+    folder.mkdir()
+    path = write_recipe(folder, base_recipe(tiny["model"], tiny["calib"], tiny["eval"], gates=GATES))
+    args = ["--recipe", str(path), "--out", str(folder / "run"), "--executor", "ray", "--ray-address", cluster.address, "--quiet"]
+    paused = _kill_at("promotion", args, folder)  # the driver, paused with the release staged, SIGKILLed
+    assert _check_releases(folder / "releases" / "tiny", []) == [f".staging-v1-{paused}"]  # staged, never a version
+    assert (folder / "run" / "variants" / "fp16.onnx").is_file()  # the workers had built it
+    executor = RayExecutor()
+    with using(executor), declaring(Needs(bench_resources=BENCH_NODE)):
+        assert executor.alone(ray_units.node_name) == "bench"
 
 
 def _memory_in_use() -> int:
