@@ -37,6 +37,7 @@ from quant.evaluate import evaluate_variant
 from quant.executor import LocalExecutor, ProcessLost, Stats, in_fresh_process
 from quant.needs import Needs, declared
 from quant.ray_evaluate import Evaluation, evaluate_in_shards
+from quant.stages import unit_ran
 
 T = TypeVar("T")
 MB = 1024 * 1024
@@ -101,15 +102,27 @@ class RayExecutor(LocalExecutor):
         self.retries = retries
         self.shard_samples = shard_samples
 
-    def call(self, unit: Callable[..., T], *args: Any) -> tuple[T, Stats]:
+    def call(self, unit: Callable[..., T], *args: Any, fresh: bool = True) -> tuple[T, Stats]:
+        """`fresh` is ignored: every unit is shipped to a worker and runs there in a child process of its own."""
         needs = declared()
-        if unit is evaluate_variant and len(args[2]) > self.shard_samples:  # (variant_path, reference, source, ...): a large split
-            return self._in_shards(needs, *args)  # type: ignore[return-value]
-        task = _remote_unit().options(
-            num_cpus=needs.cpus, memory=needs.memory_mb * MB, max_retries=self.retries, retry_exceptions=[ProcessLost],
-            runtime_env=_forwarded_environment(),
-        )  # fmt: skip
-        return self._result(task.remote(unit, *args))
+        if self._shardable(unit, args):
+            result, stats = self._in_shards(needs, *args)
+        else:
+            task = _remote_unit().options(
+                num_cpus=needs.cpus, memory=needs.memory_mb * MB, max_retries=self.retries, retry_exceptions=[ProcessLost],
+                runtime_env=_forwarded_environment(),
+            )  # fmt: skip
+            result, stats = self._result(task.remote(unit, *args))
+        unit_ran(stats)  # the span goes to the open stage of this run (quant.stages)
+        return result, stats
+
+    def _shardable(self, unit: Callable[..., Any], args: tuple[Any, ...]) -> bool:
+        """An evaluation of a large stateless split (evaluate_variant's arguments, no teacher forcing): samples are
+        independent, so shards compared apart and merged in order are the whole comparison."""
+        if unit is not evaluate_variant or len(args) != len(Evaluation._fields):
+            return False
+        evaluation = Evaluation(*args)
+        return not evaluation.reference.state and len(evaluation.source) > self.shard_samples
 
     def _in_shards(self, needs: Needs, *args: Any) -> tuple[dict[str, OutputComparison], Stats]:
         """evaluate_variant through Ray Data: shards of the split on a pool of actors, one session each."""
