@@ -105,6 +105,14 @@ def _internal_error(error: BaseException, verbose: bool = False) -> None:
     metavar="ADDR",
     help="With --executor ray: the cluster to join (e.g. 10.0.0.5:6379) [default: $RAY_ADDRESS, else a local cluster on this machine].",
 )
+@click.option(
+    "--ray-shard-samples",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    metavar="N",
+    help="With --executor ray: an evaluation of more than N samples runs in shards of N through Ray Data, on a pool of actors.",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -123,6 +131,7 @@ def main(
     jobs: int,
     executor: str,
     ray_address: str | None,
+    ray_shard_samples: int,
 ) -> None:
     """Quantize an FP32 ONNX model into the variants a recipe names, judge each against FP32
     with accuracy and speed gates, and promote the passing ones into a release folder.
@@ -159,6 +168,7 @@ def main(
             jobs,
             executor,
             ray_address,
+            ray_shard_samples,
         )
         code = _run_all(call)
     except InputError as error:
@@ -204,6 +214,7 @@ class Invocation:
     jobs: int = 1
     executor: str = "local"
     ray_address: str | None = None
+    ray_shard_samples: int = 128
 
 
 def _run_all(call: Invocation) -> int:
@@ -262,7 +273,7 @@ def _executor(call: Invocation) -> Executor:
     if call.executor == "ray" and not call.validate:  # --validate builds nothing: no cluster to join
         from quant.ray_executor import RayExecutor
 
-        return RayExecutor(call.ray_address)
+        return RayExecutor(call.ray_address, shard_samples=call.ray_shard_samples)
     return executor_for(call.jobs)
 
 

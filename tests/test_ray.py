@@ -11,26 +11,21 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from quant.errors import BuildError, InputError
 from quant.executor import using
 from quant.needs import Needs, declaring
-from quant.recipe.loader import load_recipe
-from quant.report.files import write_run_reports
-from quant.runner import RunOptions, run
 from tests import ray_units
 from tests.conftest import REPO, base_recipe, make_workspace, run_cli, write_recipe
 from tests.test_crash_safety import _check_releases, _kill_at
 from tests.test_determinism import _normalise
 
 ray = pytest.importorskip("ray", reason="the Ray executor's tests need the extra: pip install -e '.[ray]'")
+from ray._private import state as ray_state
 from ray.cluster_utils import Cluster
 
-from quant import ray_executor
-from quant.ray_evaluate import evaluate_in_shards
 from quant.ray_executor import RayExecutor
 
 GATES = [{"metric": "cosine", "min": 0.9}, {"metric": "nonfinite", "max": 0}, {"metric": "latency_ratio", "max": 1000}]
@@ -107,26 +102,20 @@ def cluster() -> Iterator[Cluster]:
 
 
 def test_on_a_two_node_cluster_evaluations_in_shards_give_the_serial_models_and_verdicts(
-    tiny: dict[str, Path], serial: Path, cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+    tiny: dict[str, Path], serial: Path, cluster: Cluster
 ) -> None:
-    sharded: list[int] = []
-
-    def counted(*args: Any, **kwargs: Any) -> Any:  # the real Ray Data evaluation, counted: the test must go through it
-        sharded.append(kwargs["shard_samples"])
-        return evaluate_in_shards(*args, **kwargs)
-
-    monkeypatch.setattr(ray_executor, "evaluate_in_shards", counted)
     folder = tiny["root"] / "cluster"
     folder.mkdir()
     variants = {"fp16": {"method": "fp16"}, "qdq": {"method": "static_int8", "format": "QDQ"}}
     content = base_recipe(tiny["model"], tiny["calib"], tiny["eval"], variants=variants, gates=GATES)
     content["bench"]["resources"] = BENCH_NODE
-    loaded = load_recipe(write_recipe(folder, content))
-    with using(RayExecutor(shard_samples=4)):  # 10 evaluation samples: 3 shards on a pool of actors
-        result = run(loaded, RunOptions(out_dir=folder / "run", cache_dir=folder / "run" / "cache", quiet=True, log=lambda message: None))
-    assert result.results is not None and result.exit_code == 0, result.verdict
-    write_run_reports(folder / "run", result.results, result.summary)
-    assert sharded == [4, 4]  # each variant's evaluation went through Ray Data
+    path = write_recipe(folder, content)
+    args = ["--executor", "ray", "--ray-address", cluster.address, "--ray-shard-samples", "4"]  # 10 evaluation samples: 3 shards each
+    done = run_cli("--recipe", str(path), "--out", str(folder / "run"), *args, "--quiet", cwd=folder)
+    assert done.returncode == 0, done.stderr[-4000:]
+    # Each variant's evaluation went through Ray Data: a pool of ShardEvaluator actors, one session each.
+    classes = [actor["ActorClassName"] for actor in ray_state.actors().values()]
+    assert sum("ShardEvaluator" in name for name in classes) >= 2, classes
     _same_models_and_verdicts(serial, folder)
 
 
