@@ -113,7 +113,7 @@ class RayExecutor(LocalExecutor):
                 runtime_env=_forwarded_environment(),
             )  # fmt: skip
             result, stats = self._result(task.remote(unit, *args))
-        unit_ran(stats)  # the span goes to the open stage of this run (quant.stages)
+        unit_ran(stats, own_process=True)  # the span (and the peak of its process) go to the open stage of this run
         return result, stats
 
     def _shardable(self, unit: Callable[..., Any], args: tuple[Any, ...]) -> bool:

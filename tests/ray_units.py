@@ -1,10 +1,18 @@
-"""Units of work the Ray tests hand to the executor. A Ray worker imports them by name, so they live in a module
-of their own (the test fixture puts the repository on the workers' PYTHONPATH)."""
+"""What the Ray tests run on a cluster, out of the pytest process (which never becomes a Ray driver: a driver
+outlives its cluster badly). The units are imported by name by the workers (the test fixture puts the
+repository on their PYTHONPATH); `python -m tests.ray_units ADDRESS COMMAND [ARG]` is a driver that prints
+what it found as JSON."""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
+from pathlib import Path
+
+BENCH_NODE = {"avx512_vnni": 1.0}
+TIGHT_NODE = {"tight_memory": 1.0}
 
 
 def node_name() -> str | None:
@@ -18,3 +26,38 @@ def hog_memory(megabytes: int) -> None:
     for _ in range(megabytes // 100):
         held.append(bytearray(b"\x01" * (100 * 1024 * 1024)))
         time.sleep(0.02)
+
+
+def main(address: str, command: str, argument: str = "") -> dict[str, object]:
+    from ray._private import state as ray_state
+
+    from quant.errors import BuildError, InputError
+    from quant.executor import using
+    from quant.needs import Needs, declaring
+    from quant.ray_executor import RayExecutor
+
+    executor = RayExecutor(address)
+    with using(executor):
+        if command == "placement":  # three benchmarks, and a check of a model file no node has
+            with declaring(Needs(bench_resources=BENCH_NODE)):
+                nodes = [executor.alone(node_name) for _ in range(3)]
+            try:
+                executor.check(Needs(), {"model.path": Path(argument)})
+                refused = None
+            except InputError as error:
+                refused = error.field
+            return {"nodes": nodes, "refused_field": refused}
+        if command == "oom":
+            with declaring(Needs(bench_resources=TIGHT_NODE)):
+                try:
+                    executor.alone(hog_memory, int(argument))
+                except BuildError as error:
+                    return {"error": str(error)}
+            return {"error": None}
+        if command == "actors":
+            return {"classes": [actor["ActorClassName"] for actor in ray_state.actors().values()]}
+    raise SystemExit(f"unknown command {command}")
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(*sys.argv[1:])))

@@ -9,27 +9,24 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from quant.errors import BuildError, InputError
-from quant.executor import using
-from quant.needs import Needs, declaring
 from tests import ray_units
 from tests.conftest import REPO, base_recipe, make_workspace, run_cli, write_recipe
 from tests.test_crash_safety import _check_releases, _kill_at
 from tests.test_determinism import _normalise
 
 ray = pytest.importorskip("ray", reason="the Ray executor's tests need the extra: pip install -e '.[ray]'")
-from ray._private import state as ray_state
 from ray.cluster_utils import Cluster
 
-from quant.ray_executor import RayExecutor
-
 GATES = [{"metric": "cosine", "min": 0.9}, {"metric": "nonfinite", "max": 0}, {"metric": "latency_ratio", "max": 1000}]
-BENCH_NODE = {"avx512_vnni": 1.0}
+BENCH_NODE = ray_units.BENCH_NODE
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +76,8 @@ def test_on_a_local_cluster_a_build_killed_once_runs_again_and_gives_the_serial_
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    """A head and a node with the benchmark's custom resource; each node's raylet names it for `ray_units.node_name`."""
+    """A head and a node with the benchmark's custom resource, each named by its raylet's environment; this process
+    starts them but never connects as a driver (the commands and `tests.ray_units` do)."""
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), saved]))  # the workers import tests.ray_units
     cluster = Cluster(
@@ -89,16 +87,23 @@ def cluster() -> Iterator[Cluster]:
     )  # fmt: skip
     try:
         cluster.add_node(num_cpus=1, resources=BENCH_NODE, env_vars={"QUANT_RAY_TEST_NODE": "bench"})
-        cluster.wait_for_nodes()
-        cluster.connect()
+        cluster.wait_for_nodes(timeout=120)
         yield cluster
     finally:
-        ray.shutdown()
         cluster.shutdown()
         if saved is None:
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = saved
+
+
+def _driver(cluster: Cluster, command: str, argument: str = "") -> dict[str, Any]:
+    """`tests.ray_units` as a driver of the cluster, in its own process."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.ray_units", cluster.address, command, argument], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_on_a_two_node_cluster_evaluations_in_shards_give_the_serial_models_and_verdicts(
@@ -114,19 +119,15 @@ def test_on_a_two_node_cluster_evaluations_in_shards_give_the_serial_models_and_
     done = run_cli("--recipe", str(path), "--out", str(folder / "run"), *args, "--quiet", cwd=folder)
     assert done.returncode == 0, done.stderr[-4000:]
     # Each variant's evaluation went through Ray Data: a pool of ShardEvaluator actors, one session each.
-    classes = [actor["ActorClassName"] for actor in ray_state.actors().values()]
+    classes = _driver(cluster, "actors")["classes"]
     assert sum("ShardEvaluator" in name for name in classes) >= 2, classes
     _same_models_and_verdicts(serial, folder)
 
 
 def test_benchmarks_run_on_the_node_with_the_named_resource(cluster: Cluster) -> None:
-    executor = RayExecutor()
-    with using(executor), declaring(Needs(bench_resources=BENCH_NODE)):
-        assert [executor.alone(ray_units.node_name) for _ in range(3)] == ["bench"] * 3
-    executor.check(Needs(bench_resources=BENCH_NODE), {"model.path": REPO / "pyproject.toml"})  # every node sees this file
-    with pytest.raises(InputError) as unseen:
-        executor.check(Needs(), {"model.path": REPO / "no-such-model.onnx"})
-    assert unseen.value.field == "model.path"
+    found = _driver(cluster, "placement", str(REPO / "no-such-model.onnx"))
+    assert found["nodes"] == ["bench"] * 3
+    assert found["refused_field"] == "model.path"  # no node sees a model file that is not there
 
 
 def test_a_cluster_without_the_named_benchmark_node_is_bad_input(tiny: dict[str, Path], cluster: Cluster) -> None:
@@ -149,9 +150,7 @@ def test_a_driver_killed_while_promoting_leaves_no_release_and_the_cluster_serve
     paused = _kill_at("promotion", args, folder)  # the driver, paused with the release staged, SIGKILLed
     assert _check_releases(folder / "releases" / "tiny", []) == [f".staging-v1-{paused}"]  # staged, never a version
     assert (folder / "run" / "variants" / "fp16.onnx").is_file()  # the workers had built it
-    executor = RayExecutor()
-    with using(executor), declaring(Needs(bench_resources=BENCH_NODE)):
-        assert executor.alone(ray_units.node_name) == "bench"
+    assert _driver(cluster, "placement", str(REPO / "pyproject.toml")) == {"nodes": ["bench"] * 3, "refused_field": None}
 
 
 def _memory_in_use() -> int:
@@ -164,14 +163,12 @@ def test_a_unit_that_runs_out_of_memory_fails_as_a_build_does(cluster: Cluster) 
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     threshold = (_memory_in_use() + 1024**3) / total  # this node's memory monitor kills a worker 1 GB above today's use
     tight = cluster.add_node(
-        num_cpus=0, resources={"tight_memory": 1.0},  # nothing but this test's unit lands there
+        num_cpus=0, resources=ray_units.TIGHT_NODE,  # nothing but this test's unit lands there
         env_vars={"QUANT_RAY_TEST_NODE": "tight", "RAY_memory_usage_threshold": f"{threshold:.4f}", "RAY_memory_monitor_refresh_ms": "100"},
     )  # fmt: skip
     try:
-        cluster.wait_for_nodes()
-        executor = RayExecutor()
-        with using(executor), declaring(Needs(bench_resources={"tight_memory": 1.0})), pytest.raises(BuildError) as failed:
-            executor.alone(ray_units.hog_memory, 4000)
-        assert "out of memory" in str(failed.value)
+        cluster.wait_for_nodes(timeout=120)
+        error = _driver(cluster, "oom", "4000")["error"]
+        assert error is not None and "out of memory" in error, error
     finally:
         cluster.remove_node(tight)
