@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping
 from functools import cache
@@ -101,6 +102,9 @@ class RayExecutor(LocalExecutor):
         self.local = connect(address)
         self.retries = retries
         self.shard_samples = shard_samples
+        # One Ray Data evaluation at a time from this driver: its actor pool spreads over the whole cluster anyway,
+        # and two at once can each wait for CPUs the other's actors hold (seen: two pools on a 2-CPU cluster, stuck).
+        self._datasets = threading.Lock()
 
     def call(self, unit: Callable[..., T], *args: Any, fresh: bool = True) -> tuple[T, Stats]:
         """`fresh` is ignored: every unit is shipped to a worker and runs there in a child process of its own."""
@@ -126,9 +130,10 @@ class RayExecutor(LocalExecutor):
 
     def _in_shards(self, needs: Needs, *args: Any) -> tuple[dict[str, OutputComparison], Stats]:
         """evaluate_variant through Ray Data: shards of the split on a pool of actors, one session each."""
-        started, clock = time.time(), time.perf_counter()
-        actors = int(_ray().cluster_resources().get("CPU", 1.0) // max(needs.cpus, 1.0))
-        comparisons = evaluate_in_shards(Evaluation(*args), shard_samples=self.shard_samples, memory_mb=needs.memory_mb, actors=actors)
+        with self._datasets:
+            started, clock = time.time(), time.perf_counter()
+            actors = int(_ray().cluster_resources().get("CPU", 1.0) // max(needs.cpus, 1.0))
+            comparisons = evaluate_in_shards(Evaluation(*args), shard_samples=self.shard_samples, memory_mb=needs.memory_mb, actors=actors)
         return comparisons, {"seconds": round(time.perf_counter() - clock, 3), "started": started}
 
     def alone(self, unit: Callable[..., T], *args: Any) -> T:
