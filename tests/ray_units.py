@@ -38,15 +38,17 @@ def main(address: str, command: str, argument: str = "") -> dict[str, object]:
 
     executor = RayExecutor(address)
     with using(executor):
-        if command == "placement":  # three benchmarks, and a check of a model file no node has
+        if command == "placement":  # three benchmarks; checks of a model file (given) and of a unit no node can hold
             with declaring(Needs(bench_resources=BENCH_NODE)):
                 nodes = [executor.alone(node_name) for _ in range(3)]
-            try:
-                executor.check(Needs(), {"model.path": Path(argument)})
-                refused = None
-            except InputError as error:
-                refused = error.field
-            return {"nodes": nodes, "refused_field": refused}
+            refused = []
+            for needs, places in ((Needs(), {"model.path": Path(argument)}), (Needs(memory_mb=10**9), {})):
+                try:
+                    executor.check(needs, places)
+                    refused.append(None)
+                except InputError as error:
+                    refused.append(error.field)
+            return {"nodes": nodes, "refused_fields": refused}
         if command == "oom":
             with declaring(Needs(bench_resources=TIGHT_NODE)):
                 try:

@@ -908,6 +908,11 @@ CHECKED_ELSEWHERE = {
     "family.folder": "tests/test_family_recipe.py",
     "family.generation.max_new_tokens": "tests/test_family_recipe.py",
     "family.generation.vocab": "tests/test_family_recipe.py",
+    # --executor ray (extra 'ray'): checked against a real cluster. An unreachable --ray-address is not run:
+    # ray.init retries it for minutes before it raises the ConnectionError quant turns into this error.
+    "bench.resources": "tests/test_ray.py",
+    "tasks.memory_mb": "tests/test_ray.py",
+    "--ray-address": "tests/test_ray.py",
 }
 
 
