@@ -93,10 +93,11 @@ class PromotionRecord(Record):
 
 
 FAMILY_ONLY = ("family", "parts")  # fields only a model family has: left out of a one-model run's documents when empty
+LEFT_OUT_WHEN_NONE = (*FAMILY_ONLY, "stages")  # stages: only a run that timed its stages has them (quant.stages)
 
 
 def _without_family_fields(data: dict[str, Any]) -> dict[str, Any]:
-    kept = {k: v for k, v in data.items() if not (k in FAMILY_ONLY and v is None)}
+    kept = {k: v for k, v in data.items() if not (k in LEFT_OUT_WHEN_NONE and v is None)}
     if isinstance(kept.get("variants"), dict):
         kept["variants"] = {name: _without_family_fields(v) if isinstance(v, dict) else v for name, v in kept["variants"].items()}
     return kept
@@ -135,7 +136,7 @@ class RunResults(Document):
     verdict: str
     exit_code: int
     family: dict[str, Any] | None = None  # a model family: its FP32 parts and how it generates
-    stages: list[dict[str, Any]] = []  # quant.stages: each stage's start (epoch seconds) and duration
+    stages: list[dict[str, Any]] | None = None  # quant.stages: each stage's start (epoch seconds), duration, peak memory
 
 
 class ManifestRecipe(Record):
@@ -270,7 +271,7 @@ def build_results(
         promotion=promotion,
         verdict=verdict,
         exit_code=exit_code,
-        stages=stages or [],
+        stages=stages,
     )
 
 
