@@ -35,6 +35,7 @@ def main(address: str, command: str, argument: str = "") -> dict[str, object]:
     from quant.executor import using
     from quant.needs import Needs, declaring
     from quant.ray_executor import RayExecutor
+    from tests.ray_units import hog_memory, node_name  # by their module's name, not __main__'s: the workers import them
 
     executor = RayExecutor(address)
     with using(executor):

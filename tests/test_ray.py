@@ -41,7 +41,7 @@ def _run(tiny: dict[str, Path], name: str, *args: str, env: dict[str, str] | Non
     variants = {"fp16": {"method": "fp16"}, "qdq": {"method": "static_int8", "format": "QDQ"}}
     content = base_recipe(tiny["model"], tiny["calib"], tiny["eval"], variants=variants, gates=GATES)
     path = write_recipe(folder, content)
-    done = run_cli("--recipe", str(path), "--out", str(folder / "run"), *args, cwd=folder, env=env)
+    done = run_cli("--recipe", str(path), "--out", str(folder / "run"), *args, cwd=folder, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     return folder
 
