@@ -138,7 +138,9 @@ def test_missing_recipe_option_exits_2(tmp_path: Path) -> None:
 def test_schema_command_prints_the_json_schema(tmp_path: Path) -> None:
     done = run_cli("schema", cwd=tmp_path)
     schema = json.loads(done.stdout)
-    assert done.returncode == 0 and "variants" in schema["properties"]
+    kinds = [branch["$ref"].rsplit("/", 1)[-1] for branch in schema["anyOf"]]  # one-model and family recipes
+    assert done.returncode == 0 and kinds == ["Recipe", "FamilyRecipe"]
+    assert all("variants" in schema["$defs"][kind]["properties"] for kind in kinds)
 
 
 def test_verbose_logs_every_gate_on_stderr_and_quiet_logs_nothing(workspace: dict[str, Path]) -> None:
