@@ -1,5 +1,5 @@
 """What the fallback search may try beyond "which nodes stay float": variant-wide settings (calibration,
-7/8-bit weights, per-channel), per-tensor overrides on the most sensitive nodes, and blocks of consecutive
+7/8-bit weights, per-channel, bias correction), per-tensor overrides on the most sensitive nodes, and blocks of consecutive
 nodes as the unit kept in float. Pure functions of the options, the ranking and the float graph: the
 search (quant.search) decides what to try, in which order, and judges it.
 """
@@ -44,7 +44,7 @@ def settings_to_try(variant: StaticInt8Options, candidates: list[SearchCandidate
 
 def _key(options: StaticInt8Options) -> tuple[object, ...]:
     percentile = options.percentile if options.calibrate == "percentile" else None
-    return (options.calibrate, percentile, options.reduce_range, options.per_channel)
+    return (options.calibrate, percentile, options.reduce_range, options.per_channel, options.bias_correction)
 
 
 def graph_order(float_model: Path) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,8 +15,11 @@ from onnxruntime.quantization.calibrate import load_tensors_data
 
 from quant.calibration.ranges import CalibrationRanges, calibration_ranges
 from quant.calibration.streaming import CALIBRATION_METHODS
+from quant.data.feeds import checked_feeds
+from quant.data.sources import SampleSource
 from quant.errors import BuildError
 from quant.methods.base import QUANT_TYPES, BuildContext, BuildResult, register
+from quant.methods.bias_correction import corrected_model, measure_bias_shifts
 from quant.methods.prepare import prepared_model
 from quant.model import PROTOBUF_LIMIT, file_sha256, model_size
 from quant.precision import quantized_op_counts
@@ -53,22 +57,30 @@ def build_static_int8(options: StaticInt8Options, context: BuildContext, out_pat
     calibration_seconds = time.perf_counter() - started
     out_path.parent.mkdir(parents=True, exist_ok=True)
     excluded = list(dict.fromkeys(options.exclude_nodes))
-    quantize_static(
-        source,
-        out_path,
-        calibration_data_reader=None,
-        calibration_cache_path=ranges.cache_file,
-        quant_format=FORMATS[options.format],
-        op_types_to_quantize=options.op_types,
-        per_channel=options.per_channel,
-        reduce_range=options.reduce_range,
-        activation_type=QUANT_TYPES[options.activation_type],
-        weight_type=QUANT_TYPES[options.weight_type],
-        nodes_to_exclude=excluded,
-        calibrate_method=CALIBRATION_METHODS[options.calibrate],
-        use_external_data_format=model_size(source) >= PROTOBUF_LIMIT,
-        extra_options={"TensorQuantOverrides": overrides} if overrides else None,
-    )
+
+    def quantize(model: Path, into: Path, quant_format: str = options.format) -> None:
+        quantize_static(
+            model,
+            into,
+            calibration_data_reader=None,
+            calibration_cache_path=ranges.cache_file,
+            quant_format=FORMATS[quant_format],
+            op_types_to_quantize=options.op_types,
+            per_channel=options.per_channel,
+            reduce_range=options.reduce_range,
+            activation_type=QUANT_TYPES[options.activation_type],
+            weight_type=QUANT_TYPES[options.weight_type],
+            nodes_to_exclude=excluded,
+            calibrate_method=CALIBRATION_METHODS[options.calibrate],
+            use_external_data_format=model_size(source) >= PROTOBUF_LIMIT,
+            extra_options={"TensorQuantOverrides": overrides} if overrides else None,
+        )
+
+    corrected: dict[str, object] | None = None
+    if options.bias_correction:
+        corrected = _bias_corrected(options, context, calibration, source, out_path, quantize)
+    else:
+        quantize(source, out_path)
     details = {
         "prepared_model": str(source),
         "calibration": ranges.describe(),
@@ -79,7 +91,32 @@ def build_static_int8(options: StaticInt8Options, context: BuildContext, out_pat
         },
         "quantized_ops": quantized_op_counts(out_path),
     }
+    if corrected is not None:
+        details["bias_correction"] = corrected
     return BuildResult(out_path, details)
+
+
+def _bias_corrected(
+    options: StaticInt8Options,
+    context: BuildContext,
+    calibration: SampleSource,
+    source: Path,
+    out_path: Path,
+    quantize: Callable[..., None],
+) -> dict[str, object]:
+    """Quantize once (QDQ, whose Q/DQ pairs show each layer's quantized input and weight), measure each layer's mean
+    output error on calibration samples, shift the float biases by it, and quantize the corrected model into
+    `out_path` (quant.methods.bias_correction). Returns what it did."""
+    started = time.perf_counter()
+    samples = calibration.subset(options.bias_correction_samples)
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.stem}-bias-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        quantize(source, scratch / "uncorrected.onnx", "QDQ")
+        feeds = (f for _, f in checked_feeds(samples, context.model_inputs))
+        shifts = measure_bias_shifts(source, scratch / "uncorrected.onnx", feeds, context.threads)
+        quantize(corrected_model(source, shifts, scratch / "corrected.onnx"), out_path)
+    context.log(f"bias correction: {len(shifts.shifts)} bias(es) shifted, measured on {shifts.samples} calibration samples")
+    return shifts.describe() | {"seconds": round(time.perf_counter() - started, 3)}
 
 
 def tensor_quant_overrides(

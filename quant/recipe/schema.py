@@ -452,6 +452,9 @@ class SearchCandidate(Strict):
         default=None, description="7-bit (true) or 8-bit (false) weights. 8-bit u8 x s8 is skipped on x86 CPUs without VNNI (saturation)."
     )
     per_channel: bool | None = Field(default=None, description="Per-channel weight scales.")
+    bias_correction: bool | None = Field(
+        default=None, description="Shift each quantized layer's bias by the mean error quantization adds to its output (see the variant's field)."
+    )
 
     def changes(self) -> dict[str, object]:
         return self.model_dump(exclude_none=True)
@@ -527,6 +530,14 @@ class StaticInt8Options(Strict):
     tensor_overrides: dict[str, TensorOverride] = Field(
         default_factory=dict,
         description="Per-tensor settings by tensor name (onnxruntime's TensorQuantOverrides); the search writes its choice here.",
+    )
+    bias_correction: bool = Field(
+        default=False,
+        description="Bias correction: quantize, measure each quantized Conv's (and MatMul+Add's) mean output error per channel against its "
+        "float weights and unquantized input on calibration samples, add it to the float bias, and quantize again (same ranges).",
+    )
+    bias_correction_samples: int | None = Field(
+        default=None, gt=0, description="Calibration samples the bias correction measures on (default: every calibration sample used)."
     )
     prepare: Prepare = Field(default_factory=lambda: Prepare(opset=13, preprocess=True), description="Model preparation before quantizing.")
     fallback: Fallback | None = Field(default=None, description="Search that keeps sensitive nodes in float until the gates pass.")
