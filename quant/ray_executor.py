@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -46,6 +47,7 @@ SHARD_SAMPLES = 128  # an evaluation of more samples than this runs in shards of
 RETRIES = 3  # a worker killed mid-unit: its unit runs again, up to this many times
 OOM_RETRIES = 1  # a unit Ray's memory monitor killed runs once more (Ray's default: forever), then fails its variant
 EXECUTOR_FIELD = "--executor ray"
+CONNECT_SECONDS = 5.0  # an address that does not answer within this is refused (exit 2), not retried for minutes
 
 
 def _ray() -> Any:
@@ -65,15 +67,36 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     target = address or os.environ.get("RAY_ADDRESS")
+    field = "--ray-address" if address else "RAY_ADDRESS"
+    if target:
+        _check_reachable(target, field)
     quiet: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
     try:
         if target:
             ray.init(address=target, **quiet)
         else:  # address="local": never join a cluster an earlier `ray start` left on this machine by accident
             ray.init(address="local", _system_config={"task_oom_retries": OOM_RETRIES}, **quiet)
-    except ConnectionError as error:
-        raise InputError(f"cannot reach the Ray cluster: {str(error).splitlines()[0][:300]}", file=target, field="--ray-address") from None
+    except (ConnectionError, ValueError) as error:
+        raise InputError(f"cannot reach the Ray cluster: {_first_line(error)}", file=target, field=field) from None
     return not target
+
+
+def _check_reachable(target: str, field: str, timeout: float = CONNECT_SECONDS) -> None:
+    """Refuse an address no Ray head listens at, quickly: ray.init retries an unreachable one for minutes.
+
+    `auto` (the cluster `ray start` left on this machine) is Ray's to find; anything else is HOST:PORT,
+    or ray://HOST:PORT for Ray Client."""
+    if target == "auto":
+        return
+    host, _, port = target.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"{target!r} is not a Ray address: give HOST:PORT of the head node (e.g. 10.0.0.5:6379)", field=field)
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as error:
+        reason = f"no answer within {timeout:g} s" if isinstance(error, TimeoutError) else (error.strerror or type(error).__name__)
+        raise InputError(f"no Ray cluster answers at {target} ({reason}): is its head node up, and the port open?",
+                         field=field) from None  # fmt: skip
 
 
 @cache

@@ -173,3 +173,28 @@ def test_a_unit_that_runs_out_of_memory_fails_as_a_build_does(cluster: Cluster) 
         assert error is not None and "out of memory" in error, error
     finally:
         cluster.remove_node(tight)
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_address_where_no_cluster_answers_is_bad_input_at_once(tiny: dict[str, Path]) -> None:
+    """ray.init retries an unreachable address for minutes; the command refuses it in seconds, naming where it came from."""
+    folder = tiny["root"] / "unreachable"
+    folder.mkdir()
+    path = write_recipe(folder, base_recipe(tiny["model"], tiny["calib"], tiny["eval"], gates=GATES))
+    address = f"127.0.0.1:{_closed_port()}"
+    command = ("--recipe", str(path), "--out", str(folder / "a"), "--executor", "ray")
+    flag = run_cli(*command, "--ray-address", address, cwd=folder, timeout=60)
+    environment = run_cli(*command, cwd=folder, env={"RAY_ADDRESS": address}, timeout=60)
+    for done, field in ((flag, "--ray-address"), (environment, "RAY_ADDRESS")):
+        assert done.returncode == 2, done.stderr[-3000:]
+        message = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(message) == 1 and f"field '{field}'" in message[0] and address in message[0], done.stderr[-3000:]
+    assert not (folder / "a" / "variants").exists() and not (folder / "releases").exists()
