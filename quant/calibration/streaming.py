@@ -55,6 +55,8 @@ from onnxruntime.quantization.calibrate import (
 )
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
+from quant.calibration.fixed_histogram import FixedRangeHistogram
+
 Method = Literal["minmax", "entropy", "percentile", "distribution"]
 Batch = dict[str, np.ndarray]
 
@@ -337,13 +339,19 @@ class _Histogram:
     counts: np.ndarray | None = None
     edges: np.ndarray | None = None
 
+    binner: FixedRangeHistogram = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.binner = FixedRangeHistogram(self.bins, self.value_range)
+
     def add(self, values: np.ndarray) -> None:
-        # Same np.histogram call as ORT's one-shot collect, with the range it would
-        # compute from all data; np.histogram bins element-wise, so sums are exact.
+        # The counts of the np.histogram call ORT's one-shot collect makes, with the range it
+        # would compute from all data (FixedRangeHistogram: the same counts, faster);
+        # np.histogram bins element-wise, so sums are exact.
         flat = values.reshape(-1)
-        counts, edges = np.histogram(np.abs(flat) if self.absolute else flat, self.bins, range=self.value_range)
+        counts = self.binner.counts(np.abs(flat) if self.absolute else flat)
         if self.counts is None:
-            self.counts, self.edges = counts, edges
+            self.counts, self.edges = counts, self.binner.edges(flat.dtype)
         else:
             self.counts += counts
 
