@@ -26,7 +26,7 @@ RESAMPLES = 2000
 # one is a recipe error rather than a verdict nobody should trust.
 MIN_BOOTSTRAP_SAMPLES = 20
 
-Method = Literal["wilson", "bootstrap", "exact"]
+Method = Literal["wilson", "bootstrap", "exact", "signed_rank", "sign_test"]
 
 
 @dataclass(frozen=True)
