@@ -1,8 +1,11 @@
-"""Size and speed against FP32. Latency is a ratio measured in one process: interleaved rounds, medians.
+"""Size and speed against FP32. Latency is a ratio measured in one process: interleaved (ABBA) rounds.
 
-The ratio carries a 95 % interval (a bootstrap over the paired rounds). When that interval straddles
-a latency gate's threshold, more rounds are measured, within a budget; what is still undecided then
-is reported as such (the gate says "inconclusive"), never settled by a coin flip of the noise.
+Each round times FP32 and the variant back to back, so the round's own ratio cancels the machine's load
+then; the latency ratio is the Hodges-Lehmann estimate of those per-round ratios, with its signed-rank
+interval (quant.paired_ratio). When that interval straddles a latency gate's threshold, more rounds are
+measured, within a budget; what is still undecided then is reported as such (the gate says
+"inconclusive"), never settled by a coin flip of the noise. The interval's 5 % is split over the looks
+the budget allows, so that stopping at the first look that clears a threshold stays a 95 % verdict.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from quant.intervals import Interval, paired_statistic_interval
+from quant.intervals import LEVEL, Interval
 from quant.model import session
+from quant.paired_ratio import hodges_lehmann_ratio, level_per_look, min_rounds
 
 Bounds = tuple[float | None, float | None]  # (min, max) of one latency gate
 RoundPair = Callable[[int], tuple[float, float]]  # round index -> (FP32 seconds, variant seconds)
@@ -44,16 +48,19 @@ class MachineLoad:
 @dataclass(frozen=True)
 class LatencyResult:
     reference_ms: float  # median per round (all timed samples) for FP32
-    variant_ms: float
-    ratio: float
+    variant_ms: float  # (variant_ms / reference_ms is a ratio of medians, not `ratio`: that one keeps the pairing)
+    ratio: float  # Hodges-Lehmann estimate of the per-round ratios variant_i / reference_i
     rounds: int
     samples: int
     threads: int
     spread: float  # (p75 - p25) / median of the per-round ratios: how noisy this measurement was
-    interval: Interval | None = None  # 95 % interval of `ratio` over the rounds
+    interval: Interval | None = None  # signed-rank interval of `ratio` over the rounds, at `interval_level`
     decided: bool = True  # False: the interval still straddled a latency threshold when the budget ran out
-    extra_rounds: int = 0  # rounds measured beyond bench.rounds because the interval straddled a threshold
+    extra_rounds: int = 0  # rounds measured after the first look because the interval straddled a threshold
     load: MachineLoad | None = None
+    # Coverage of `interval`: 0.95 split over the looks the extra-round budget allows (0.95 with one look), so
+    # that stopping as soon as it clears a threshold still leaves a 95 % verdict.
+    interval_level: float = LEVEL
 
     def to_dict(self) -> dict[str, object]:
         data: dict[str, object] = {
@@ -62,16 +69,6 @@ class LatencyResult:
         data["interval"] = self.interval.to_dict() if self.interval else None
         data["load"] = self.load.to_dict() if self.load else None
         return data
-
-
-def ratio_of_medians(reference: np.ndarray, variant: np.ndarray) -> np.ndarray:
-    """median(variant) / median(reference) along the last axis (one value per bootstrap row)."""
-    return np.median(variant, axis=-1) / np.median(reference, axis=-1)
-
-
-def ratio_interval(reference_times: Sequence[float], variant_times: Sequence[float], seed: int = 0) -> Interval:
-    """95 % interval of the latency ratio, resampling rounds as pairs (one round's FP32 and variant together)."""
-    return paired_statistic_interval(reference_times, variant_times, ratio_of_medians, seed=seed)
 
 
 def undecided(interval: Interval, bounds: Sequence[Bounds]) -> bool:
@@ -84,9 +81,15 @@ class Rounds:
 
     reference: list[float] = field(default_factory=list)
     variant: list[float] = field(default_factory=list)
+    level: float = LEVEL  # coverage of each look's interval
+    first: int = 0  # rounds in the first look (bench.rounds, raised to what `level` needs)
+
+    def estimate(self) -> tuple[float, Interval]:
+        """The paired latency ratio and its interval at `level` (nan while too few rounds for that level)."""
+        return hodges_lehmann_ratio(self.reference, self.variant, self.level)
 
     def interval(self) -> Interval:
-        return ratio_interval(self.reference, self.variant)
+        return self.estimate()[1]
 
 
 def measure_rounds(
@@ -98,9 +101,17 @@ def measure_rounds(
     max_seconds: float = 0.0,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[Rounds, bool]:
-    """Measure `rounds` pairs; while the ratio's interval straddles a bound, measure `rounds` more,
-    until `max_rounds` pairs or `max_seconds` of extra measuring. Returns (rounds, decided)."""
-    measured = Rounds()
+    """Measure `rounds` pairs; while the ratio's interval straddles a bound, measure `rounds` more, until
+    `max_rounds` pairs or `max_seconds` of extra measuring. Returns (rounds, decided).
+
+    With bounds, each look's interval is at 0.95 split over the looks `max_rounds` allows (Bonferroni), and
+    `rounds` is raised to the fewest that can give an interval at that level (8 for 4 looks; 6 for one)."""
+    limit = max(max_rounds or rounds, rounds)
+    looks = 1 + -(-(limit - rounds) // rounds) if bounds else 1
+    level = level_per_look(looks)
+    rounds = max(rounds, min_rounds(level))
+    limit = max(limit, rounds)
+    measured = Rounds(level=level, first=rounds)
 
     def one_batch(count: int) -> None:
         for _ in range(count):
@@ -109,7 +120,6 @@ def measure_rounds(
             measured.variant.append(var)
 
     one_batch(rounds)
-    limit = max(max_rounds or rounds, rounds)
     started = clock()
     while undecided(measured.interval(), bounds):
         room = limit - len(measured.reference)
@@ -158,18 +168,18 @@ def latency_ratio(
     measured, decided = measure_rounds(time_pair, rounds=rounds, bounds=bounds, max_rounds=max_rounds, max_seconds=max_seconds)
     ratios = sorted(v / r for v, r in zip(measured.variant, measured.reference))
     quartiles = statistics.quantiles(ratios, n=4)
-    ref_median = statistics.median(measured.reference)
-    var_median = statistics.median(measured.variant)
+    ratio, interval = measured.estimate()
     return LatencyResult(
-        reference_ms=ref_median * 1000,
-        variant_ms=var_median * 1000,
-        ratio=var_median / ref_median,
+        reference_ms=statistics.median(measured.reference) * 1000,
+        variant_ms=statistics.median(measured.variant) * 1000,
+        ratio=ratio,
         rounds=len(measured.reference),
         samples=len(feeds),
         threads=threads,
         spread=(quartiles[2] - quartiles[0]) / statistics.median(ratios),
-        interval=measured.interval(),
+        interval=interval,
         decided=decided,
-        extra_rounds=len(measured.reference) - rounds,
+        extra_rounds=len(measured.reference) - measured.first,
         load=MachineLoad.now(before=load_before),
+        interval_level=measured.level,
     )

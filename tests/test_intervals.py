@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from quant.bench import latency_ratio, measure_rounds, ratio_interval
+from quant.bench import latency_ratio, measure_rounds
 from quant.intervals import (
     MIN_BOOTSTRAP_SAMPLES,
     bootstrap_mean,
@@ -20,6 +20,7 @@ from quant.intervals import (
     wilson,
     wilson_samples_needed,
 )
+from quant.paired_ratio import hodges_lehmann_ratio
 
 
 @pytest.mark.parametrize(("successes", "trials"), [(0, 10), (10, 10), (7, 10), (196, 200), (1, 1), (50, 1000)])
@@ -131,15 +132,15 @@ def test_a_ratio_on_the_threshold_stays_undecided_within_the_budget() -> None:
 def test_the_time_budget_stops_extra_rounds() -> None:
     ticks = iter(range(1000))
     measured, decided = measure_rounds(
-        _noisy_rounds(0.9, 0.15), rounds=5, bounds=[(None, 0.9)], max_rounds=500, max_seconds=2, clock=lambda: float(next(ticks))
+        _noisy_rounds(0.9, 0.15), rounds=10, bounds=[(None, 0.9)], max_rounds=500, max_seconds=2, clock=lambda: float(next(ticks))
     )
-    assert not decided and len(measured.reference) <= 20
+    assert not decided and len(measured.reference) <= 3 * measured.first < 500
 
 
-def test_ratio_interval_resamples_rounds_as_pairs() -> None:
+def test_ratio_interval_keeps_rounds_as_pairs() -> None:
     # Load that slows both models alike in some rounds must not widen the ratio's interval.
     reference = np.array([10.0, 10.0, 30.0, 10.0, 30.0, 10.0, 30.0, 10.0])
-    interval = ratio_interval(reference, reference * 0.7)
+    _, interval = hodges_lehmann_ratio(reference, reference * 0.7)
     assert interval.low == pytest.approx(0.7) and interval.high == pytest.approx(0.7)
 
 
@@ -154,7 +155,8 @@ def test_latency_records_interval_rounds_and_machine_load(tmp_path) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
     feeds = [{"x": np.ones((1, 64), np.float32)}]
     result = latency_ratio(path, path, feeds, rounds=5, warmup=1, threads=1)
-    assert result.rounds == 5 and result.extra_rounds == 0 and result.decided
-    assert result.interval is not None and result.interval.samples == 5
+    # 5 rounds cannot give a 95 % signed-rank interval (2^-5 > 2.5 %): the first look takes the 6 that can
+    assert result.rounds == 6 and result.extra_rounds == 0 and result.decided
+    assert result.interval is not None and result.interval.samples == 6 and result.interval_level == 0.95
     assert result.load is not None and result.load.cpus >= 1 and result.load.load_before >= 0
     assert set(result.to_dict()["load"]) == {"cpus", "load_1m_before", "load_1m_after"}

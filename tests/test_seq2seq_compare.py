@@ -131,10 +131,10 @@ def test_vocabulary_file_drops_special_tokens(tmp_path: Path) -> None:
 def test_family_latency_ratios_per_image_and_per_token(fp32: Family, tmp_path: Path) -> None:
     looping = _family(tmp_path, lm_head=np.zeros((VOCAB, VOCAB)))  # never ends: max_new_tokens steps per image
     images = [image(v) for v in (6.0, 10.0)]
-    result = family_latency(fp32, looping, images, CONFIG, rounds=3, warmup=1)
+    result = family_latency(fp32, looping, images, CONFIG, rounds=6, warmup=1)
     assert result.reference_tokens == sum(len(expected_tokens(v)) + 1 for v in (6.0, 10.0))
     assert result.variant_tokens == 2 * CONFIG.max_new_tokens
-    assert result.rounds == 3 and result.image_interval.samples == 3 and result.images == 2
+    assert result.rounds == 6 and result.image_interval.samples == 6 and result.images == 2
     factor = result.reference_tokens / result.variant_tokens
     assert result.token_ratio == pytest.approx(result.image_ratio * factor)
     assert result.token_interval.low == pytest.approx(result.image_interval.low * factor)

@@ -161,7 +161,7 @@ _PER_KIND = [
 ]
 _VARIANT_WIDE = [
     Metric("size_ratio", "variant file size / FP32 file size", lower_is_better=True),
-    Metric("latency_ratio", "variant median latency / FP32 median latency (interleaved runs)", lower_is_better=True, timed=True),
+    Metric("latency_ratio", "variant / FP32 latency: typical ratio of interleaved rounds (Hodges-Lehmann)", lower_is_better=True, timed=True),
 ]
 # Encoder–decoder families (quant.seq2seq.compare): greedy generation of the variant family vs the FP32
 # family on the same images. Variant-wide: a family has no single output to name.
@@ -239,13 +239,13 @@ _GENERATION = [
     ),
     Metric(
         "image_latency_ratio",
-        "variant / FP32 median time per image: encoder plus whole greedy generation (interleaved rounds)",
+        "variant / FP32 time per image: encoder plus whole greedy generation (interleaved rounds, paired per round)",
         lower_is_better=True,
         timed=True,
     ),
     Metric(
         "token_latency_ratio",
-        "variant / FP32 median time per generated token, encoder included (interleaved rounds)",
+        "variant / FP32 time per generated token, encoder included (interleaved rounds, paired per round)",
         lower_is_better=True,
         timed=True,
     ),

@@ -656,17 +656,23 @@ Variant = Annotated[
 
 
 class Bench(Strict):
-    """How latency is measured: interleaved FP32/variant rounds, warm-up first, medians."""
+    """How latency is measured: interleaved FP32/variant rounds, warm-up first; the ratio pairs each round's two halves."""
 
     samples: int = Field(default=4, ge=1, description="Evaluation inputs timed in each round.")
-    rounds: int = Field(default=15, ge=3, description="Interleaved rounds (FP32 then variant, alternating order).")
+    rounds: int = Field(
+        default=15,
+        ge=3,
+        description="Interleaved rounds (FP32 then variant, alternating order) before the first look at the ratio's interval; "
+        "raised to the fewest that can give that interval (6 with one look, 8 with the default four).",
+    )
     warmup: int = Field(default=2, ge=0, description="Untimed rounds first.")
     threads: int = Field(default=2, ge=1, description="onnxruntime intra-op threads.")
     max_rounds: int | None = Field(
         default=None,
         ge=3,
         description="While the latency ratio's 95 % interval straddles a latency gate, measure `rounds` more, up to this many "
-        "rounds in all [default: 4 x rounds]; still straddling then: the gate is inconclusive.",
+        "rounds in all [default: 4 x rounds]; still straddling then: the gate is inconclusive. Each look's interval covers "
+        "1 - 0.05 / looks, so stopping at the first one that clears stays a 95 % verdict: more looks make each wider.",
     )
     max_seconds: float = Field(default=120, ge=0, description="Time budget for those extra rounds, per variant.")
     resources: dict[str, float] = Field(

@@ -27,7 +27,7 @@ class FamilyLatency:
     variant_ms_per_image: float
     reference_ms_per_token: float
     variant_ms_per_token: float
-    image_ratio: float
+    image_ratio: float  # paired per round (Hodges-Lehmann of the per-round ratios), not a ratio of the medians
     token_ratio: float
     image_interval: Interval
     token_interval: Interval
@@ -99,9 +99,8 @@ def family_latency(
 
     load_before = os.getloadavg()[0]
     measured, decided = measure_rounds(time_pair, rounds=rounds, bounds=bounds, max_rounds=max_rounds, max_seconds=max_seconds)
-    interval = measured.interval()
+    image_ratio, interval = measured.estimate()  # paired per round (quant.paired_ratio); the ms figures are medians
     ref_median, var_median = statistics.median(measured.reference), statistics.median(measured.variant)
-    image_ratio = var_median / ref_median
     return FamilyLatency(
         reference_ms_per_image=ref_median * 1000 / len(images),
         variant_ms_per_image=var_median * 1000 / len(images),
