@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +93,11 @@ def _high_water_mb(pid: int) -> float:
         return 0.0
 
 
-def run_quantize(recipes: list[Path], folder: Path, jobs: int = 1, only: list[str] | None = None) -> dict[str, Any]:
-    """`quantize` on the recipes (one invocation) in a subprocess: wall time, exit code, memory, each run's results.json."""
+def run_quantize(recipes: list[Path], folder: Path, jobs: int = 1, only: list[str] | None = None, args: Sequence[str] = ()) -> dict[str, Any]:
+    """`quantize` on the recipes (one invocation) in a subprocess: wall time, exit code, memory, each run's results.json.
+    `args`: more options (e.g. --executor ray, instead of --jobs)."""
     out, cache = folder / "run", folder / "cache"
-    command = [sys.executable, "-m", "quant.cli", "--out", str(out), "--cache", str(cache), "--quiet", "--jobs", str(jobs)]
+    command = [sys.executable, "-m", "quant.cli", "--out", str(out), "--cache", str(cache), "--quiet", *(args or ["--jobs", str(jobs)])]
     command += ["--allow-extends-from", str(REPO / "recipes")]
     for recipe in recipes:
         command += ["--recipe", str(scratch_recipe(recipe, folder))]

@@ -89,7 +89,7 @@ def _internal_error(error: BaseException, verbose: bool = False) -> None:
     show_default=True,
     help="Run up to N builds and evaluations (of different variants and recipes) at once, each in its own process. "
     "Latency is still measured one variant at a time with nothing else running; models and verdicts are the same as with 1. "
-    "Each uses the recipe's bench.threads onnxruntime threads: keep N x threads within the machine's cores.",
+    "A build uses the recipe's bench.threads onnxruntime threads; a reference or evaluation its share of the cores (at most as many).",
 )
 @click.option(
     "--executor",
@@ -233,9 +233,12 @@ def _run_all(call: Invocation) -> int:
 
     def run_one(recipe: LoadedRecipe) -> RunResult:
         run_dir = (call.out_dir / recipe.recipe.name if len(loaded) > 1 else call.out_dir) if call.out_dir else Path("runs") / recipe.recipe.name
+        cache_dir = call.cache_dir or run_dir / "cache"
+        if call.executor == "ray":  # a Ray worker's working directory is not this one: it is handed absolute paths
+            run_dir, cache_dir = run_dir.absolute(), cache_dir.absolute()
         options = RunOptions(
             out_dir=run_dir,
-            cache_dir=call.cache_dir or run_dir / "cache",
+            cache_dir=cache_dir,
             only=call.only,
             validate_only=call.validate,
             version=call.release_version,

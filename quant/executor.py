@@ -18,11 +18,12 @@ starts processes itself; it asks the current `Executor`:
   their results in order. Each task calls `call`/`alone` as it goes; the units bound the work.
 
 `SerialExecutor` runs everything one after another (the default, as before `--jobs`); `LocalExecutor`
-runs up to `jobs` units at once in child processes on this machine (`quantize --jobs N`). Every unit
-uses a fixed number of onnxruntime intra-op threads that does not depend on the executor (the recipe's
-`bench.threads`): onnxruntime's results can change with the thread count (a Conv with
-ORT_DISABLE_ALL, as calibration runs it, differs in the last bits between 1 and 2 threads), and the
-models and verdicts must be the same whatever `--jobs` is.
+runs up to `jobs` units at once in child processes on this machine (`quantize --jobs N`). A build uses
+the recipe's `bench.threads` onnxruntime threads whatever the executor: onnxruntime's results can change
+with the thread count (a Conv with ORT_DISABLE_ALL, as calibration runs it, differs in the last bits
+between 1 and 2 threads), and the models must be the same whatever `--jobs` is. An inference unit (the FP32
+reference, an evaluation: optimised graphs, the same outputs at any count) takes `inference_threads`, its
+share of the cores, and a unit's process under several jobs does not let idle threads spin (quant.cores).
 
 The executor of a run is set with `using(executor)` and read with `current()` (a context variable, so
 each recipe and variant thread sees the one its run set, and a child process always runs serially).
@@ -47,7 +48,9 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from quant.cores import inference_threads, share_cores
 from quant.errors import WRITE_ERRNOS, BuildError, OutputError, QuantError
+from quant.machine import CpuFacts, cpu_facts
 from quant.stages import unit_ran
 
 if TYPE_CHECKING:  # the methods (and onnxruntime.quantization) are imported by the build units alone: a unit's process starts light
@@ -90,11 +93,12 @@ def run_unit(unit: Callable[..., T], args: tuple[Any, ...]) -> tuple[T, Stats]:
     return result, {"seconds": round(time.perf_counter() - clock, 3), "peak_rss_mb": round(_peak_rss_mb(), 1), "started": started}
 
 
-def in_fresh_process(unit: Callable[..., T], *args: Any) -> tuple[T, Stats]:
-    """Run a unit in a fresh spawned interpreter (its own memory, its own peak); its exception is re-raised here."""
+def in_fresh_process(unit: Callable[..., T], *args: Any, initializer: Callable[[], None] | None = None) -> tuple[T, Stats]:
+    """Run a unit in a fresh spawned interpreter (its own memory, its own peak); its exception is re-raised here.
+    `initializer` runs first in that interpreter."""
     spawn = multiprocessing.get_context("spawn")
     try:
-        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=initializer) as pool:
             result, stats = pool.submit(run_unit, unit, args).result()
     except BrokenProcessPool:
         raise ProcessLost("its process died (killed, or out of memory)") from None
@@ -135,6 +139,14 @@ class Executor(Protocol):
 
     def slot(self) -> contextlib.AbstractContextManager[None]: ...
 
+    def inference_threads(self, wanted: int) -> int:
+        """onnxruntime threads for an inference unit (FP32 reference, evaluation) of a recipe whose bench.threads is `wanted`."""
+        ...
+
+    def target_cpu(self) -> CpuFacts:
+        """The CPU of the machine that measures latency (the release's target), whose flags decide e.g. 8-bit weights."""
+        ...
+
     def each(self, tasks: Sequence[Callable[[], T]]) -> list[T]: ...
 
     def check(self, needs: Needs, places: Mapping[str, Path]) -> None:
@@ -155,6 +167,12 @@ class SerialExecutor:
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
         yield
+
+    def inference_threads(self, wanted: int) -> int:
+        return wanted
+
+    def target_cpu(self) -> CpuFacts:
+        return cpu_facts()  # benchmarks run in this process
 
     def each(self, tasks: Sequence[Callable[[], T]]) -> list[T]:
         return [task() for task in tasks]
@@ -188,7 +206,16 @@ class LocalExecutor:
 
     def call(self, unit: Callable[..., T], *args: Any, fresh: bool = True) -> tuple[T, Stats]:
         with self.slot():
-            return in_fresh_process(unit, *args) if fresh else in_this_process(unit, *args)
+            if fresh:
+                return in_fresh_process(unit, *args, initializer=share_cores if self.jobs > 1 else None)
+            return in_this_process(unit, *args)
+
+    def inference_threads(self, wanted: int) -> int:
+        """Each of the jobs gets its share of the cores (the outputs are the same: quant.cores)."""
+        return inference_threads(wanted, self.jobs)
+
+    def target_cpu(self) -> CpuFacts:
+        return cpu_facts()  # benchmarks run in this process
 
     def alone(self, unit: Callable[..., T], *args: Any) -> T:
         with self._state:

@@ -51,7 +51,7 @@ def judge_variant(
             inputs.model.inputs,
             recipe.outputs,
             {n: c.characters for n, c in inputs.charsets.items()},
-            recipe.bench.threads,
+            executor.inference_threads(recipe.bench.threads),  # its share of the cores under --jobs: the same outputs
             fresh=False,
         )
     outcome.judged_on = split.name

@@ -4,10 +4,16 @@
 products in 32 bits: x86 CPUs with VNNI (avx512_vnni or avx_vnni). Without VNNI they add each pair of
 products into a saturating int16 (vpmaddubsw), which 8-bit weights can overflow (2 x 255 x 127 > 32767);
 7-bit weights cannot (quant/presets/avx2.yaml, notes/reduce-range-cause.md).
+
+The machine that matters is the one the release targets: the one measuring latency. Locally that is this
+machine; with --executor ray it is a node with the recipe's bench.resources, whose flags the executor reads
+there (`Executor.target_cpu`; `source` names the node). QUANT_TEST_CPUINFO (tests only) reads another file
+in place of /proc/cpuinfo, so a test can give one node of a cluster on one machine other flags.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 from functools import lru_cache
@@ -36,7 +42,8 @@ class CpuFacts:
 
 
 @lru_cache(maxsize=1)
-def cpu_facts(cpuinfo: Path = CPUINFO) -> CpuFacts:
+def cpu_facts(cpuinfo: Path | None = None) -> CpuFacts:
+    cpuinfo = cpuinfo or Path(os.environ.get("QUANT_TEST_CPUINFO") or CPUINFO)
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:

@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 from google.protobuf.message import DecodeError, EncodeError
 
+from quant.cores import no_spinning_if_shared
 from quant.errors import ModelError
 from quant.recipe.schema import ModelSource, resolve
 
@@ -189,6 +190,7 @@ def session(path: Path, *, threads: int = 1, optimize: bool = True) -> ort.Infer
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    no_spinning_if_shared(options)  # a unit beside other units: idle threads must not burn their cores
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from quant.recipe.family import FamilyRecipe
 from quant.recipe.schema import Recipe
 
 
@@ -21,7 +22,7 @@ class Needs:
     bench_resources: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))  # bench.resources: the target hardware
 
     @classmethod
-    def of(cls, recipe: Recipe) -> Needs:
+    def of(cls, recipe: Recipe | FamilyRecipe) -> Needs:
         return cls(float(recipe.bench.threads), recipe.tasks.memory_mb, MappingProxyType(dict(recipe.bench.resources)))
 
 

@@ -28,6 +28,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +38,7 @@ from quant.compare import OutputComparison
 from quant.errors import BuildError, InputError
 from quant.evaluate import evaluate_variant
 from quant.executor import LocalExecutor, ProcessLost, Stats, in_fresh_process
+from quant.machine import CpuFacts, cpu_facts
 from quant.needs import Needs, declared
 from quant.ray_evaluate import Evaluation, evaluate_in_shards
 from quant.stages import unit_ran
@@ -128,6 +130,7 @@ class RayExecutor(LocalExecutor):
         # One Ray Data evaluation at a time from this driver: its actor pool spreads over the whole cluster anyway,
         # and two at once can each wait for CPUs the other's actors hold (seen: two pools on a 2-CPU cluster, stuck).
         self._datasets = threading.Lock()
+        self._targets: dict[tuple[tuple[str, float], ...], CpuFacts] = {}  # the bench node's CPU, by bench.resources
 
     def call(self, unit: Callable[..., T], *args: Any, fresh: bool = True) -> tuple[T, Stats]:
         """`fresh` is ignored: every unit is shipped to a worker and runs there in a child process of its own."""
@@ -142,6 +145,24 @@ class RayExecutor(LocalExecutor):
             result, stats = self._result(task.remote(unit, *args))
         unit_ran(stats, own_process=True)  # the span (and the peak of its process) go to the open stage of this run
         return result, stats
+
+    def inference_threads(self, wanted: int) -> int:
+        """What the unit declares to Ray (bench.threads CPUs): the scheduler keeps the units within each node's cores."""
+        return wanted
+
+    def target_cpu(self) -> CpuFacts:
+        """Read on a node with the recipe's bench.resources, where latency is measured (once per set of resources):
+        the driver may be another machine altogether. Its `source` names the node."""
+        wanted = dict(declared().bench_resources)
+        key = tuple(sorted(wanted.items()))
+        if key not in self._targets:
+            ray = _ray()
+            ask = ray.remote(node_cpu_facts).options(num_cpus=0, resources=wanted, max_retries=self.retries)
+            try:
+                self._targets[key] = ray.get(ask.remote())
+            except ray.exceptions.RayError as error:
+                raise BuildError(f"cannot read the CPU flags of the benchmark node: {_first_line(error)}") from None
+        return self._targets[key]
 
     def _shardable(self, unit: Callable[..., Any], args: tuple[Any, ...]) -> bool:
         """An evaluation of a large stateless split (evaluate_variant's arguments, no teacher forcing): samples are
@@ -193,11 +214,10 @@ class RayExecutor(LocalExecutor):
         """Before anything is built: a node can hold a unit and one has the bench resources, and every node
         runs this quant and sees `places` ({field: path}) as this driver does."""
         nodes = alive_nodes()
-        if not any(n["Resources"].get("CPU", 0) >= needs.cpus and n["Resources"].get("memory", 0) >= needs.memory_mb * MB for n in nodes):
-            raise InputError(
-                f"no node of the Ray cluster has {needs.cpus:g} CPUs and {needs.memory_mb} MB free for a unit of work",
-                field="tasks.memory_mb",
-            )
+        enough_cpus = [n for n in nodes if n["Resources"].get("CPU", 0) >= needs.cpus]
+        if not any(n["Resources"].get("memory", 0) >= needs.memory_mb * MB for n in enough_cpus):
+            what = f"{needs.cpus:g} CPUs and {needs.memory_mb} MB" if enough_cpus else f"{needs.cpus:g} CPUs (the onnxruntime threads of a unit)"
+            raise InputError(f"no node of the Ray cluster has {what} for a unit of work", field="tasks.memory_mb" if enough_cpus else "bench.threads")
         bench_cpus(needs)  # a named target no node has is bad input, not a benchmark waiting forever
         if self.local:
             return
@@ -207,6 +227,14 @@ class RayExecutor(LocalExecutor):
         finally:
             for probe, _ in probes.values():
                 probe.unlink(missing_ok=True)
+
+
+def node_cpu_facts() -> CpuFacts:
+    """Run on a node: its CPU facts, their source naming the node."""
+    facts = cpu_facts()
+    ray = _ray()
+    node = ray.get_runtime_context().get_node_id()
+    return replace(facts, source=f"{facts.source} of Ray node {node[:12]} at {ray.util.get_node_ip_address()}")
 
 
 def alive_nodes() -> list[dict[str, Any]]:

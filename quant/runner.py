@@ -127,11 +127,12 @@ def _splits(inputs: RunInputs, options: RunOptions) -> tuple[Split, Split | None
 
 def _split(name: SplitName, source: SampleSource, inputs: RunInputs, options: RunOptions) -> Split:
     """A split with FP32's outputs on it (computed once, cached on disk)."""
-    with timed("reference", split=name), current().slot(), Progress(f"FP32 reference ({name})", len(source), options.quiet) as bar:
+    executor = current()
+    with timed("reference", split=name), executor.slot(), Progress(f"FP32 reference ({name})", len(source), options.quiet) as bar:
         reference = run_reference(
             inputs.model.path, inputs.model.sha256, source, inputs.model.inputs,
             inputs_signature(inputs.recipe.inputs),
-            options.cache_dir, inputs.recipe.bench.threads, progress=bar.update, state=inputs.recipe.state,
+            options.cache_dir, executor.inference_threads(inputs.recipe.bench.threads), progress=bar.update, state=inputs.recipe.state,
         )  # fmt: skip
     return Split(name, source, reference)
 

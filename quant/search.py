@@ -33,9 +33,8 @@ from typing import Any
 import numpy as np
 
 from quant.errors import BuildError
-from quant.executor import run_isolated
+from quant.executor import current, run_isolated
 from quant.files import copy_model
-from quant.machine import cpu_facts
 from quant.methods.base import BuildResult
 from quant.metrics.catalogue import HEADLINE_METRICS, VARIANT_METRICS, badness, worst_over_outputs
 from quant.outcome import VariantOutcome
@@ -217,7 +216,7 @@ def search_fallback(
         "tuned_on": setup.tuning_name,
         "tuning_samples": setup.tuning_samples,
         "objective": objective,
-        "machine": cpu_facts().to_dict(),
+        "machine": current().target_cpu().to_dict(),  # the CPU measuring latency decides 8-bit weights; its source names it
     }
     ranking: list[NodeSensitivity] = []
     ranked_on: list[str] = []
@@ -286,7 +285,8 @@ def _search_stages(
     """Stages 1-6 (module docstring) after the recipe's own setting failed an accuracy gate; returns (conclusion, ranking, ranked on)."""
     fallback = variant.fallback
     assert fallback is not None
-    settings, skipped = settings_to_try(variant, fallback.candidates)
+    target = current().target_cpu()  # with Ray: the bench node's, not this driver's
+    settings, skipped = settings_to_try(variant, fallback.candidates, target)
     search["skipped"] = skipped
     for setting in settings:
         if attempt(setting.options, [], "settings", setting.changes).passed:
@@ -302,7 +302,7 @@ def _search_stages(
     wanted = fallback.sensitive_overrides
     if wanted is not None:
         for count in wanted.nodes:
-            overrides, unsafe = sensitive_overrides(base, ranking, count, wanted, float_model)
+            overrides, unsafe = sensitive_overrides(base, ranking, count, wanted, float_model, target)
             if unsafe:
                 search.setdefault("skipped", []).append({"changes": {"sensitive_overrides.weights_reduce_range": False}, "skipped": unsafe})
             if overrides == base.tensor_overrides:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx
 
-from quant.machine import eight_bit_weights_unsafe
+from quant.machine import CpuFacts, eight_bit_weights_unsafe
 from quant.recipe.schema import SearchCandidate, SensitiveOverrides, StaticInt8Options, TensorOverride
 from quant.sensitivity import NodeSensitivity
 
@@ -24,9 +24,12 @@ class Setting:
     changes: dict[str, object]
 
 
-def settings_to_try(variant: StaticInt8Options, candidates: list[SearchCandidate]) -> tuple[list[Setting], list[dict[str, object]]]:
+def settings_to_try(
+    variant: StaticInt8Options, candidates: list[SearchCandidate], target: CpuFacts | None = None
+) -> tuple[list[Setting], list[dict[str, object]]]:
     """The candidates as options (duplicates of the recipe's own setting dropped), and the ones skipped with why
-    (8-bit u8 x s8 weights on an x86 CPU without VNNI would saturate)."""
+    (8-bit u8 x s8 weights on an x86 CPU without VNNI would saturate): on `target`, the CPU measuring latency
+    (default: this machine's)."""
     settings, skipped, seen = [], [], {_key(variant)}
     for candidate in candidates:
         changes = candidate.changes()
@@ -34,7 +37,7 @@ def settings_to_try(variant: StaticInt8Options, candidates: list[SearchCandidate
         if _key(options) in seen:
             continue
         seen.add(_key(options))
-        unsafe = eight_bit_weights_unsafe(options.activation_type, options.weight_type) if not options.reduce_range else None
+        unsafe = eight_bit_weights_unsafe(options.activation_type, options.weight_type, target) if not options.reduce_range else None
         if unsafe:
             skipped.append({"changes": changes, "skipped": unsafe})
             continue
@@ -65,13 +68,19 @@ def units_of(ranking: list[NodeSensitivity], unit: str, block_size: int, order: 
 
 
 def sensitive_overrides(
-    options: StaticInt8Options, ranking: list[NodeSensitivity], count: int, wanted: SensitiveOverrides, float_model: Path
+    options: StaticInt8Options,
+    ranking: list[NodeSensitivity],
+    count: int,
+    wanted: SensitiveOverrides,
+    float_model: Path,
+    target: CpuFacts | None = None,
 ) -> tuple[dict[str, TensorOverride], str | None]:
     """Per-tensor overrides for the `count` most sensitive nodes: their weights at the wanted bit width, their
-    activation inputs calibrated another way. Returns (overrides, why the 8-bit weights were left out or None)."""
+    activation inputs calibrated another way. Returns (overrides, why the 8-bit weights were left out or None):
+    8-bit weights only where `target`'s CPU (the one measuring latency; default: this machine's) adds in 32 bits."""
     nodes = {n.name: n for n in onnx.load(str(float_model), load_external_data=False).graph.node}
     initializers = {i.name for i in onnx.load(str(float_model), load_external_data=False).graph.initializer}
-    unsafe = eight_bit_weights_unsafe(options.activation_type, options.weight_type) if wanted.weights_reduce_range is False else None
+    unsafe = eight_bit_weights_unsafe(options.activation_type, options.weight_type, target) if wanted.weights_reduce_range is False else None
     overrides: dict[str, TensorOverride] = dict(options.tensor_overrides)
     for sensitive in ranking[:count]:
         node = nodes.get(sensitive.node)

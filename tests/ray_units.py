@@ -57,6 +57,14 @@ def main(address: str, command: str, argument: str = "") -> dict[str, object]:
                 except BuildError as error:
                     return {"error": str(error)}
             return {"error": None}
+        if command == "target":  # the CPU facts that decide 8-bit weights: read on the bench node, not in this driver
+            from quant.machine import eight_bit_weights_unsafe
+            from quant.ray_executor import alive_nodes
+
+            with declaring(Needs(bench_resources=BENCH_NODE)):
+                facts = executor.target_cpu()
+            bench = next(n["NodeID"] for n in alive_nodes() if "avx512_vnni" in n["Resources"])
+            return {"source": facts.source, "bench_node": bench[:12], "unsafe": eight_bit_weights_unsafe("uint8", "int8", facts), "x86": facts.x86}
         if command == "actors":
             return {"classes": [actor["ActorClassName"] for actor in ray_state.actors().values()]}
     raise SystemExit(f"unknown command {command}")

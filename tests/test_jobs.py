@@ -56,6 +56,22 @@ def test_two_jobs_run_two_units_at_once_and_a_benchmark_alone(tmp_path: Path) ->
     assert spans["first"][1] <= spans["bench"][0] and spans["bench"][1] <= spans["second"][0]
 
 
+def _sharing_the_cores() -> bool:
+    from quant.cores import sharing
+
+    return sharing()
+
+
+def test_units_beside_other_units_share_the_cores_and_a_serial_unit_does_not() -> None:
+    """Under several jobs a unit's process lets no idle onnxruntime thread spin and an inference unit takes its share of
+    the cores; one job at a time (and the driver, which runs the benchmarks) keeps the recipe's threads, spinning."""
+    from quant.cores import cores, sharing
+
+    assert LocalExecutor(2).call(_sharing_the_cores)[0] is True
+    assert SerialExecutor().call(_sharing_the_cores)[0] is False and sharing() is False
+    assert LocalExecutor(2).inference_threads(4) == max(1, min(4, cores() // 2)) and SerialExecutor().inference_threads(4) == 4
+
+
 def test_one_job_runs_units_one_after_another(tmp_path: Path) -> None:
     with pytest.raises(TimeoutError):
         SerialExecutor().call(_wait_for_each_other, tmp_path / "a", tmp_path / "b", 1.0)

@@ -27,6 +27,7 @@ from ray.cluster_utils import Cluster
 
 GATES = [{"metric": "cosine", "min": 0.9}, {"metric": "nonfinite", "max": 0}, {"metric": "latency_ratio", "max": 1000}]
 BENCH_NODE = ray_units.BENCH_NODE
+AVX2_ONLY = "fpu sse2 avx avx2 fma"
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +76,12 @@ def test_on_a_local_cluster_a_build_killed_once_runs_again_and_gives_the_serial_
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A head and a node with the benchmark's custom resource, each named by its raylet's environment; this process
-    starts them but never connects as a driver (the commands and `tests.ray_units` do)."""
+    starts them but never connects as a driver (the commands and `tests.ray_units` do). The bench node reads its CPU
+    flags from a file (QUANT_TEST_CPUINFO): an AVX2 CPU without VNNI, whatever this machine is."""
+    cpuinfo = tmp_path_factory.mktemp("bench-node") / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {AVX2_ONLY}\n")
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), saved]))  # the workers import tests.ray_units
     cluster = Cluster(
@@ -86,7 +90,7 @@ def cluster() -> Iterator[Cluster]:
                         "_system_config": {"task_oom_retries": 1}},
     )  # fmt: skip
     try:
-        cluster.add_node(num_cpus=1, resources=BENCH_NODE, env_vars={"QUANT_RAY_TEST_NODE": "bench"})
+        cluster.add_node(num_cpus=1, resources=BENCH_NODE, env_vars={"QUANT_RAY_TEST_NODE": "bench", "QUANT_TEST_CPUINFO": str(cpuinfo)})
         cluster.wait_for_nodes(timeout=120)
         yield cluster
     finally:
@@ -129,6 +133,15 @@ def test_benchmarks_run_on_the_node_with_the_named_resource(cluster: Cluster) ->
     assert found["nodes"] == ["bench"] * 3
     # No node sees a model file that is not there; none holds a unit declaring 10**9 MB (tasks.memory_mb).
     assert found["refused_fields"] == ["model.path", "tasks.memory_mb"]
+
+
+def test_the_bench_nodes_cpu_decides_8_bit_weights_and_is_named(cluster: Cluster) -> None:
+    """8-bit weights are safe only on a CPU with VNNI: with Ray the CPU that counts is the bench node's (here: AVX2 only,
+    from its QUANT_TEST_CPUINFO), read there, never this driver's; the facts name the node they came from."""
+    found = _driver(cluster, "target")
+    assert f"Ray node {found['bench_node']}" in found["source"] and "cpuinfo" in found["source"], found
+    if found["x86"]:
+        assert "without VNNI" in (found["unsafe"] or ""), found
 
 
 def test_a_cluster_without_the_named_benchmark_node_is_bad_input(tiny: dict[str, Path], cluster: Cluster) -> None:
@@ -198,3 +211,28 @@ def test_an_address_where_no_cluster_answers_is_bad_input_at_once(tiny: dict[str
         message = [line for line in done.stderr.splitlines() if line.strip()]
         assert len(message) == 1 and f"field '{field}'" in message[0] and address in message[0], done.stderr[-3000:]
     assert not (folder / "a" / "variants").exists() and not (folder / "releases").exists()
+
+
+def test_a_family_run_declares_its_units_needs_to_the_cluster(tmp_path: Path, cluster: Cluster) -> None:
+    """An encoder–decoder family's builds declare bench.threads CPUs and tasks.memory_mb, as a one-model run's do: on
+    this cluster of 1-CPU nodes, a family whose units need 2 CPUs is refused before anything is built."""
+    import numpy as np
+
+    from tests.seq2seq_family import DIM, END, START, write_family
+
+    write_family(tmp_path / "model")
+    np.savez(tmp_path / "eval.npz", pixel_values=np.stack([np.full((3, DIM), v, dtype=np.float32) for v in (1.0, 3.0)]))
+    recipe = {
+        "name": "tiny-family",
+        "family": {"folder": "model", "generation": {"vocab": None, "config": None, "start_token": START, "end_token": END, "max_new_tokens": 24}},
+        "evaluation": {"source": {"npz": str(tmp_path / "eval.npz")}},
+        "variants": {"int8-decoders": {"parts": {"decoders": {"method": "weight_only", "bits": 8}}}},
+        "bench": {"threads": 2},
+        "tasks": {"memory_mb": 512},
+        "promotion": {"to": "releases"},
+    }
+    write_recipe(tmp_path, recipe)
+    done = run_cli("--recipe", "recipe.yaml", "--out", "run", "--executor", "ray", "--ray-address", cluster.address, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "field 'bench.threads'" in done.stderr and "2 CPUs" in done.stderr, done.stderr[-3000:]
+    assert not (tmp_path / "run" / "variants").exists() and not (tmp_path / "releases").exists()

@@ -56,6 +56,7 @@ from onnxruntime.quantization.calibrate import (
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
 from quant.calibration.fixed_histogram import FixedRangeHistogram
+from quant.cores import no_spinning_if_shared
 
 Method = Literal["minmax", "entropy", "percentile", "distribution"]
 Batch = dict[str, np.ndarray]
@@ -237,6 +238,7 @@ def _session(path: Path, providers: Sequence[str], threads: int | None = None) -
     options = onnxruntime.SessionOptions()
     if threads is not None:  # explicit: results may depend on it, and parallel jobs must not oversubscribe the cores
         options.intra_op_num_threads = threads
+    no_spinning_if_shared(options)  # beside other units under --jobs: idle threads must not burn their cores
     # As ORT's calibrator: optimisations could fuse observed tensors away or change numerics.
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     # DEFAULT order runs all probe/Reduce leaves after the whole network (every

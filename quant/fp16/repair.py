@@ -64,7 +64,8 @@ def _validate(
     gates' intervals must clear them, not only their values."""
     recipe = prepared.recipe
     charsets = {n: c.characters for n, c in prepared.charsets.items()}
-    unit = (evaluate_variant, candidate, reference, tuning, prepared.model.inputs, recipe.outputs, charsets, recipe.bench.threads)
+    threads = current().inference_threads(recipe.bench.threads)
+    unit = (evaluate_variant, candidate, reference, tuning, prepared.model.inputs, recipe.outputs, charsets, threads)
     comparisons, _ = current().call(*unit, fresh=False)
     trial.metrics = {out: c.summary() for out, c in comparisons.items()}
     trial.model_path = candidate
@@ -89,10 +90,10 @@ def _validation_split(prepared: RunInputs, tuning: Split | None, scanned: Sample
         return _Validation("tuning", tuning.source, tuning.reference)
     recipe, model = prepared.recipe, prepared.model
     signature = inputs_signature(recipe.inputs)
-    with current().slot():  # work done in this process, counted as one unit
-        reference = run_reference(
-            model.path, model.sha256, scanned, model.inputs, signature, options.cache_dir, recipe.bench.threads, state=recipe.state
-        )
+    executor = current()
+    with executor.slot():  # work done in this process, counted as one unit
+        threads = executor.inference_threads(recipe.bench.threads)
+        reference = run_reference(model.path, model.sha256, scanned, model.inputs, signature, options.cache_dir, threads, state=recipe.state)
     return _Validation("calibration", scanned, reference)
 
 

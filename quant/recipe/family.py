@@ -23,6 +23,7 @@ from quant.recipe.schema import (
     Promotion,
     StaticInt8Options,
     Strict,
+    Tasks,
     WeightOnlyOptions,
     check_variant_names,
     variant_method,
@@ -186,6 +187,7 @@ class FamilyRecipe(Strict):
     variants: dict[str, FamilyVariant] = Field(description="Variants to build, by name.")
     gates: list[Gate] = Field(default_factory=list, description="Gates applied to every variant unless the variant overrides them.")
     bench: Bench = Field(default_factory=Bench, description="Latency per generated token: interleaved FP32/variant rounds of `samples` images.")
+    tasks: Tasks = Field(default_factory=Tasks)
     promotion: Promotion = Field(default_factory=Promotion)
 
     @field_validator("variants")

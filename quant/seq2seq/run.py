@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 from quant import __version__
 from quant.data.feeds import checked_feeds
 from quant.errors import BuildError
+from quant.executor import current
 from quant.lockfile import remove_stale_lock, write_family_lock
 from quant.model import file_sha256
+from quant.needs import Needs, declaring
 from quant.outcome import VariantOutcome
 from quant.progress import log_nothing, log_stderr
 from quant.provenance import environment
@@ -72,10 +74,13 @@ def run_family(loaded: LoadedRecipe, options: RunOptions) -> FamilyRunResult:
 
     check_output_folders(options.out_dir, options.cache_dir)
     inputs.destination.check_writable()  # before building, not after
-    reference = _reference(inputs, options)
-    remove_stale_lock(loaded, options.out_dir)
-    built: dict[str, dict[str, BuiltPart]] = {}
-    outcomes = [_run_variant(name, inputs, reference, options, built) for name in inputs.variants]
+    needs = Needs.of(inputs.recipe)
+    current().check(needs, _places(inputs, options))  # a cluster: every node reaches the parts and data, a node fits a unit
+    with declaring(needs):  # what each part's build declares to a cluster scheduler, as a one-model run's units do
+        reference = _reference(inputs, options)
+        remove_stale_lock(loaded, options.out_dir)
+        built: dict[str, dict[str, BuiltPart]] = {}
+        outcomes = [_run_variant(name, inputs, reference, options, built) for name in inputs.variants]
 
     promotion = inputs.recipe.promotion
     to_release, policy_met = select_for_release(promotion, outcomes)
@@ -92,6 +97,15 @@ def run_family(loaded: LoadedRecipe, options: RunOptions) -> FamilyRunResult:
     family = inputs.family
     summary = summary_markdown(inputs.recipe.name, outcomes, family.size_bytes, release, verdict, source="FP32 family")
     return FamilyRunResult(exit_code, verdict, outcomes, results, summary, release)
+
+
+def _places(inputs: FamilyInputs, options: RunOptions) -> dict[str, Path]:
+    """What the builds read and write, by the field that names it: every worker must see these as the driver does."""
+    places = {"--out": options.out_dir, "--cache": options.cache_dir, "family.folder": inputs.family.folder}
+    for source in (inputs.calibration, inputs.evaluation):
+        if source is not None:
+            places[f"{source.field}.source"] = Path(source.where)
+    return places
 
 
 def _reference(inputs: FamilyInputs, options: RunOptions) -> Reference:
