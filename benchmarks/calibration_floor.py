@@ -10,8 +10,10 @@ The model is the recipe's static_int8 variant's prepared model, the samples its 
 * floor: FP32 inference, onnxruntime's default (all optimisations): what the issue's ratio divides by;
 * floor-unopt: the same with optimisations off, as every calibration session runs (onnxruntime's own
   calibrators too: optimisations would fuse observed tensors away or change their last bits);
-* each method through `collect_ranges`, and for histogram methods also with `--legacy` binning
-  (np.histogram, before `quant/calibration/fixed_histogram.py`), whose ranges must be identical.
+* each method through `collect_ranges`, and for histogram methods also with the binnings `--compare`
+  names (default `legacy`: np.histogram, one tensor after the other, as before
+  `quant/calibration/fixed_histogram.py` and the parallel binning; `serial`: the new binning on one
+  thread), whose ranges must be identical.
 
 Ratios are medians over the rounds of (method time / floor time of the same round), so a load
 change between rounds hits both. The machine is shared: quote ratios, not seconds.
@@ -80,13 +82,22 @@ def inference(model: Path, optimised: bool) -> Callable[[list[dict[str, np.ndarr
     return run
 
 
-def calibration(model: Path, method: str, variant: Any, legacy: bool) -> Callable[[list[dict[str, np.ndarray]]], dict]:
+BINNINGS = {
+    "": "as it is: FixedRangeHistogram, the tensors of a run binned in parallel",
+    "serial": "FixedRangeHistogram, one tensor after the other",
+    "legacy": "np.histogram, one tensor after the other (before; the old path)",
+}
+
+
+def calibration(model: Path, method: str, variant: Any, binning: str = "") -> Callable[[list[dict[str, np.ndarray]]], dict]:
     from quant.calibration import streaming
     from quant.calibration.streaming import collect_ranges, quantize_static_default_op_types, ranges_to_json
 
     def run(feeds: list[dict[str, np.ndarray]]) -> dict:
-        current = streaming._Histogram.add
-        if legacy:
+        add, threads = streaming._Histogram.add, streaming._binning_threads
+        if binning in ("serial", "legacy"):
+            streaming._binning_threads = lambda _: 1
+        if binning == "legacy":
             streaming._Histogram.add = legacy_add  # type: ignore[method-assign]
         try:
             with tempfile.TemporaryDirectory(prefix="quant-calib-floor-") as work:
@@ -95,7 +106,7 @@ def calibration(model: Path, method: str, variant: Any, legacy: bool) -> Callabl
                     op_types_to_calibrate=variant.op_types or quantize_static_default_op_types(),
                 )  # fmt: skip
         finally:
-            streaming._Histogram.add = current  # type: ignore[method-assign]
+            streaming._Histogram.add, streaming._binning_threads = add, threads  # type: ignore[method-assign]
         return ranges_to_json(ranges)
 
     return run
@@ -117,7 +128,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=None, help="the first N calibration samples (default: all the variant uses)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--methods", default="minmax,percentile,entropy")
-    parser.add_argument("--no-legacy", action="store_true", help="skip the np.histogram binning runs")
+    parser.add_argument(
+        "--compare", default="legacy", help="histogram methods: also run with these binnings, comma-separated: "
+        + "; ".join(f"{k}: {v}" for k, v in BINNINGS.items() if k) + " ('' for none)",
+    )  # fmt: skip
     parser.add_argument("--profile", default=None, help="also print cProfile's top lines of one run of this method")
     args = parser.parse_args()
     import onnxruntime as ort
@@ -128,10 +142,14 @@ def main() -> None:
         runs: dict[str, Callable[[list[dict[str, np.ndarray]]], Any]] = {
             "floor": inference(model, True), "floor-unopt": inference(model, False)
         }  # fmt: skip
+        compared = [b for b in args.compare.split(",") if b]
+        unknown = set(compared) - set(BINNINGS)
+        if unknown:
+            parser.error(f"--compare: unknown {sorted(unknown)}; choose from {sorted(k for k in BINNINGS if k)}")
         for method in methods:
-            runs[method] = calibration(model, method, variant, legacy=False)
-            if method != "minmax" and not args.no_legacy:
-                runs[f"{method} (legacy np.histogram)"] = calibration(model, method, variant, legacy=True)
+            runs[method] = calibration(model, method, variant)
+            for binning in compared if method != "minmax" else []:
+                runs[f"{method} ({binning})"] = calibration(model, method, variant, binning)
         print(f"{args.recipe.name}: {len(feeds)} samples, model {model.name}, onnxruntime {ort.__version__}, "
               f"{os.cpu_count()} CPUs, 1-minute load {os.getloadavg()[0]:.1f} at the start")  # fmt: skip
         runs["floor"](feeds[:1])  # warm-up (the calibrations make new sessions each run, as in a build)
@@ -153,10 +171,9 @@ def main() -> None:
             each = " ".join(f"{r:.2f}" for r in ratios[name])
             print(f"{name:34} {statistics.median(seconds[name]):9.1f} {statistics.median(ratios[name]):27.2f}   {each}")
         for method in methods:
-            legacy = results.get(f"{method} (legacy np.histogram)")
-            if legacy is not None:
-                same = json.dumps(legacy, sort_keys=True) == json.dumps(results[method], sort_keys=True)
-                print(f"{method}: ranges identical to the legacy binning's: {same}")
+            for binning in compared if method != "minmax" else []:
+                same = json.dumps(results[f"{method} ({binning})"], sort_keys=True) == json.dumps(results[method], sort_keys=True)
+                print(f"{method}: ranges identical with {binning} binning ({BINNINGS[binning]}): {same}")
         print(f"1-minute load at the end {os.getloadavg()[0]:.1f} (a loaded machine: quote the ratios, not the seconds)")
         if args.profile:
             print(f"\ncProfile, one {args.profile} run:\n" + profile(runs[args.profile], feeds))

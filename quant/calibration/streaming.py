@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -449,6 +451,10 @@ def _consumed_names(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def _binning_threads(threads: int | None) -> int:
+    return threads or os.cpu_count() or 1
+
+
 def _histogram_pass(
     observed: _Observed,
     names: list[str],
@@ -469,16 +475,20 @@ def _histogram_pass(
         _chunk_model(observed, names, path)
         session = _session(path, providers, threads)
     seen = 0
-    for batch in batches:
-        seen += 1
-        if session is not None:
-            outputs = session.run(names, batch)
-            for name, value in zip(names, outputs, strict=True):
-                histograms[name].add(value)
-            del outputs
-            counter.tick()
-        for name in feed_names:  # graph inputs: no need to round-trip them through ORT
-            histograms[name].add(np.asarray(batch[name]))
+    # Binning is numpy work on one core per tensor (it releases the GIL for most of it): the tensors of a
+    # run are binned in parallel on the calibration's cores. Each tensor has its own counts, so the sums
+    # do not depend on the order.
+    with ThreadPoolExecutor(max_workers=_binning_threads(threads)) as pool:
+        for batch in batches:
+            seen += 1
+            if session is not None:
+                outputs = session.run(names, batch)
+                pairs = sorted(zip(names, outputs, strict=True), key=lambda pair: -pair[1].size)  # largest first: even loads
+                list(pool.map(lambda pair: histograms[pair[0]].add(pair[1]), pairs))
+                del outputs, pairs
+                counter.tick()
+            for name in feed_names:  # graph inputs: no need to round-trip them through ORT
+                histograms[name].add(np.asarray(batch[name]))
     if seen != expected_batches:  # the global ranges would not cover this data
         raise ValueError(f"batches yielded {expected_batches} feeds on the first pass but {seen} on pass {pass_index}")
     del session
