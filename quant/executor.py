@@ -45,17 +45,20 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from quant.cores import inference_threads, share_cores
+from quant.cores import inference_threads, local_shard_samples, share_cores
 from quant.errors import WRITE_ERRNOS, BuildError, OutputError, QuantError
 from quant.machine import CpuFacts, cpu_facts
 from quant.stages import unit_ran
 
 if TYPE_CHECKING:  # the methods (and onnxruntime.quantization) are imported by the build units alone: a unit's process starts light
+    from quant.compare import OutputComparison
     from quant.methods.base import BuildContext, BuildResult
     from quant.needs import Needs
+    from quant.shards import Evaluation
 
 T = TypeVar("T")
 Stats = dict[str, float]  # {"seconds": wall time of the unit, "peak_rss_mb": its process's peak memory, "started": epoch seconds}
@@ -205,10 +208,26 @@ class LocalExecutor:
                 self._state.notify_all()
 
     def call(self, unit: Callable[..., T], *args: Any, fresh: bool = True) -> tuple[T, Stats]:
+        if not fresh and self.jobs > 1:
+            from quant.shards import as_evaluation  # imports onnxruntime: not at a unit process's start
+
+            evaluation = as_evaluation(unit, args)
+            if evaluation is not None and len(evaluation.source) > local_shard_samples(len(evaluation.source), self.jobs):
+                return self._in_shards(evaluation)  # type: ignore[return-value]  (unit is evaluate_variant)
         with self.slot():
             if fresh:
                 return in_fresh_process(unit, *args, initializer=share_cores if self.jobs > 1 else None)
             return in_this_process(unit, *args)
+
+    def _in_shards(self, evaluation: Evaluation) -> tuple[dict[str, OutputComparison], Stats]:
+        """An evaluation as shards, each a unit of its own (quant.shards): the jobs share it, a benchmark waits for one shard."""
+        from quant.shards import evaluate_window, merged, windows
+
+        started, clock = time.time(), time.perf_counter()
+        bounds = windows(len(evaluation.source), local_shard_samples(len(evaluation.source), self.jobs))
+        shards = self.each([partial(self.call, evaluate_window, evaluation, start, stop, fresh=False) for start, stop in bounds])
+        whole = merged([comparisons for comparisons, _ in shards])
+        return whole, {"seconds": round(time.perf_counter() - clock, 3), "peak_rss_mb": round(_peak_rss_mb(), 1), "started": started}
 
     def inference_threads(self, wanted: int) -> int:
         """Each of the jobs gets its share of the cores (the outputs are the same: quant.cores)."""

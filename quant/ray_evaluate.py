@@ -12,31 +12,16 @@ from __future__ import annotations
 
 import logging
 import pickle
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from quant.compare import OutputComparison
-from quant.data.sources import SampleSource
 from quant.errors import BuildError, QuantError
-from quant.evaluate import Reference, compare_samples, variant_session
-from quant.model import Dims
-from quant.recipe.schema import OutputSpec
+from quant.evaluate import compare_samples, variant_session
+from quant.shards import Evaluation, merged, windows
 
 MB = 1024 * 1024
-
-
-class Evaluation(NamedTuple):
-    """quant.evaluate.evaluate_variant's arguments, in its order: the unit this module runs in shards."""
-
-    variant_path: Path
-    reference: Reference
-    source: SampleSource
-    model_inputs: dict[str, Dims]
-    output_specs: dict[str, OutputSpec]
-    charsets: dict[str, list[str]]
-    threads: int
 
 
 class ShardEvaluator:
@@ -72,8 +57,7 @@ def evaluate_in_shards(evaluation: Evaluation, *, shard_samples: int, memory_mb:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    count = len(evaluation.source)
-    shards = [{"start": start, "stop": min(start + shard_samples, count)} for start in range(0, count, shard_samples)]
+    shards = [{"start": start, "stop": stop} for start, stop in windows(len(evaluation.source), shard_samples)]
     evaluated = ray.data.from_items(shards, override_num_blocks=len(shards)).map_batches(
         ShardEvaluator,
         batch_size=1,
@@ -87,8 +71,4 @@ def evaluate_in_shards(evaluation: Evaluation, *, shard_samples: int, memory_mb:
         rows: list[dict[str, Any]] = sorted(evaluated.take_all(), key=lambda row: int(row["start"]))
     except Exception as error:
         raise _quant_error_in(error) or BuildError(f"the evaluation in shards failed: {str(error).strip().splitlines()[0][:300]}") from None
-    merged: dict[str, OutputComparison] = pickle.loads(rows[0]["comparisons"])
-    for row in rows[1:]:
-        for name, comparison in pickle.loads(row["comparisons"]).items():
-            merged[name].extend(comparison)
-    return merged
+    return merged([pickle.loads(row["comparisons"]) for row in rows])

@@ -36,11 +36,11 @@ from typing import Any, TypeVar
 from quant import __version__
 from quant.compare import OutputComparison
 from quant.errors import BuildError, InputError
-from quant.evaluate import evaluate_variant
 from quant.executor import LocalExecutor, ProcessLost, Stats, in_fresh_process
 from quant.machine import CpuFacts, cpu_facts
 from quant.needs import Needs, declared
-from quant.ray_evaluate import Evaluation, evaluate_in_shards
+from quant.ray_evaluate import evaluate_in_shards
+from quant.shards import Evaluation, as_evaluation
 from quant.stages import unit_ran
 
 T = TypeVar("T")
@@ -165,12 +165,9 @@ class RayExecutor(LocalExecutor):
         return self._targets[key]
 
     def _shardable(self, unit: Callable[..., Any], args: tuple[Any, ...]) -> bool:
-        """An evaluation of a large stateless split (evaluate_variant's arguments, no teacher forcing): samples are
-        independent, so shards compared apart and merged in order are the whole comparison."""
-        if unit is not evaluate_variant or len(args) != len(Evaluation._fields):
-            return False
-        evaluation = Evaluation(*args)
-        return not evaluation.reference.state and len(evaluation.source) > self.shard_samples
+        """An evaluation of a large stateless split (quant.shards): shards compared apart and merged in order are the whole comparison."""
+        evaluation = as_evaluation(unit, args)
+        return evaluation is not None and len(evaluation.source) > self.shard_samples
 
     def _in_shards(self, needs: Needs, *args: Any) -> tuple[dict[str, OutputComparison], Stats]:
         """evaluate_variant through Ray Data: shards of the split on a pool of actors, one session each."""
