@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import json
 import os
 import time
@@ -10,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+import onnxruntime
 import pytest
 import yaml
 from PIL import Image
 
+from quant.calibration import ranges as ranges_module
 from quant.calibration.ranges import CalibrationRanges, cache_key, calibration_ranges
 from quant.calibration.streaming import collect_ranges, quantize_static_default_op_types
 from quant.data.feeds import checked_feeds
@@ -75,6 +79,9 @@ def test_cache_is_reused_and_invalidated_by_data_model_and_settings(calibration_
     second = _ranges(model, images, cache)
     assert second.cache_hit and second.cache_file == first.cache_file
     assert 0 < first.seconds <= took and second.describe()["seconds"] == 0.0  # the time calibrating took; a reused entry costs none
+    assert first.describe()["seconds"] == round(first.seconds, 3)  # in results.json to the millisecond, as every time there
+    with pytest.raises(dataclasses.FrozenInstanceError):  # the record of an entry on disk is not rewritten after the fact
+        second.cache_hit = False  # type: ignore[misc]
     Image.new("RGB", (30, 12), (9, 9, 9)).save(images / "img_002.png")  # one image changes
     changed_data = _ranges(model, images, cache)
     assert not changed_data.cache_hit and changed_data.key != first.key
@@ -90,6 +97,64 @@ def test_the_percentile_setting_keys_only_the_percentile_method(method: str) -> 
     """Only `calibrate: percentile` reads it: changing it must not throw away the other methods' ranges."""
     key = functools.partial(cache_key, "model", "data", "feeds", op_types=None)
     assert key(method, 99.999) == key(method, 99.9) and key("percentile", 99.999) != key("percentile", 99.9)
+
+
+def test_the_thread_count_is_in_the_key_when_pinned() -> None:
+    """The last bits of the ranges can depend on onnxruntime's intra-op threads: a pinned count keys its own entry;
+    unpinned (onnxruntime's default) keeps the key entries had before the count was pinned."""
+    key = functools.partial(cache_key, "model", "data", "feeds", "minmax", 99.999, None)
+    assert len({key(None), key(1), key(2)}) == 3 and key(None) == key()
+
+
+def test_the_percentile_setting_keys_a_method_name_built_at_run_time() -> None:
+    """A caller's method name is a string like any other (read from a file, joined): keyed by its value, not its identity."""
+    method = "".join(["percen", "tile"])  # noqa: FLY002  (equal to "percentile", another object)
+    assert method == "percentile" and id(method) != id("percentile")
+    assert cache_key("model", "data", "feeds", method, 99.9, None) != cache_key("model", "data", "feeds", method, 99.999, None)
+
+
+def test_the_settings_must_be_named(calibration_setup: tuple[Path, Path, Path]) -> None:
+    """method, percentile, op_types ... are keyword-only: a call that passes them by position (one slip swaps two
+    settings, each a valid value) is refused before anything is calibrated or cached."""
+    model, images, cache = calibration_setup
+    with pytest.raises(TypeError, match="positional"):
+        calibration_ranges(model, file_sha256(model), _source(images), INPUTS, "minmax", 99.999, None, cache, print)  # type: ignore[misc]
+    assert not cache.exists()
+
+
+def _format_1_key(model: str, data: str, settings: dict[str, Any]) -> str:
+    """Format 1, written out independently of the code: the first 32 hex digits (128 bits) of SHA-256 over
+    `model|data|settings`, the settings a JSON object with sorted keys, holding the format number and onnxruntime's version."""
+    text = json.dumps({"format": 1, "onnxruntime": onnxruntime.__version__, **settings}, sort_keys=True)
+    return hashlib.sha256(f"{model}|{data}|{text}".encode()).hexdigest()[:32]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "settings"),
+    [
+        (("minmax", 99.999, None, None), {"feeds": "f", "method": "minmax", "percentile": None, "op_types": None}),
+        (
+            ("percentile", 99.9, ["MatMul", "Conv"], 2),
+            {"feeds": "f", "method": "percentile", "percentile": 99.9, "op_types": ["Conv", "MatMul"], "threads": 2},
+        ),
+    ],
+)
+def test_an_entry_is_found_by_its_format_1_key(arguments: tuple[Any, ...], settings: dict[str, Any]) -> None:
+    """Cache entries outlive the run (and the quant) that wrote them: an entry written by format 1 is found as long
+    as the format is 1, and its key keeps 128 bits (a shorter one raises the risk of two inputs sharing an entry).
+    Changing how the key is made means a new CACHE_FORMAT, and this test written out again for it."""
+    method, percentile, op_types, threads = arguments
+    assert ranges_module.CACHE_FORMAT == 1
+    assert cache_key("m", "d", "f", method, percentile, op_types, threads) == _format_1_key("m", "d", settings)
+
+
+def test_an_entry_of_another_format_is_not_reused(calibration_setup: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new CACHE_FORMAT (what the entries mean changed) must not read the entries the old format wrote."""
+    model, images, cache = calibration_setup
+    old = _ranges(model, images, cache)
+    monkeypatch.setattr(ranges_module, "CACHE_FORMAT", ranges_module.CACHE_FORMAT + 1)
+    new = _ranges(model, images, cache)
+    assert not new.cache_hit and new.key != old.key and old.cache_file.is_file()
 
 
 # Each change of pre-processing gives the model other tensors, so other ranges: a cached entry must not be reused.
