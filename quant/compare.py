@@ -17,9 +17,11 @@ MAX_MISMATCHES = 10  # examples kept for the report
 
 
 def binary_iou(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> float:
+    """IoU of the two maps binarised at `threshold`; a NaN pixel of the candidate is wrong whatever FP32 says there
+    (in the union, never in the intersection)."""
     ref = reference > threshold
-    cand = np.nan_to_num(candidate, nan=0.0) > threshold
-    union = np.count_nonzero(ref | cand)
+    cand = candidate > threshold  # NaN compares False: never in the intersection
+    union = np.count_nonzero(ref | cand | np.isnan(candidate))
     return 1.0 if union == 0 else float(np.count_nonzero(ref & cand) / union)
 
 

@@ -97,6 +97,13 @@ def test_headline_order_and_the_report_axis() -> None:
     assert accuracy_axis(["snr_db"]) is None
 
 
+def test_the_headline_ranks_are_places_1_to_n() -> None:
+    """A rank is the metric's place in the headline: no tie (the order would then hang on where an entry sits in the
+    catalogue) and no gap."""
+    ranks = sorted(m.headline for m in CATALOGUE.values() if m.headline is not None)
+    assert ranks == list(range(1, len(HEADLINE_METRICS) + 1))
+
+
 def test_an_unknown_metric_is_refused_by_the_gate_schema() -> None:
     with pytest.raises(ValueError, match="unknown metric"):
         Gate(metric="label_cer_reference", max=1.0)  # reported beside label_cer, not a gate of its own

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from quant.compare import OutputComparison
+from quant.compare import OutputComparison, binary_iou
 from quant.gates import regression
 from quant.metrics.catalogue import CATALOGUE, worst
 from quant.metrics.ctc import confidence_margins, greedy_decode
@@ -60,6 +60,18 @@ def test_a_probability_map_of_another_shape_has_no_overlap() -> None:
     summary = comparison.summary()
     assert summary["map_iou_min"] == 0.0 and summary["map_iou"] == pytest.approx(0.5)
     assert comparison.distributions()["map_iou"] == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("threshold", [0.3, -0.5])
+@pytest.mark.parametrize("where_fp32_says", ["foreground", "background"])
+def test_a_nan_pixel_of_a_probability_map_never_agrees_with_fp32(where_fp32_says: str, threshold: float) -> None:
+    """A NaN is no answer: it lowers the IoU whether FP32 has foreground or background there, whatever the threshold."""
+    reference = np.where(np.arange(16).reshape(1, 1, 4, 4) < 8, 0.9, -0.9).astype(np.float32)  # top half foreground
+    candidate = reference.copy()
+    candidate.flat[0 if where_fp32_says == "foreground" else 15] = np.nan
+    assert binary_iou(reference, reference.copy(), threshold) == 1.0
+    # 8 foreground pixels: a NaN on one leaves 7 of 8 agreeing; a NaN on background adds a 9th pixel to the union.
+    assert binary_iou(reference, candidate, threshold) == pytest.approx(7 / 8 if where_fp32_says == "foreground" else 8 / 9)
 
 
 @pytest.mark.parametrize(("reference_shape", "candidate_shape"), [((2, 3), (2, 1)), ((2, 1), (2, 3)), ((6,), (2, 3))])

@@ -20,8 +20,6 @@ def greedy_decode(probabilities: np.ndarray, axis: int = -1, blank: int = 0) -> 
 
 def edit_distance(first: tuple[int, ...] | str, second: tuple[int, ...] | str) -> int:
     """Levenshtein distance (insertions, deletions, substitutions all cost 1)."""
-    if len(first) < len(second):
-        first, second = second, first
     previous = list(range(len(second) + 1))
     for i, a in enumerate(first, start=1):
         current = [i]
