@@ -7,9 +7,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from quant.bench import LatencyResult
+from quant.executor import current
 from quant.gates import effective_gates, judge_all, overall_verdict
 from quant.intervals import Interval
 from quant.metrics.samples import Estimate
@@ -19,7 +21,7 @@ from quant.seq2seq.checks import FamilyInputs
 from quant.seq2seq.compare import GenerationComparison, compare_generation
 from quant.seq2seq.family import open_sessions
 from quant.seq2seq.generate import Family, Feeds, Generation
-from quant.seq2seq.latency import FamilyLatency, family_latency
+from quant.seq2seq.latency import FamilyLatency, family_latency_of
 
 Log = Callable[[str], None]
 TEXT = ""  # a family's metrics are variant-wide: they sit under the '' output, as size and latency do
@@ -68,12 +70,15 @@ def judge_family(name: str, paths: dict[str, Path], inputs: FamilyInputs, refere
     gates = effective_gates(recipe.gates, recipe.variants[name].gates)
     bench = recipe.bench
     timed = reference.feeds[: bench.samples]
-    latency = family_latency(
-        reference.sessions, variant, timed, family.generation, rounds=bench.rounds, warmup=max(bench.warmup, 1),
+    benchmark = partial(
+        family_latency_of, rounds=bench.rounds, warmup=max(bench.warmup, 1),
         image_bounds=_bounds(gates, "image_latency_ratio"),
         token_bounds=[*_bounds(gates, "token_latency_ratio"), *_bounds(gates, "latency_ratio")],
         max_rounds=bench.max_rounds or 4 * bench.rounds, max_seconds=bench.max_seconds,
     )  # fmt: skip
+    fp32_paths = {role: info.path for role, info in family.parts.items()}
+    # With nothing else running (--jobs: beside another recipe's units, a ratio is worthless; Ray: on the bench node).
+    latency = current().alone(benchmark, fp32_paths, paths, threads, timed, family.generation)
     outcome.size_bytes = sum(p.stat().st_size for p in paths.values())
     outcome.size_ratio = outcome.size_bytes / family.size_bytes
     outcome.latency = as_latency_result(latency, threads)
@@ -94,4 +99,3 @@ def judge_family(name: str, paths: dict[str, Path], inputs: FamilyInputs, refere
         f"same text {metrics.get('seq_exact_match', math.nan):.3f})"
     )
     return outcome
-

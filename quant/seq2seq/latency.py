@@ -15,9 +15,12 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from quant.bench import Bounds, MachineLoad, measure_rounds
 from quant.intervals import Interval
+from quant.seq2seq.family import open_sessions
 from quant.seq2seq.generate import Family, Feeds, GenerationConfig, generate
 
 
@@ -57,6 +60,14 @@ def _generate_all(family: Family, images: Sequence[Feeds], config: GenerationCon
     started = time.perf_counter()
     steps = sum(len(generate(family, feeds, config).step_logits) for feeds in images)
     return time.perf_counter() - started, steps
+
+
+def family_latency_of(
+    reference_paths: dict[str, Path], variant_paths: dict[str, Path], threads: int, images: Sequence[Feeds], config: GenerationConfig, **settings: Any
+) -> FamilyLatency:
+    """family_latency as a benchmark unit (`Executor.alone`: nothing else running, on the bench node with Ray): both
+    families' sessions are opened where it runs, from their part files (by role)."""
+    return family_latency(open_sessions(reference_paths, threads), open_sessions(variant_paths, threads), images, config, **settings)
 
 
 def _scaled(interval: Interval, factor: float) -> Interval:
