@@ -120,14 +120,15 @@ def _ranking(
     return ranking, [sample_id for sample_id, _ in samples], stats["seconds"]
 
 
-_STATUS_RANK = {"passed": -1, "inconclusive": 0, "failed": 1, "error": 2, "nothing_quantized": 3}
+# Best first: only the order matters (a status's rank is its place here).
+_STATUS_ORDER = ("passed", "inconclusive", "failed", "error", "nothing_quantized")
 
 
 def _score(trial: VariantOutcome, nodes_in_float: int, objective: str | None) -> tuple[float, ...]:
     """Smaller is better: passed first, then fewest failed gates, then the objective metric, then fewest nodes in float."""
     value = _objective_value(trial, objective)
     return (
-        _STATUS_RANK[trial.status],
+        _STATUS_ORDER.index(trial.status),
         len(trial.failed_gates),
         badness(objective, value) if objective and value is not None else 0.0,
         nodes_in_float,
