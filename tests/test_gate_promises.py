@@ -4,6 +4,7 @@ direction, and holds when it got better."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -135,6 +136,14 @@ def test_a_gate_describes_itself_as_the_verbose_log_and_junit_show_it() -> None:
     )
     missing = judge(Gate(metric="size_ratio", max=0.5), {}, {}, SPECS)
     assert missing.describe().startswith("size_ratio = n/a (needs <= 0.5): metric not available")
+
+
+def test_a_judged_gate_cannot_be_changed_afterwards() -> None:
+    """The verdict the gate gave is the one every reader sees (log, summary, JUnit, exit code): nothing can flip it later."""
+    result = judge(Gate(metric="cosine", min=0.99), {"out": {"cosine": 0.95}}, {}, SPECS)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.passed = True  # type: ignore[misc]
+    assert result.verdict == "failed"
 
 
 def test_non_finite_observations_stay_standard_json() -> None:

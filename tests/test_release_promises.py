@@ -4,6 +4,7 @@ the release is staged beside the target and renamed, so a failure at any point l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ from quant.errors import OutputError
 from quant.files import check_can_create, copy_model
 from quant.outcome import VariantOutcome
 from quant.recipe.schema import Promotion
-from quant.release.folder import STAGING_PREFIX, existing_versions, next_version, promote, remove_stale_staging
+from quant.release.folder import STAGING_PREFIX, ReleaseFolder, existing_versions, next_version, promote, remove_stale_staging
 from quant.release.policy import ranked, select_for_release, worst_exit_code
 from quant.release.previous import PreviousRelease, changes_since_release
 from quant.testpoint import InjectedFailure
@@ -231,3 +232,11 @@ def test_a_release_root_under_a_file_is_found_before_anything_is_built(tmp_path:
 @pytest.mark.parametrize(("codes", "worst"), [([0, 4], 4), ([4, 0], 4), ([4, 1], 1), ([1, 4], 1), ([0, 1, 0], 1), ([0, 0], 0), ([], 0)])
 def test_across_recipes_a_failed_gate_outweighs_an_undecided_one_which_outweighs_a_pass(codes: list[int], worst: int) -> None:
     assert worst_exit_code(codes) == worst
+
+
+def test_a_release_destination_keeps_the_version_it_was_checked_with(tmp_path: Path) -> None:
+    """The version checked before anything is built is the one promoted: the destination cannot be re-pointed in between."""
+    destination = ReleaseFolder(tmp_path / "releases", "recipe", "v3")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        destination.version = "v1"  # type: ignore[misc]
+    assert destination.version == "v3"
