@@ -46,6 +46,11 @@ def local_shard_samples(count: int, jobs: int) -> int:
     return max(MIN_LOCAL_SHARD, math.ceil(count / (SHARDS_PER_JOB * jobs)))
 
 
+def windows(count: int, shard_samples: int) -> list[tuple[int, int]]:
+    """[start, stop) of each shard of `count` samples, `shard_samples` a shard (the last one shorter)."""
+    return [(start, min(start + shard_samples, count)) for start in range(0, count, shard_samples)]
+
+
 def share_cores() -> None:
     """Initializer of a unit's process under --jobs N > 1: its sessions do not spin while idle."""
     global _shared

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from quant.model import Dims, session
 from quant.recipe.schema import OutputSpec
 from quant.stateful import by_sequence, closed_loop
 from quant.testpoint import pause_point
+
+InWindows = Callable[[Callable[[int, int], None], int], None]  # (fill(start, stop), sample count): fill every window
 
 
 @dataclass(frozen=True)
@@ -52,9 +55,12 @@ def run_reference(
     threads: int,
     progress: Callable[[int], None] | None = None,
     state: dict[str, str] | None = None,
+    in_windows: InWindows | None = None,
 ) -> Reference:
     """FP32 outputs for every evaluation sample, computed once and kept on disk (bounded memory); with
-    `state`, each sequence closed-loop on FP32's own state."""
+    `state`, each sequence closed-loop on FP32's own state. `in_windows(fill, count)` (the executor's) calls
+    `fill(start, stop)` over windows covering the samples, side by side; each window writes its own samples' files
+    with a session of its own (a stateless split only: a closed loop runs whole, here)."""
     state = dict(state or {})
     folder = cache_dir / "reference" / _reference_key(model_sha256, source, inputs_signature, state)
     try:
@@ -73,20 +79,34 @@ def run_reference(
     quiet_run.log_severity_level = 4  # a failing sample is reported once, as a DataError, not also in onnxruntime's log
     scratch.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    counted, count_lock = [0], threading.Lock()
 
-    def run(sample: Sample, feeds: Feeds) -> dict[str, np.ndarray]:
-        try:
-            return dict(zip(names, fp32.run(names, feeds, quiet_run)))
-        except Exception as error:  # fits the declared dims, but the graph cannot run it (e.g. a Reshape)
-            detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-            raise DataError(f"the FP32 model fails on sample '{sample.id}': {detail}", file=source.where, field=f"{source.field}.source") from None
+    def fill(start: int, stop: int) -> None:
+        whole = (start, stop) == (0, len(source))
+        own = fp32 if whole else session(model_path, threads=threads)  # a window: its own session
 
-    for index, sample, outputs in closed_loop(checked_feeds(source, model_inputs), state, run):
-        np.savez(scratch / f"{index:06d}.npz", **{f"o{i}": outputs[name] for i, name in enumerate(names)})
-        if progress:
-            progress(index + 1)
-        if index == 0:
-            pause_point("reference")
+        def run(sample: Sample, feeds: Feeds) -> dict[str, np.ndarray]:
+            try:
+                return dict(zip(names, own.run(names, feeds, quiet_run)))
+            except Exception as error:  # fits the declared dims, but the graph cannot run it (e.g. a Reshape)
+                detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+                raise DataError(
+                    f"the FP32 model fails on sample '{sample.id}': {detail}", file=source.where, field=f"{source.field}.source"
+                ) from None
+
+        for index, sample, outputs in closed_loop(checked_feeds(source if whole else source.window(start, stop), model_inputs), state, run):
+            np.savez(scratch / f"{start + index:06d}.npz", **{f"o{i}": outputs[name] for i, name in enumerate(names)})
+            with count_lock:
+                counted[0] += 1
+                if progress:
+                    progress(counted[0])
+            if start + index == 0:
+                pause_point("reference")
+
+    if in_windows is None or state:
+        fill(0, len(source))
+    else:
+        in_windows(fill, len(source))
     (scratch / "complete").write_text(source.fingerprint)
     if folder.exists():  # another run finished first; theirs is as good as ours
         shutil.rmtree(scratch, ignore_errors=True)

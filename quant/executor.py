@@ -49,7 +49,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from quant.cores import inference_threads, local_shard_samples, share_cores
+from quant.cores import inference_threads, local_shard_samples, share_cores, windows
 from quant.errors import WRITE_ERRNOS, BuildError, OutputError, QuantError
 from quant.machine import CpuFacts, cpu_facts
 from quant.stages import unit_ran
@@ -142,6 +142,11 @@ class Executor(Protocol):
 
     def slot(self) -> contextlib.AbstractContextManager[None]: ...
 
+    def in_windows(self, fill: Callable[[int, int], None], count: int) -> None:
+        """Work the calling thread does itself over `count` independent samples (the FP32 reference): `fill(start, stop)`
+        for windows covering them, each counted as one running unit."""
+        ...
+
     def inference_threads(self, wanted: int) -> int:
         """onnxruntime threads for an inference unit (FP32 reference, evaluation) of a recipe whose bench.threads is `wanted`."""
         ...
@@ -170,6 +175,9 @@ class SerialExecutor:
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
         yield
+
+    def in_windows(self, fill: Callable[[int, int], None], count: int) -> None:
+        fill(0, count)
 
     def inference_threads(self, wanted: int) -> int:
         return wanted
@@ -221,13 +229,26 @@ class LocalExecutor:
 
     def _in_shards(self, evaluation: Evaluation) -> tuple[dict[str, OutputComparison], Stats]:
         """An evaluation as shards, each a unit of its own (quant.shards): the jobs share it, a benchmark waits for one shard."""
-        from quant.shards import evaluate_window, merged, windows
+        from quant.shards import evaluate_window, merged
 
         started, clock = time.time(), time.perf_counter()
         bounds = windows(len(evaluation.source), local_shard_samples(len(evaluation.source), self.jobs))
         shards = self.each([partial(self.call, evaluate_window, evaluation, start, stop, fresh=False) for start, stop in bounds])
         whole = merged([comparisons for comparisons, _ in shards])
         return whole, {"seconds": round(time.perf_counter() - clock, 3), "peak_rss_mb": round(_peak_rss_mb(), 1), "started": started}
+
+    def in_windows(self, fill: Callable[[int, int], None], count: int) -> None:
+        """Shards of a few per job (quant.cores.local_shard_samples), side by side, each holding a slot; one job: one window."""
+        if self.jobs == 1:
+            with self.slot():
+                fill(0, count)
+            return
+
+        def window(start: int, stop: int) -> None:
+            with self.slot():
+                fill(start, stop)
+
+        self.each([partial(window, start, stop) for start, stop in windows(count, local_shard_samples(count, self.jobs))])
 
     def inference_threads(self, wanted: int) -> int:
         """Each of the jobs gets its share of the cores (the outputs are the same: quant.cores)."""

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from quant.compare import OutputComparison
+from quant.cores import windows
 from quant.errors import BuildError, QuantError
 from quant.evaluate import compare_samples, variant_session
-from quant.shards import Evaluation, merged, windows
+from quant.shards import Evaluation, merged
 
 MB = 1024 * 1024
 

@@ -128,11 +128,12 @@ def _splits(inputs: RunInputs, options: RunOptions) -> tuple[Split, Split | None
 def _split(name: SplitName, source: SampleSource, inputs: RunInputs, options: RunOptions) -> Split:
     """A split with FP32's outputs on it (computed once, cached on disk)."""
     executor = current()
-    with timed("reference", split=name), executor.slot(), Progress(f"FP32 reference ({name})", len(source), options.quiet) as bar:
+    with timed("reference", split=name), Progress(f"FP32 reference ({name})", len(source), options.quiet) as bar:
         reference = run_reference(
             inputs.model.path, inputs.model.sha256, source, inputs.model.inputs,
             inputs_signature(inputs.recipe.inputs),
             options.cache_dir, executor.inference_threads(inputs.recipe.bench.threads), progress=bar.update, state=inputs.recipe.state,
+            in_windows=executor.in_windows,  # each window counted as a unit of the executor (shards under --jobs)
         )  # fmt: skip
     return Split(name, source, reference)
 

@@ -39,11 +39,6 @@ def as_evaluation(unit: Callable[..., Any], args: tuple[Any, ...]) -> Evaluation
     return None if evaluation.reference.state else evaluation
 
 
-def windows(count: int, shard_samples: int) -> list[tuple[int, int]]:
-    """[start, stop) of each shard of `count` samples, `shard_samples` a shard (the last one shorter)."""
-    return [(start, min(start + shard_samples, count)) for start in range(0, count, shard_samples)]
-
-
 def evaluate_window(evaluation: Evaluation, start: int, stop: int) -> dict[str, OutputComparison]:
     """A unit: the comparison of samples start..stop-1, with a session of its own."""
     candidate = variant_session(evaluation.variant_path, evaluation.threads)

@@ -72,6 +72,24 @@ def test_units_beside_other_units_share_the_cores_and_a_serial_unit_does_not() -
     assert LocalExecutor(2).inference_threads(4) == max(1, min(4, cores() // 2)) and SerialExecutor().inference_threads(4) == 4
 
 
+def test_two_jobs_fill_windows_of_samples_side_by_side_and_one_job_fills_them_whole(tmp_path: Path) -> None:
+    """The FP32 reference's windows (in_windows): 10 samples under 2 jobs are two windows, filled at the same time."""
+    filled: list[tuple[int, int]] = []
+
+    def fill(start: int, stop: int) -> None:
+        filled.append((start, stop))
+        if (start, stop) != (0, 10):
+            mine, theirs = (tmp_path / f"w{start}", tmp_path / f"w{8 - start}")
+            _wait_for_each_other(mine, theirs, 60.0)
+
+    LocalExecutor(2).in_windows(fill, 10)
+    assert sorted(filled) == [(0, 8), (8, 10)]
+    filled.clear()
+    SerialExecutor().in_windows(fill, 10)
+    LocalExecutor(1).in_windows(fill, 10)
+    assert filled == [(0, 10), (0, 10)]
+
+
 def test_one_job_runs_units_one_after_another(tmp_path: Path) -> None:
     with pytest.raises(TimeoutError):
         SerialExecutor().call(_wait_for_each_other, tmp_path / "a", tmp_path / "b", 1.0)
