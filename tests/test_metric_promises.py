@@ -12,7 +12,7 @@ from quant.compare import OutputComparison, binary_iou
 from quant.gates import regression
 from quant.metrics.catalogue import CATALOGUE, worst
 from quant.metrics.ctc import confidence_margins, greedy_decode
-from quant.metrics.numeric import SNR_CAP_DB, cosine, snr_db
+from quant.metrics.numeric import SNR_CAP_DB, cosine, snr_db, top1_agreement
 from quant.recipe.schema import OutputSpec
 
 
@@ -60,6 +60,15 @@ def test_a_probability_map_of_another_shape_has_no_overlap() -> None:
     summary = comparison.summary()
     assert summary["map_iou_min"] == 0.0 and summary["map_iou"] == pytest.approx(0.5)
     assert comparison.distributions()["map_iou"] == [1.0, 0.0]
+
+
+def test_a_nan_score_is_never_the_variants_top_class() -> None:
+    """NaN is no answer: a NaN where FP32 has its top class is a disagreement, and a NaN elsewhere does not take the top."""
+    reference = np.array([[0.1, 0.7, 0.2], [0.2, 0.1, 0.7], [0.6, 0.3, 0.1]], np.float32)
+    candidate = reference.copy()
+    candidate[0, 1] = candidate[1, 2] = np.nan  # on FP32's top class: the variant's top is another class
+    candidate[2, 2] = np.nan  # elsewhere: the variant's top is still FP32's
+    assert top1_agreement(reference, candidate, axis=-1) == (1, 3)
 
 
 @pytest.mark.parametrize("threshold", [0.3, -0.5])
