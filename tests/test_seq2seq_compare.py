@@ -50,6 +50,8 @@ def test_the_same_family_agrees_on_everything(fp32: Family, tmp_path: Path) -> N
     assert set(metrics) == set(GENERATION_METRICS)
     assert metrics["seq_exact_match"] == 1.0 and metrics["seq_cer_vs_fp32"] == 0.0 and metrics["teacher_forced_top1"] == 1.0
     assert metrics["teacher_forced_kl"] == pytest.approx(0.0, abs=1e-9)
+    perfect = {name: CATALOGUE[name].perfect for name in GENERATION_METRICS if CATALOGUE[name].perfect is not None}
+    assert perfect and {name: metrics[name] for name in perfect} == pytest.approx(perfect, abs=1e-9)  # what the catalogue calls perfect
     assert metrics["seq_label_cer_delta"] == 0.0 and metrics["seq_label_cer"] == metrics["seq_label_cer_reference"] > 0
     assert math.isinf(metrics["first_divergence_median"]) and metrics["seq_early_divergence"] == 0.0 and metrics["seq_unfinished"] == 0.0
     intervals = result.intervals()
