@@ -61,6 +61,9 @@ def test_edit_distance() -> None:
     assert edit_distance("kitten", "sitting") == 3
     assert edit_distance((1, 2, 3), (1, 2, 3)) == 0
     assert edit_distance((), (4, 5)) == 2
+    # Either order, deletions at the start and the end included (textbook values).
+    for first, second, distance in [((4, 5), (), 2), ("ab", "b", 1), ("abc", "ac", 1), ("sitting", "kitten", 3), ("flaw", "lawn", 2)]:
+        assert edit_distance(first, second) == edit_distance(second, first) == distance, (first, second)
 
 
 def test_charset_follows_paddle_layout() -> None:
