@@ -10,7 +10,8 @@ The stages, each tried only while no attempt has passed (every attempt recorded 
 3. sensitive overrides: the top nodes quantized differently per tensor (8-bit weights, another
    calibration of their inputs) instead of kept in float: INT8 speed kept;
 4. pairs: the top units alone and in pairs, so their interaction is measured, not assumed additive;
-5. units in float: 1, 2, 4, ... of the most sensitive nodes or blocks;
+5. units in float: 1, 2, 4, ... of the most sensitive nodes or blocks (with `rerank`, each step adds the nodes
+   ranked most sensitive on the previous step's model, as NNCF's accuracy control does);
 6. step back: after a pass, the least sensitive units go back to INT8 while it passes (bisected).
 
 Each attempt reuses the cached calibration ranges, so only quantization and judging are repeated.
@@ -25,6 +26,7 @@ and `rejudge(path)` judges the chosen one on the evaluation split (None when the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,8 +195,11 @@ def search_fallback(
     def attempt(options: StaticInt8Options, excluded: list[str], stage: str, changes: dict[str, Any]) -> VariantOutcome:
         options = options.model_copy(update={"exclude_nodes": list(dict.fromkeys([*variant.exclude_nodes, *excluded]))})
         result: BuildResult | None = None
+        started = time.perf_counter()
+        built_at = started
         try:
             result = build(options, setup.work_dir / f"attempt-{len(done.judged):03d}.onnx")
+            built_at = time.perf_counter()
             trial = judge(result.path)
         except BuildError as error:
             trial = VariantOutcome(name=name, method=template.method, options=template.options, status="error", error=str(error))
@@ -202,6 +207,8 @@ def search_fallback(
             trial.build = result.details
         overridden = len(options.tensor_overrides) - len(variant.tensor_overrides)
         done.records.append(_attempt_record(trial, excluded, stage, changes, overridden))
+        # What the attempt cost (wall clock: the machine's load is in the run's environment record).
+        done.records[-1]["seconds"] = {"build": round(built_at - started, 1), "judge": round(time.perf_counter() - built_at, 1)}
         done.judged.append((trial, excluded))
         done.options.append(options)
         what = ", ".join(f"{k}={v}" for k, v in changes.items()) or "recipe's setting"
@@ -295,6 +302,7 @@ def _search_stages(
     base_index = _best_without_float(done, objective)
     base, base_outcome, base_changes = done.options[base_index], done.judged[base_index][0], done.records[base_index]["changes"]
     ranking, ranked_on, seconds = _ranking(base, base_outcome, build, feeds, setup.work_dir)
+    search["ranking_seconds"] = round(seconds, 1)
     log(
         f"{first.name}: ranked {len(ranking)} quantized nodes of setting {base_changes or 'as recipe'} by added error"
         f" on {len(ranked_on)} {setup.tuning_name} samples in {seconds:.1f} s"
@@ -313,12 +321,25 @@ def _search_stages(
                 return f"passed with per-tensor overrides on the {count} most sensitive node(s) and no node in float", ranking, ranked_on
         base_index = _best_without_float(done, objective)
         base, base_changes = done.options[base_index], done.records[base_index]["changes"]
-    units = units_of(ranking, fallback.unit, fallback.block_size, graph_order(float_model))
+    order = graph_order(float_model)
+    units = units_of(ranking, fallback.unit, fallback.block_size, order)
     if fallback.pairs >= 1:
         _pairs(units[: fallback.pairs], base, base_changes, base_index, objective, attempt, done, search)
         if any(trial.passed for trial, _ in done.judged):
             return "an attempt of the pairs stage passed", ranking, ranked_on
-    conclusion = _units_in_float(units, base, base_changes, attempt, done)
+
+    def rerank(index: int) -> list[list[str]]:
+        """The nodes still quantized in attempt `index`'s model, ranked on it (the ranking samples again)."""
+        trial, in_float = done.judged[index]
+        reranked, _, seconds = _ranking(done.options[index], trial, build, feeds, setup.work_dir)
+        search.setdefault("rerankings", []).append(
+            {"attempt": index, "nodes_in_float": len(in_float), "ranked": len(reranked), "seconds": round(seconds, 1),
+             "top": [n.node for n in reranked[:8]]}
+        )  # fmt: skip
+        log(f"{first.name}: re-ranked the {len(reranked)} nodes still quantized with {len(in_float)} in float in {seconds:.1f} s")
+        return units_of(reranked, fallback.unit, fallback.block_size, order)
+
+    conclusion, units = _units_in_float(units, base, base_changes, attempt, done, rerank if fallback.rerank else None)
     passing = [i for i, (trial, _) in enumerate(done.judged) if trial.passed]
     if passing and fallback.step_back:
         conclusion += _step_back(units, passing[-1], base_changes, attempt, done)
@@ -350,27 +371,51 @@ def _pairs(
     search["interactions"] = interactions
 
 
-def _units_in_float(units: list[list[str]], base: StaticInt8Options, changes: dict[str, Any], attempt: Attempt, done: _Attempts) -> str:
-    """1, 2, 4, ... of the most sensitive units in float (within max_nodes), until one passes or only speed/size fail."""
+Rerank = Callable[[int], list[list[str]]]  # units ranked on attempt i's model (its float nodes are no candidates there)
+
+
+def _units_in_float(
+    units: list[list[str]], base: StaticInt8Options, changes: dict[str, Any], attempt: Attempt, done: _Attempts, rerank: Rerank | None = None
+) -> tuple[str, list[list[str]]]:
+    """1, 2, 4, ... of the most sensitive units in float (within max_nodes), until one passes or only speed/size fail.
+
+    With `rerank`, each step after the first keeps the previous step's units in float and adds the units ranked most
+    sensitive on the previous step's model. Returns (conclusion, the units in the order they were added, then the rest)."""
     fallback = base.fallback
     assert fallback is not None
-    tried = {tuple(excluded) for _, excluded in done.judged}
+    index_of = {tuple(excluded): i for i, (_, excluded) in enumerate(done.judged)}
+    chosen: list[list[str]] = []  # the units of the previous step, in the order they were added
+
+    def ordered() -> list[list[str]]:
+        return [*chosen, *(u for u in units if u not in chosen)]
+
     for k in fallback.steps or default_steps(len(units)):
-        excluded = [node for unit in units[: min(k, len(units))] for node in unit][: fallback.max_nodes]
-        if not excluded or tuple(excluded) in tried:
+        ranked_on = None
+        if rerank is not None and chosen:
+            ranked_on = index_of.get(tuple(node for unit in chosen for node in unit)[: fallback.max_nodes])
+            if ranked_on is not None:
+                units = rerank(ranked_on)
+        picks = ordered()[:k]
+        excluded = [node for unit in picks for node in unit][: fallback.max_nodes]
+        if not excluded:
             continue
-        tried.add(tuple(excluded))
+        chosen = picks
+        if tuple(excluded) in index_of:
+            continue
         trial = attempt(base, excluded, "float", changes)
+        index_of[tuple(excluded)] = len(done.judged) - 1
+        if ranked_on is not None:
+            done.records[-1]["ranked_on_attempt"] = ranked_on
         if trial.passed:
-            return f"passed with {len(excluded)} node(s) in float"
+            return f"passed with {len(excluded)} node(s) in float", ordered()
         if trial.status == "nothing_quantized":
-            return f"with {len(excluded)} node(s) in float nothing was quantized any more; an FP32 copy is not an INT8 variant"
+            return f"with {len(excluded)} node(s) in float nothing was quantized any more; an FP32 copy is not an INT8 variant", ordered()
         if trial.status != "error" and not _accuracy_failed(trial):
             failed = ", ".join(g.metric for g in trial.failed_gates)
-            return f"accuracy held with {len(excluded)} node(s) in float, but {failed} failed; more float nodes only cost more"
+            return f"accuracy held with {len(excluded)} node(s) in float, but {failed} failed; more float nodes only cost more", ordered()
         if len(excluded) >= fallback.max_nodes:
             break
-    return f"no attempt passed within {fallback.max_nodes} node(s) in float"
+    return f"no attempt passed within {fallback.max_nodes} node(s) in float", ordered()
 
 
 def _step_back(units: list[list[str]], passed_index: int, changes: dict[str, Any], attempt: Attempt, done: _Attempts) -> str:

@@ -496,9 +496,20 @@ class Fallback(Strict):
     step_back: bool = Field(
         default=True, description="After a pass, return the least sensitive units to INT8 while it still passes (bisected)."
     )
+    rerank: bool = Field(
+        default=False,
+        description="Units in float: after each step, rank the still-quantized nodes again on that step's model (on the `samples` "
+        "ranking samples) and add the most sensitive of them next, as NNCF's accuracy control does; otherwise one ranking serves every step.",
+    )
     objective: str | None = Field(
         default=None, description="Metric that orders attempts failing as many gates (default: the first accuracy gate's metric)."
     )
+
+    @model_validator(mode="after")
+    def _rerank_nodes(self) -> Fallback:
+        if self.rerank and self.unit != "node":
+            raise ValueError("rerank re-ranks single nodes; with unit: block one ranking serves every step (set unit: node or rerank: false)")
+        return self
 
     @field_validator("objective")
     @classmethod

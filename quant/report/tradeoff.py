@@ -38,6 +38,12 @@ def _changes(attempt: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in (attempt.get("changes") or {}).items()) or "recipe's"
 
 
+def _stage(attempt: dict[str, Any]) -> str:
+    ranked_on = attempt.get("ranked_on_attempt")
+    stage = str(attempt.get("stage", "float"))
+    return f"{stage}, re-ranked on #{ranked_on}" if ranked_on is not None else stage
+
+
 def _number(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}g}" if isinstance(value, int | float) else "—"
 
@@ -53,11 +59,15 @@ def tradeoff_markdown(variant: str, search: dict[str, Any]) -> list[str]:
         latency = _number(a.get("latency_ratio"), 3) + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
         values = " | ".join(_number(a.get(m)) for m in metrics)
         lines.append(
-            f"| {label} | {a.get('split') or '—'} | {a.get('stage', 'float')} | {_changes(a)} | {a.get('tensors_overridden', 0)} | "
+            f"| {label} | {a.get('split') or '—'} | {_stage(a)} | {_changes(a)} | {a.get('tensors_overridden', 0)} | "
             f"{a['nodes_in_float']} | {latency} | {values} | {a['status']} |"
         )
     for skipped in search.get("skipped", []):
         lines.append(f"Skipped {skipped['changes']}: {skipped['skipped']}")
+    for again in search.get("rerankings", []):
+        top = ", ".join(again["top"][:4])
+        in_float = again["nodes_in_float"]
+        lines.append(f"Re-ranked on attempt #{again['attempt']}'s model ({in_float} node(s) in float, {again['ranked']} ranked): {top}")
     return lines
 
 
