@@ -85,6 +85,9 @@ def _ensure_cosmic_ray() -> None:
             print(f"creating {MUTATION_VENV} with {COSMIC_RAY}", file=sys.stderr)
             subprocess.run([sys.executable, "-m", "venv", str(MUTATION_VENV)], check=True)
             subprocess.run([str(python), "-m", "pip", "install", "-q", COSMIC_RAY], check=True)
+        # The interpreter that started the script has the project's dependencies: the tests' default when the
+        # checkout has no .venv of its own (a git worktree beside the main checkout).
+        os.environ.setdefault("QUANT_MUTATION_PYTHON", sys.executable)
         os.execv(str(python), [str(python), *sys.argv])
 
 
@@ -280,7 +283,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--module", action="append", choices=sorted(MODULES), help="Module to mutate (repeatable; default: all).")
     parser.add_argument("--source", type=Path, default=REPO, help="Tree to mutate (a copy is made) [default: this checkout].")
-    parser.add_argument("--python", default=None, help="Interpreter that runs the tests [default: .venv/bin/python].")
+    parser.add_argument(
+        "--python", default=None, help="Interpreter that runs the tests [default: .venv/bin/python, else the one that started this script]."
+    )
     parser.add_argument("--sample", type=int, default=None, help="At most this many mutants per module, chosen at random.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the sample.")
     parser.add_argument("--timeout", type=float, default=300.0, help="Seconds per mutant's test run (a hang counts as killed).")
@@ -299,7 +304,7 @@ def main() -> int:
 
     python = args.python or str(REPO / ".venv" / "bin" / "python")
     if not Path(python).exists():
-        python = sys.executable
+        python = os.environ.get("QUANT_MUTATION_PYTHON", sys.executable)
     if args.recheck_survivors:
         if args.keep is None:
             sys.exit("--recheck-survivors needs --keep (the folder of the session)")
