@@ -6,10 +6,11 @@ declares the recipe's CPUs (bench.threads, the onnxruntime threads it uses) and 
 it, its peak memory is its own). A unit whose process or worker dies (killed, its node lost) runs
 again, up to `retries` times; the unit only writes paths it is given, so a retry gives the same bytes. A unit that still
 dies, or that Ray's memory monitor kills (OutOfMemoryError), becomes a BuildError on its variant, as
-a crashed build does without Ray. An evaluation of more than `shard_samples` samples runs in shards through Ray Data
-(quant.ray_evaluate). A latency benchmark runs on a node that has the recipe's
-`bench.resources` (the target hardware), taking all of that node's CPUs, so nothing else runs there
-meanwhile. The driver keeps the FP32 reference, the gates and the promotion: the release layout
+a crashed build does without Ray. An evaluation (optimised graphs: the same outputs at any thread count) is
+throughput work: each unit or shard declares one CPU and runs one onnxruntime thread, so a node runs as many side by
+side as it has cores; one of more than `shard_samples` samples runs in shards through Ray Data (quant.ray_evaluate).
+A latency benchmark runs on a node that has the recipe's `bench.resources` (the target hardware), taking all of
+that node's CPUs, so nothing else runs there meanwhile. The driver keeps the FP32 reference, the gates and the promotion: the release layout
 and the exit codes do not change, and a killed driver leaves no half release (promotion is staged
 and renamed, as always).
 
@@ -49,6 +50,7 @@ SHARD_SAMPLES = 128  # an evaluation of more samples than this runs in shards of
 RETRIES = 3  # a worker killed mid-unit: its unit runs again, up to this many times
 OOM_RETRIES = 1  # a unit Ray's memory monitor killed runs once more (Ray's default: forever), then fails its variant
 EXECUTOR_FIELD = "--executor ray"
+EVALUATION_THREADS = 1  # an evaluation (or a shard of one) declares this many CPUs and uses as many onnxruntime threads
 CONNECT_SECONDS = 5.0  # an address that does not answer within this is refused (exit 2), not retried for minutes
 
 
@@ -135,6 +137,10 @@ class RayExecutor(LocalExecutor):
     def call(self, unit: Callable[..., T], *args: Any, fresh: bool = True) -> tuple[T, Stats]:
         """`fresh` is ignored: every unit is shipped to a worker and runs there in a child process of its own."""
         needs = declared()
+        evaluation = as_evaluation(unit, args)
+        if evaluation is not None:  # throughput work: one thread and one CPU a unit, as many side by side as the cluster holds
+            args = tuple(evaluation._replace(threads=EVALUATION_THREADS))  # the same outputs at any count (quant.cores)
+            needs = replace(needs, cpus=float(EVALUATION_THREADS))
         if self._shardable(unit, args):
             result, stats = self._in_shards(needs, *args)
         else:
