@@ -4,6 +4,7 @@ accumulated over samples of different sizes, and the worst case scores worst."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -60,6 +61,15 @@ def test_a_probability_map_of_another_shape_has_no_overlap() -> None:
     summary = comparison.summary()
     assert summary["map_iou_min"] == 0.0 and summary["map_iou"] == pytest.approx(0.5)
     assert comparison.distributions()["map_iou"] == [1.0, 0.0]
+
+
+def test_identical_outputs_score_the_snr_the_metric_reference_states() -> None:
+    """JSON has no infinity: identical outputs report the cap docs/recipes.md names, above what the smallest float32
+    difference scores (one unit in the last place of every value: about 141 dB here)."""
+    stated = float(re.search(r"identical outputs: (\d+)", CATALOGUE["snr_db"].doc)[1])  # type: ignore[index]
+    reference = np.linspace(0.5, 1.5, 64, dtype=np.float32)
+    assert snr_db(reference, reference.copy()) == stated
+    assert snr_db(reference, np.nextafter(reference, np.float32(2))) < stated
 
 
 def test_a_nan_score_is_never_the_variants_top_class() -> None:
