@@ -15,6 +15,9 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
+from quant.cli import _internal_error
 from quant.recipe.docs import recipes_markdown
 from tests.conftest import base_recipe, run_cli, write_recipe
 
@@ -41,6 +44,21 @@ def test_a_bug_before_anything_is_built_exits_3_and_says_where_the_traceback_is(
     finally:
         traceback_file.unlink()
     assert done.stdout == "" and not (root / "run" / "results.json").exists() and _release_entries(root) == []
+
+
+def test_a_long_internal_error_is_quoted_to_200_characters_and_written_whole(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's promise for exit 3: the line quotes the error's first 200 characters, the file has all of it."""
+    message = "".join(chr(ord("a") + i % 26) for i in range(500))
+    with pytest.raises(SystemExit) as exited:
+        _internal_error(RuntimeError(message))
+    line = capsys.readouterr().err.strip()
+    match = re.fullmatch(r"quantize: error: internal error \(RuntimeError: (\w+)\); traceback written to (\S+)", line)
+    assert exited.value.code == 3 and match, line
+    traceback_file = Path(match.group(2))
+    try:
+        assert match.group(1) == message[:200] and message in traceback_file.read_text()
+    finally:
+        traceback_file.unlink()
 
 
 def test_verbose_puts_the_traceback_of_a_bug_on_stderr(workspace: dict[str, Path]) -> None:
