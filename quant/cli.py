@@ -197,7 +197,7 @@ def main(
 
 @dataclass(frozen=True)
 class Invocation:
-    """The command line, as typed values."""
+    """The command line, as typed values (no defaults here: the options' defaults are the only ones)."""
 
     recipes: tuple[str, ...]
     out_dir: Path | None
@@ -209,12 +209,12 @@ class Invocation:
     release_version: str | None
     allow_extends_from: list[Path]
     quiet: bool
-    verbose: bool = False
-    allow_tuning_on_evaluation: bool = False
-    jobs: int = 1
-    executor: str = "local"
-    ray_address: str | None = None
-    ray_shard_samples: int = 128
+    verbose: bool
+    allow_tuning_on_evaluation: bool
+    jobs: int
+    executor: str
+    ray_address: str | None
+    ray_shard_samples: int
 
 
 def _run_all(call: Invocation) -> int:
