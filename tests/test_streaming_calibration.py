@@ -19,6 +19,7 @@ try:
 except ModuleNotFoundError:  # running pytest from elsewhere without the repo on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from quant.calibration import streaming
 from quant.calibration.streaming import (
     collect_ranges,
     quantize_static_default_op_types,
@@ -162,6 +163,18 @@ def test_histogram_methods_equal_ort_on_fixed_shapes(
         for name in ref:
             np.testing.assert_array_equal(ours[name].hist, ref[name].hist)
             np.testing.assert_array_equal(ours[name].avg, ref[name].avg)
+
+
+@pytest.mark.parametrize("binning_threads", [1, 3])
+@pytest.mark.parametrize(("method", "ort_method"), [("entropy", CalibrationMethod.Entropy), ("percentile", CalibrationMethod.Percentile)])
+def test_histograms_binned_in_this_thread_or_in_parallel_equal_ort(
+    model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, binning_threads: int, method: str, ort_method: CalibrationMethod
+) -> None:
+    # One binning thread bins in the calling thread; more bin a run's tensors in a thread pool.
+    monkeypatch.setattr(streaming, "_binning_threads", lambda _: binning_threads)
+    batches = _batches(FIXED_SHAPES)
+    ours = collect_ranges(model_path, batches, method, work_dir=tmp_path / "w")
+    _assert_same_ranges(ours, _ort_ranges(model_path, batches, ort_method, tmp_path))
 
 
 def _all_activations(model_path: Path, batches, names: list[str]) -> dict[str, np.ndarray]:

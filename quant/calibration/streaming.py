@@ -478,13 +478,18 @@ def _histogram_pass(
     # Binning is numpy work on one core per tensor (it releases the GIL for most of it): the tensors of a
     # run are binned in parallel on the calibration's cores. Each tensor has its own counts, so the sums
     # do not depend on the order.
-    with ThreadPoolExecutor(max_workers=_binning_threads(threads)) as pool:
+    workers = _binning_threads(threads)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         for batch in batches:
             seen += 1
             if session is not None:
                 outputs = session.run(names, batch)
                 pairs = sorted(zip(names, outputs, strict=True), key=lambda pair: -pair[1].size)  # largest first: even loads
-                list(pool.map(lambda pair: histograms[pair[0]].add(pair[1]), pairs))
+                if workers > 1:
+                    list(pool.map(lambda pair: histograms[pair[0]].add(pair[1]), pairs))
+                else:  # in this thread: no hand-over, and a profiler sees the binning
+                    for name, value in pairs:
+                        histograms[name].add(value)
                 del outputs, pairs
                 counter.tick()
             for name in feed_names:  # graph inputs: no need to round-trip them through ORT
