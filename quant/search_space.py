@@ -47,7 +47,8 @@ def settings_to_try(
 
 def _key(options: StaticInt8Options) -> tuple[object, ...]:
     percentile = options.percentile if options.calibrate == "percentile" else None
-    return (options.calibrate, percentile, options.reduce_range, options.per_channel, options.bias_correction)
+    correction = options.bias_correction_error if options.bias_correction else None
+    return (options.calibrate, percentile, options.reduce_range, options.per_channel, options.bias_correction, correction)
 
 
 def graph_order(float_model: Path) -> list[str]:

@@ -60,15 +60,15 @@ def _inputs(count: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 1, (count, *SHAPE[1:])).astype(np.float32)
 
 
-def _build(tmp_path: Path, model: Path, calibration: Path, correct: bool) -> tuple[Path, dict]:
+def _build(tmp_path: Path, model: Path, calibration: Path, correct: bool, error: str = "layer") -> tuple[Path, dict]:
     source = open_source(DataSet.model_validate({"source": {"npz": str(calibration)}}), tmp_path, {}, ["x"], "calibration")
     inputs = {"x": list(SHAPE)}
     context = BuildContext(model, file_sha256(model), inputs, tmp_path / "work", tmp_path / "cache", calibration=source, log=lambda _: None)
     options = StaticInt8Options(
         method="static_int8", per_channel=False, reduce_range=True, op_types=["Conv", "MatMul"], prepare={"opset": None, "preprocess": False},
-        bias_correction=correct,
+        bias_correction=correct, bias_correction_error=error,
     )  # fmt: skip
-    result = build_static_int8(options, context, tmp_path / ("corrected.onnx" if correct else "plain.onnx"))
+    result = build_static_int8(options, context, tmp_path / (f"corrected-{error}.onnx" if correct else "plain.onnx"))
     return result.path, result.details
 
 
@@ -80,7 +80,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     np.savez(root / "calib.npz", x=_inputs(24, seed=1))
     plain, _ = _build(root, model, root / "calib.npz", correct=False)
     corrected, details = _build(root, model, root / "calib.npz", correct=True)
-    return {"fp32": model, "plain": plain, "corrected": corrected, "details": details}
+    weights_only, _ = _build(root, model, root / "calib.npz", correct=True, error="weights")
+    return {"fp32": model, "plain": plain, "corrected": corrected, "details": details, "weights_only": weights_only}
 
 
 def _errors(candidate: Path, reference: Path, inputs: np.ndarray) -> tuple[float, float]:
@@ -125,3 +126,14 @@ def test_bias_correction_is_a_setting_the_search_tries() -> None:
     # The recipe's own setting (no correction) is not tried twice; the same setting with correction is a new one.
     assert [s.changes for s in settings] == [{"bias_correction": True}]
     assert settings[0].options.bias_correction and not variant.bias_correction
+
+
+def test_the_weights_only_correction_removes_the_weights_rounding_bias(built: dict) -> None:
+    held_out = _inputs(24, seed=7)
+    plain_bias, _ = _errors(built["plain"], built["fp32"], held_out)
+    weights_bias, _ = _errors(built["weights_only"], built["fp32"], held_out)
+    assert weights_bias < 0.5 * plain_bias, (weights_bias, plain_bias)
+    # It measures something else than the whole layer error: other biases.
+    layer = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(built["corrected"])).graph.initializer}
+    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(built["weights_only"])).graph.initializer}
+    assert not np.array_equal(layer["b1_quantized"], weights["b1_quantized"])

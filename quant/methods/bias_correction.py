@@ -6,6 +6,7 @@ conv(x̂, Ŵ) where the float model computes conv(x, W): x̂ is the input after 
 weight. The error's mean per output channel, E[conv(x, W) − conv(x̂, Ŵ)], is a systematic shift (weight rounding,
 percentile clipping of the input) that the bias can absorb. It is measured locally, layer by layer, inside the QDQ
 graph on its own activations, so correcting every layer at once does not count an upstream error twice.
+With error "weights" only the weights' rounding is measured, E[conv(x, W) − conv(x, Ŵ)] (the classic correction).
 
 The shift goes into the FP32 model's bias initializer *before* quantizing: onnxruntime then quantizes that bias as
 usual (int32, scale = input scale x weight scale), and the same cached activation ranges are reused.
@@ -104,8 +105,9 @@ def _layers(float_graph: onnx.GraphProto, qdq_graph: onnx.GraphProto) -> list[tu
     return found
 
 
-def _measuring_model(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[_Layer]]:
-    """The QDQ model plus, per layer, conv(x, W) − conv(x̂, Ŵ) summed over every axis but the output channels."""
+def _measuring_model(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, error: str = "layer") -> tuple[onnx.ModelProto, list[_Layer]]:
+    """The QDQ model plus, per layer, conv(x, W) − conv(x̂, Ŵ) (error "layer") or conv(x, W) − conv(x, Ŵ) (error
+    "weights": the weights' rounding only) summed over every axis but the output channels."""
     model = onnx.ModelProto()
     model.CopyFrom(qdq_model)
     graph = model.graph
@@ -120,7 +122,7 @@ def _measuring_model(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto) -
         float_weight.name = f"{tag}_w"
         graph.initializer.append(float_weight)
         inputs_float = [_before_qdq(node.input[0], producers), float_weight.name]
-        inputs_quant = [node.input[0], node.input[1]]
+        inputs_quant = [node.input[0] if error == "layer" else inputs_float[0], node.input[1]]
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         graph.node.append(helper.make_node(node.op_type, inputs_float, [f"{tag}_ref"], name=f"{tag}_ref", **attributes))
         graph.node.append(helper.make_node(node.op_type, inputs_quant, [f"{tag}_q"], name=f"{tag}_q", **attributes))
@@ -143,11 +145,13 @@ def _measuring_model(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto) -
     return model, layers
 
 
-def measure_bias_shifts(float_model_path: Path, qdq_model_path: Path, feeds: Iterable[Feeds], threads: int | None = None) -> BiasShifts:
+def measure_bias_shifts(
+    float_model_path: Path, qdq_model_path: Path, feeds: Iterable[Feeds], threads: int | None = None, error: str = "layer"
+) -> BiasShifts:
     """Mean error per output channel of every correctable layer over `feeds`, in bounded memory (running sums)."""
     float_model = load_proto(float_model_path)
     qdq_model = load_proto(qdq_model_path)
-    model, layers = _measuring_model(float_model, qdq_model)
+    model, layers = _measuring_model(float_model, qdq_model, error)
     if not layers:
         return BiasShifts({}, 0)
     options = ort.SessionOptions()

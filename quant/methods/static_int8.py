@@ -113,7 +113,7 @@ def _bias_corrected(
         scratch = Path(scratch_dir)
         quantize(source, scratch / "uncorrected.onnx", "QDQ")
         feeds = (f for _, f in checked_feeds(samples, context.model_inputs))
-        shifts = measure_bias_shifts(source, scratch / "uncorrected.onnx", feeds, context.threads)
+        shifts = measure_bias_shifts(source, scratch / "uncorrected.onnx", feeds, context.threads, options.bias_correction_error)
         quantize(corrected_model(source, shifts, scratch / "corrected.onnx"), out_path)
     context.log(f"bias correction: {len(shifts.shifts)} bias(es) shifted, measured on {shifts.samples} calibration samples")
     return shifts.describe() | {"seconds": round(time.perf_counter() - started, 3)}

@@ -455,6 +455,7 @@ class SearchCandidate(Strict):
     bias_correction: bool | None = Field(
         default=None, description="Shift each quantized layer's bias by the mean error quantization adds to its output (see the variant's field)."
     )
+    bias_correction_error: Literal["layer", "weights"] | None = Field(default=None, description="What bias correction removes (the variant's field).")
 
     def changes(self) -> dict[str, object]:
         return self.model_dump(exclude_none=True)
@@ -546,6 +547,11 @@ class StaticInt8Options(Strict):
         default=False,
         description="Bias correction: quantize, measure each quantized Conv's (and MatMul+Add's) mean output error per channel against its "
         "float weights and unquantized input on calibration samples, add it to the float bias, and quantize again (same ranges).",
+    )
+    bias_correction_error: Literal["layer", "weights"] = Field(
+        default="layer",
+        description="What bias correction removes: layer: the mean of each layer's whole quantization error (its input's and "
+        "weights' Q/DQ, on the QDQ model's own activations); weights: only the weights' rounding, E[(W - W_q) x].",
     )
     bias_correction_samples: int | None = Field(
         default=None, gt=0, description="Calibration samples the bias correction measures on (default: every calibration sample used)."
