@@ -1,4 +1,4 @@
-"""``np.histogram(values, bins, range=value_range)`` with a fixed range: the same counts, about 2x faster.
+"""``np.histogram(values, bins, range=value_range)`` with a fixed range: the same counts, 1.7-1.9x faster.
 
 Why: histogram calibration (entropy, percentile) bins every observed activation of every sample, and
 ``np.histogram`` spent most of that time on edge corrections done twice per element (two gathers, two
@@ -15,6 +15,13 @@ spacings of the range's magnitude wide, edges within 4 spacings of the grid; the
 0.12 bin) once per range; per call it checks that every value lies inside the range (``min``/``max``,
 which also catch NaN). Anything else (other dtypes, NaN, values outside, tiny bins) goes to
 ``np.histogram`` itself.
+
+The bound, with M = max(|first|, |last|), w the bin width and u = 2**-24 (float32 rounding): w >= 64
+spacing(M) >= 64 M u gives M/w <= 2**18. ``scale`` = 1/w and ``offset`` are rounded once (errors
+<= u M/w and u (M/w + 0.5) bins), the product and the sum once each (<= u M/w and u (bins + 1)): in
+all < 3 * 2**18 * u + u * 2049 < 0.05 bin for bins <= 2048 (the calibrators use 128 and 2048). An edge
+is within 4 spacings = 4/64 bin of first + k*w. So x's exact grid position q = (x - first)/w satisfies r - 0.55 <= q < r + 0.55, while
+edges[r-1] and edges[r+1] lie beyond r -+ 0.94: edges[r-1] <= x < edges[r+1].
 """
 
 from __future__ import annotations
