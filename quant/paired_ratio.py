@@ -20,7 +20,7 @@ a true ratio exactly at the threshold: 9.8 % of runs decided within three looks)
 the 5 % over the looks the budget allows (Bonferroni), so the interval the verdict rests on is a 95 % one
 over the whole measurement.
 
-numpy only; the tests check the critical counts against scipy's exact signed-rank distribution.
+numpy only; the tests check the critical depths against the enumerated null distribution (all 2^n signs).
 """
 
 from __future__ import annotations
