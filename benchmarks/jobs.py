@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--ray", action="store_true", help="add a side with --executor ray (a local Ray cluster the command starts)")
     parser.add_argument("--rounds", type=int, default=1, help="runs of every side, the order reversed every round [default: 1]")
     parser.add_argument("--only", action="append", default=[], metavar="VARIANT", help="passed to quantize: only this variant (repeatable)")
+    parser.add_argument("--keep", type=Path, help="keep every side's run folder (results.json, summary.md) under this new folder")
     args = parser.parse_args()
     recipes = args.recipe or [REPO / r for r in DEFAULT_RECIPES]
     sides: dict[str, list[str]] = {"serial": ["--jobs", "1"], f"--jobs {args.jobs}": ["--jobs", str(args.jobs)]}
@@ -110,7 +111,10 @@ def main() -> None:
     walls: dict[str, list[float]] = {side: [] for side in sides}
     reference: dict[str, Any] | None = None
     same, verdicts_same = True, True
-    with tempfile.TemporaryDirectory(prefix="quant-jobs-bench-") as scratch:
+    if args.keep:
+        args.keep.mkdir(parents=True)  # a new folder: never mix two benchmarks' runs
+    with tempfile.TemporaryDirectory(prefix="quant-jobs-bench-") as temporary:
+        scratch = str(args.keep or temporary)
         for round_index in range(args.rounds):
             order = list(sides) if round_index % 2 == 0 else list(reversed(sides))
             for side in order:
