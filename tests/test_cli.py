@@ -35,7 +35,9 @@ def test_passing_run_promotes_a_verifiable_release(workspace: dict[str, Path]) -
     listed = sorted(line.split("  ", 1)[1] for line in (release / "SHA256SUMS").read_text().splitlines())
     assert listed == ["dyn.onnx", "fp16.onnx", "manifest.json"]  # every file but itself, the manifest too
     assert not list(release.parent.glob(".staging-*"))
-    manifest = json.loads((release / "manifest.json").read_text())
+    manifest_text = (release / "manifest.json").read_text()
+    manifest = json.loads(manifest_text)
+    assert manifest_text == json.dumps(manifest, indent=2) + "\n"  # the layout README promises: diffable between versions
     assert manifest["source_model"]["sha256"] and set(manifest["variants"]) == {"fp16", "dyn"}
     assert all(g["passed"] for v in manifest["variants"].values() for g in v["gates"])
     metadata = {p.key: p.value for p in onnx.load(str(release / "fp16.onnx")).metadata_props}
