@@ -62,7 +62,6 @@ def test_silero_vad_closed_loop_and_magika_fp16_run_end_to_end(tmp_path: Path) -
     """Silero VAD: dynamic INT8 quantizes the LSTMs inside the export's If subgraphs and is judged on its own
     state. magika: the FP16 conversion used to leave a Cast at the wrong type, and the model did not load
     (an 'error' verdict). One invocation runs both recipes."""
-    common = {"tuning": None, "bench": {"samples": 2, "rounds": 3, "warmup": 0}, "promotion": {"to": str(tmp_path / "releases")}}
     vad = {"extends": str(EXAMPLES / "silero-vad.yaml"), "name": "vad", "evaluation": {"samples": 2}, "variants": {"fp16": None, "int8-static": None}}
     magika = {
         "extends": str(EXAMPLES / "magika.yaml"),
@@ -70,12 +69,7 @@ def test_silero_vad_closed_loop_and_magika_fp16_run_end_to_end(tmp_path: Path) -
         "evaluation": {"samples": 25},
         "variants": {"int8-dynamic": None, "int8-static": None},
     }
-    paths = [write_recipe(tmp_path, {**document, **common}, f"{document['name']}.yaml") for document in (vad, magika)]
-    done = run_cli(
-        "--recipe", str(paths[0]), "--recipe", str(paths[1]), "--out", str(tmp_path / "run"), "--json", str(tmp_path / "all.json"), cwd=tmp_path
-    )
-    assert done.returncode in (0, 1, 4), done.stderr
-    vad_results, magika_results = json.loads((tmp_path / "all.json").read_text())
+    vad_results, magika_results = _run_together(tmp_path, [vad, magika])
 
     lstm = vad_results["variants"]["int8-dynamic"]
     assert lstm["status"] in ("passed", "failed"), lstm
@@ -117,7 +111,6 @@ def test_fp32_reads_the_orientation_each_shipped_image_was_turned_by(recipe: str
 def test_the_orientation_classifiers_run_end_to_end(tmp_path: Path) -> None:
     """cls: dynamic INT8 quantizes its Convs (ConvInteger) and is judged per orientation; the page classifier's
     FP16 model reads pages as FP32 does. One invocation, 20 evaluation samples each."""
-    common = {"tuning": None, "bench": {"samples": 2, "rounds": 3, "warmup": 0}, "promotion": {"to": str(tmp_path / "releases")}}
     cls = {
         "extends": str(EXAMPLES / "ppocrv5-cls.yaml"),
         "name": "cls",
@@ -130,12 +123,7 @@ def test_the_orientation_classifiers_run_end_to_end(tmp_path: Path) -> None:
         "evaluation": {"samples": 20},
         "variants": {"int8-dynamic": None, "int8-static": None},
     }
-    paths = [write_recipe(tmp_path, {**document, **common}, f"{document['name']}.yaml") for document in (cls, pages)]
-    done = run_cli(
-        "--recipe", str(paths[0]), "--recipe", str(paths[1]), "--out", str(tmp_path / "run"), "--json", str(tmp_path / "all.json"), cwd=tmp_path
-    )
-    assert done.returncode in (0, 1, 4), done.stderr
-    cls_results, pages_results = json.loads((tmp_path / "all.json").read_text())
+    cls_results, pages_results = _run_together(tmp_path, [cls, pages])
 
     dynamic = cls_results["variants"]["int8-dynamic"]
     assert dynamic["status"] in ("passed", "failed", "inconclusive"), dynamic
@@ -145,3 +133,13 @@ def test_the_orientation_classifiers_run_end_to_end(tmp_path: Path) -> None:
     fp16 = pages_results["variants"]["fp16"]
     assert fp16["status"] in ("passed", "failed", "inconclusive"), fp16
     assert fp16["metrics"]["fetch_name_0"]["top1_agreement"] >= 0.95  # 20 pages read as FP32 reads them
+
+
+def _run_together(tmp_path: Path, documents: list[dict]) -> list[dict]:
+    """Run the derived example recipes in one invocation (cheap bench, no tuning split, a scratch release): their results."""
+    common = {"tuning": None, "bench": {"samples": 2, "rounds": 3, "warmup": 0}, "promotion": {"to": str(tmp_path / "releases")}}
+    paths = [write_recipe(tmp_path, {**document, **common}, f"{document['name']}.yaml") for document in documents]
+    recipes = [arg for path in paths for arg in ("--recipe", str(path))]
+    done = run_cli(*recipes, "--out", str(tmp_path / "run"), "--json", str(tmp_path / "all.json"), cwd=tmp_path)
+    assert done.returncode in (0, 1, 4), done.stderr
+    return json.loads((tmp_path / "all.json").read_text())
