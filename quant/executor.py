@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from quant.cores import inference_threads, local_shard_samples, share_cores, windows
 from quant.errors import WRITE_ERRNOS, BuildError, OutputError, QuantError
 from quant.machine import CpuFacts, cpu_facts
+from quant.scoped import scoped
 from quant.stages import unit_ran
 
 if TYPE_CHECKING:  # the methods (and onnxruntime.quantization) are imported by the build units alone: a unit's process starts light
@@ -291,14 +292,9 @@ def current() -> Executor:
     return _CURRENT.get() or _SERIAL
 
 
-@contextlib.contextmanager
-def using(executor: Executor) -> Iterator[Executor]:
+def using(executor: Executor) -> contextlib.AbstractContextManager[Executor]:
     """Make `executor` the one `current()` returns in this context (and the tasks `each` starts from it)."""
-    token = _CURRENT.set(executor)
-    try:
-        yield executor
-    finally:
-        _CURRENT.reset(token)
+    return scoped(_CURRENT, executor)
 
 
 def executor_for(jobs: int) -> Executor:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from quant.recipe.family import FamilyRecipe
 from quant.recipe.schema import Recipe
+from quant.scoped import scoped
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,6 @@ def declared() -> Needs:
     return _DECLARED.get() or _DEFAULT
 
 
-@contextlib.contextmanager
-def declaring(needs: Needs) -> Iterator[Needs]:
+def declaring(needs: Needs) -> contextlib.AbstractContextManager[Needs]:
     """Declare `needs` for the units submitted in this context (and the threads the executor starts from it)."""
-    token = _DECLARED.set(needs)
-    try:
-        yield needs
-    finally:
-        _DECLARED.reset(token)
+    return scoped(_DECLARED, needs)
