@@ -43,6 +43,7 @@ class VariantOutcome:
     size_bytes: int | None = None
     size_ratio: float | None = None
     latency: LatencyResult | None = None
+    latency_note: str | None = None  # why `latency` is None when the variant was judged (a search attempt that failed accuracy)
     judged_on: str | None = None  # the split its metrics and gates come from: "evaluation" (or "tuning" for a search's attempts)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     estimates: dict[str, dict[str, Estimate]] = field(default_factory=dict)  # per output: ratio metrics with 95 % interval and n
@@ -79,6 +80,7 @@ class VariantOutcome:
                 "size_bytes": self.size_bytes,
                 "size_ratio": self.size_ratio,
                 "latency": self.latency.to_dict() if self.latency else None,
+                "latency_note": self.latency_note,
                 "judged_on": self.judged_on,
                 "metrics": self.metrics,
                 "intervals": _estimates_dict(self.estimates),

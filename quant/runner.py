@@ -18,7 +18,7 @@ from quant.data.sources import SampleSource, inputs_signature
 from quant.errors import BuildError
 from quant.evaluate import run_reference
 from quant.executor import build_isolated, current
-from quant.judge import judge_variant
+from quant.judge import LatencyWhen, judge_variant
 from quant.lockfile import remove_stale_lock, write_lock
 from quant.methods.base import BuildContext, BuildResult
 from quant.needs import Needs, declaring
@@ -193,10 +193,10 @@ def _search(
     def build(variant_options: StaticInt8Options, out_path: Path) -> BuildResult:
         return _timed_build(name, variant_options, context, out_path, "search build")
 
-    def judge_on(split: Split) -> Callable[[Path], VariantOutcome]:
+    def judge_on(split: Split, latency_when: LatencyWhen) -> Callable[[Path], VariantOutcome]:
         def judge(candidate: Path) -> VariantOutcome:
             trial = VariantOutcome(name=name, method=outcome.method, options=outcome.options)
-            return judge_variant(name, candidate, inputs, split, trial, options.log, options.detail)
+            return judge_variant(name, candidate, inputs, split, trial, options.log, options.detail, latency_when)
 
         return judge
 
@@ -204,8 +204,12 @@ def _search(
         return [(sample.id, f) for _, (sample, f) in zip(range(count), checked_feeds(tuning.source, inputs.model.inputs))]
 
     setup = SearchSetup(context.work_dir, options.out_dir / "variants" / f"{name}.onnx", tuning.name, len(tuning.source))
-    rejudge = None if tuning is evaluation else judge_on(evaluation)
-    chosen, chosen_options = search_fallback(variant, outcome, build, judge_on(tuning), rejudge, feeds, setup, options.log)
+    assert variant.fallback is not None
+    attempts_latency: LatencyWhen = "if_untimed_pass" if variant.fallback.latency == "once_accurate" else "always"
+    # Tuning on the evaluation split (allowed explicitly) judges the chosen attempt there once: every latency is measured.
+    rejudge = None if tuning is evaluation else judge_on(evaluation, "always")
+    judge = judge_on(tuning, "always" if rejudge is None else attempts_latency)
+    chosen, chosen_options = search_fallback(variant, outcome, build, judge, rejudge, feeds, setup, options.log)
     if chosen.model_path is not None and chosen.search is not None:
         chosen.search["lock_file"] = str(write_lock(inputs.loaded, options.out_dir, name, variant, chosen_options))
     return chosen

@@ -15,6 +15,9 @@ The stages, each tried only while no attempt has passed (every attempt recorded 
 6. step back: after a pass, the least sensitive units go back to INT8 while it passes (bisected).
 
 Each attempt reuses the cached calibration ranges, so only quantization and judging are repeated.
+An attempt's latency is measured only once its accuracy and size gates hold (`fallback.latency`): a
+benchmark runs with nothing beside it, and speed cannot rescue an attempt that failed accuracy; so
+the choice among failing attempts rests on accuracy alone, not on noisy timings.
 Keeping nodes in float costs speed, so the search stops as soon as the latency or size gate is
 what fails: more float nodes cannot help there.
 
@@ -96,6 +99,8 @@ def _attempt_record(outcome: VariantOutcome, excluded: list[str], stage: str, ch
         value = worst_over_outputs(metric, outcome.metrics.values())
         if value is not None:
             record[metric] = value
+    if outcome.latency_note:
+        record["latency_note"] = outcome.latency_note
     if outcome.error:
         record["error"] = outcome.error
     if outcome.note:

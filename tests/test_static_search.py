@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import onnx
+import pytest
 import yaml
 
 from quant.sensitivity import rank_nodes
@@ -85,6 +86,30 @@ def test_fallback_finds_the_node_and_the_lock_rebuilds_the_same_model(workspace:
     assert _sha(root / "relock" / "variants" / "int8.onnx") == _sha(root / "run" / "variants" / "int8.onnx")
     strip = lambda gates: [{k: g[k] for k in ("metric", "observed", "passed")} for g in gates if g["metric"] != "latency_ratio"]
     assert strip(relocked["variants"]["int8"]["gates"]) == strip(results["variants"]["int8"]["gates"])
+
+
+@pytest.mark.parametrize("when", ["once_accurate", "every_attempt"])
+def test_an_attempt_that_failed_accuracy_is_not_benchmarked_unless_asked(workspace: dict[str, Path], when: str) -> None:
+    """A benchmark runs alone and cannot rescue a failed accuracy gate: by default only the passing attempt and the
+    verdict are timed; `every_attempt` times them all (the full trade-off curve)."""
+    root = workspace["root"]
+    onnx.save(tiny_ctc_model(weight_outlier=True), str(workspace["model"]))
+    fallback = {"max_nodes": 2, "samples": 4, "latency": when}
+    variants = {"int8": {"method": "static_int8", "per_channel": False, "op_types": ["Conv", "MatMul"], "fallback": fallback}}
+    gates = [*GATES, {"metric": "latency_ratio", "max": 100.0}]
+    recipe = base_recipe(workspace["model"], workspace["calib"], workspace["eval"], variants=variants, gates=gates)
+    path = write_recipe(root, {**recipe, "tuning": {"source": {"images": str(workspace["tune"])}}})
+    done = run_cli("--recipe", str(path), "--out", str(root / "run"), cwd=root)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((root / "run" / "results.json").read_text())
+    attempts = results["variants"]["int8"]["search"]["attempts"]
+    assert [a["passed"] for a in attempts] == [False, True]
+    timed = [a["latency_ratio"] is not None for a in attempts]
+    assert timed == ([True, True] if when == "every_attempt" else [False, True])
+    assert ("latency_note" in attempts[0]) is (when == "once_accurate")
+    assert [g["metric"] for g in results["variants"]["int8"]["gates"]].count("latency_ratio") == 1  # the verdict is timed
+    benchmarks = [s for s in results["stages"] if s["stage"] == "latency"]
+    assert [s["split"] for s in benchmarks] == ["tuning"] * sum(timed) + ["evaluation"]
 
 
 def _model_with_external_weights(path: Path) -> None:

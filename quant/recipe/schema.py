@@ -505,6 +505,13 @@ class Fallback(Strict):
     objective: str | None = Field(
         default=None, description="Metric that orders attempts failing as many gates (default: the first accuracy gate's metric)."
     )
+    latency: Literal["once_accurate", "every_attempt"] = Field(
+        default="once_accurate",
+        description="When an attempt's latency is measured on the tuning split: once its accuracy and size gates hold (speed cannot "
+        "rescue an attempt that failed them, and a benchmark runs with nothing beside it), or on every attempt (the full "
+        "accuracy-vs-latency curve in the report, at the cost of one benchmark per attempt). The chosen attempt's verdict on the "
+        "evaluation split is always measured.",
+    )
 
     @model_validator(mode="after")
     def _rerank_nodes(self) -> Fallback:

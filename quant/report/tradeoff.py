@@ -57,10 +57,16 @@ def tradeoff_markdown(variant: str, search: dict[str, Any]) -> list[str]:
     for label, a in _rows(search):
         interval = a.get("latency_interval")
         latency = _number(a.get("latency_ratio"), 3) + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+        latency = "not measured" if a.get("latency_note") else latency
         values = " | ".join(_number(a.get(m)) for m in metrics)
         lines.append(
             f"| {label} | {a.get('split') or '—'} | {_stage(a)} | {_changes(a)} | {a.get('tensors_overridden', 0)} | "
             f"{a['nodes_in_float']} | {latency} | {values} | {a['status']} |"
+        )
+    if any(a.get("latency_note") for a in search.get("attempts", [])):
+        lines.append(
+            "Latency not measured: the attempt had already failed an accuracy or size gate, so its speed could not change "
+            "its verdict (`fallback.latency: every_attempt` measures every attempt)."
         )
     for skipped in search.get("skipped", []):
         lines.append(f"Skipped {skipped['changes']}: {skipped['skipped']}")
