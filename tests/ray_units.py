@@ -28,6 +28,13 @@ def hog_memory(megabytes: int) -> None:
         time.sleep(0.02)
 
 
+def stamp(seconds: float) -> tuple[float, float]:
+    """Sleep `seconds`; when this unit started and ended (wall clock: the test's nodes share one machine's clock)."""
+    started = time.time()
+    time.sleep(seconds)
+    return started, time.time()
+
+
 def main(address: str, command: str, argument: str = "") -> dict[str, object]:
     from ray._private import state as ray_state
 
@@ -50,6 +57,19 @@ def main(address: str, command: str, argument: str = "") -> dict[str, object]:
                 except InputError as error:
                     refused.append(error.field)
             return {"nodes": nodes, "refused_fields": refused}
+        if command == "held":  # a unit submitted while a benchmark holds its node starts after it, not beside it
+            import threading
+
+            from tests.ray_units import stamp
+
+            with declaring(Needs(bench_resources=BENCH_NODE)):
+                spans: dict[str, tuple[float, float]] = {}
+                benchmark = threading.Thread(target=lambda: spans.update(benchmark=executor.alone(stamp, 4.0)))
+                benchmark.start()
+                time.sleep(1.0)  # the benchmark is submitted (or running) by now
+                spans["unit"], _ = executor.call(stamp, 0.0)
+                benchmark.join()
+            return spans
         if command == "oom":
             with declaring(Needs(bench_resources=TIGHT_NODE)):
                 try:

@@ -135,6 +135,13 @@ def test_benchmarks_run_on_the_node_with_the_named_resource(cluster: Cluster) ->
     assert found["refused_fields"] == ["model.path", "tasks.memory_mb"]
 
 
+def test_a_unit_submitted_while_a_benchmark_holds_its_node_waits_for_it(cluster: Cluster) -> None:
+    """Ray does not serve tasks first come, first served: without holding units back, a benchmark asking for a whole
+    node waited behind later units, and here the unit would run on the head beside the benchmark."""
+    spans = _driver(cluster, "held")
+    assert spans["unit"][0] >= spans["benchmark"][1], spans
+
+
 def test_the_bench_nodes_cpu_decides_8_bit_weights_and_is_named(cluster: Cluster) -> None:
     """8-bit weights are safe only on a CPU with VNNI: with Ray the CPU that counts is the bench node's (here: AVX2 only,
     from its QUANT_TEST_CPUINFO), read there, never this driver's; the facts name the node they came from."""
