@@ -45,7 +45,7 @@ from quant.metrics.catalogue import HEADLINE_METRICS, VARIANT_METRICS, badness, 
 from quant.outcome import VariantOutcome
 from quant.recipe.schema import StaticInt8Options
 from quant.search_space import graph_order, sensitive_overrides, settings_to_try, units_of
-from quant.sensitivity import NodeSensitivity, rank_nodes
+from quant.sensitivity import RANKING_MEMORY_MB, NodeSensitivity, rank_nodes
 from quant.stages import timed
 
 Build = Callable[[StaticInt8Options, Path], BuildResult]  # these options into this file (in a child process)
@@ -108,8 +108,10 @@ def _attempt_record(outcome: VariantOutcome, excluded: list[str], stage: str, ch
     return record
 
 
-def _rank_in_child(float_model: Path, qdq_model: Path, feeds: list[dict[str, Any]], op_types: list[str] | None) -> list[NodeSensitivity]:
-    return rank_nodes(float_model, qdq_model, feeds, op_types)
+def _rank_in_child(
+    float_model: Path, qdq_model: Path, feeds: list[dict[str, Any]], op_types: list[str] | None, memory_mb: int
+) -> list[NodeSensitivity]:
+    return rank_nodes(float_model, qdq_model, feeds, op_types, memory_mb)
 
 
 def _ranking(
@@ -123,7 +125,8 @@ def _ranking(
         qdq_path = build(qdq_variant, work_dir / "ranking-qdq.onnx").path
     samples = feeds(variant.fallback.samples if variant.fallback else 8)
     with timed("search ranking", first.name):
-        ranking, stats = run_isolated(_rank_in_child, float_model, qdq_path, [f for _, f in samples], variant.op_types)
+        memory_mb = variant.fallback.ranking_memory_mb if variant.fallback else RANKING_MEMORY_MB
+        ranking, stats = run_isolated(_rank_in_child, float_model, qdq_path, [f for _, f in samples], variant.op_types, memory_mb)
     return ranking, [sample_id for sample_id, _ in samples], stats["seconds"]
 
 

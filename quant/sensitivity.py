@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.utils
 import onnxruntime as ort
 
 from quant.data.sources import Feeds
+
+# The recipe's `fallback.ranking_memory_mb` default: memory for the tensors a ranking compares, per model and sample
+# (PP-OCRv4 det's, Conv inputs and outputs, on its largest tuning page: 384 MB; rec's fit in one group).
+RANKING_MEMORY_MB = 256
 
 
 @dataclass(frozen=True)
@@ -50,13 +56,66 @@ def _float_tensors(model: onnx.ModelProto) -> set[str]:
     return {v.name for v in infos if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
 
 
-def _with_outputs(model_path: Path, names: list[str], scratch: Path) -> Path:
+def _with_outputs(model_path: Path, names: list[str]) -> onnx.ModelProto:
     """The model with every named intermediate tensor exposed as a graph output."""
     model = onnx.load(str(model_path))
     existing = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names if n not in existing)
-    path = scratch / f"{model_path.stem}.observed.onnx"
-    onnx.save(model, str(path))
+    return model
+
+
+def _tensor_bytes(model: onnx.ModelProto, names: list[str], feeds: list[Feeds]) -> dict[str, int | None]:
+    """Each named tensor's largest size over the feeds, in bytes (None: shape inference could not tell).
+
+    By ONNX shape inference with each feed's input shapes pinned, before anything runs: learning the
+    sizes from a first run would need that run to hold every tensor at once, the peak this avoids, and
+    the samples differ in shape (det pages), so one sample's sizes would not bound the others'."""
+    pinned = onnx.ModelProto()
+    pinned.CopyFrom(model)
+    del pinned.graph.value_info[:]  # the shapes stored in the file would win over the pinned inputs
+    largest: dict[str, int | None] = dict.fromkeys(names, 0)
+    for shapes in {tuple((name, tuple(value.shape)) for name, value in sorted(feed.items())) for feed in feeds}:
+        for graph_input in pinned.graph.input:
+            if graph_input.name in dict(shapes):
+                dims = graph_input.type.tensor_type.shape.dim
+                del dims[:]
+                dims.extend(onnx.TensorShapeProto.Dimension(dim_value=d) for d in dict(shapes)[graph_input.name])
+        inferred = onnx.shape_inference.infer_shapes(pinned, data_prop=True).graph
+        known = {}
+        for info in (*inferred.value_info, *inferred.output):
+            tensor = info.type.tensor_type
+            if tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim):
+                itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+                known[info.name] = itemsize * math.prod(d.dim_value for d in tensor.shape.dim)
+        for name in names:
+            size, before = known.get(name), largest[name]
+            largest[name] = None if size is None or before is None else max(before, size)
+    return largest
+
+
+def tensor_groups(model: onnx.ModelProto, names: list[str], feeds: list[Feeds], memory_mb: float) -> list[list[str]]:
+    """`names` (in their order) cut into consecutive groups whose tensors fit `memory_mb` together on any one feed.
+
+    A tensor larger than the budget is a group of its own. A tensor shape inference cannot size counts as
+    the largest one it could (activations of one network are of a kind); with none sized, one group."""
+    sizes = _tensor_bytes(model, names, feeds)
+    guess = max((s for s in sizes.values() if s is not None), default=0)
+    budget = memory_mb * 2**20
+    groups: list[list[str]] = []
+    held = math.inf
+    for name in names:
+        size = guess if sizes[name] is None else sizes[name]
+        if held + size > budget:
+            groups.append([])
+            held = 0
+        groups[-1].append(name)
+        held += size
+    return groups
+
+
+def _exposing(extractor: onnx.utils.Extractor, inputs: list[str], group: list[str], path: Path) -> Path:
+    """The model cut down to the nodes computing `group`, which are its outputs (nothing after them runs)."""
+    onnx.save(extractor.extract_model(inputs, group), str(path))
     return path
 
 
@@ -68,7 +127,8 @@ def _channel_axis(shape: tuple[int, ...]) -> int:
 class _ChannelErrors:
     """Running per-channel sums of signal and noise energy for one tensor, sample after sample."""
 
-    def __init__(self) -> None:
+    def __init__(self, chunk_values: int = 2**21) -> None:
+        self.chunk_values = chunk_values  # values converted to float64 at a time (16 MB), whole channels at least
         self.signal: np.ndarray | None = None
         self.noise: np.ndarray | None = None
         self.mismatched = False
@@ -78,9 +138,17 @@ class _ChannelErrors:
             self.mismatched = reference.shape != candidate.shape
             return
         axis = _channel_axis(reference.shape)
-        ref = np.moveaxis(reference.astype(np.float64), axis, 0).reshape(reference.shape[axis], -1)
-        cand = np.moveaxis(candidate.astype(np.float64), axis, 0).reshape(reference.shape[axis], -1)
-        signal, noise = (ref**2).sum(axis=1), ((ref - cand) ** 2).sum(axis=1)
+        channels = reference.shape[axis]
+        # A few channels at a time: the float64 copies of a whole 736-px det map took ~240 MB at once. Each
+        # channel's row is summed as before (same values, same order), so the sums are the same to the bit.
+        step = max(1, self.chunk_values // max(reference.size // channels, 1))
+        signals, noises = [], []
+        for start in range(0, channels, step):
+            rows = (np.moveaxis(t, axis, 0)[start : start + step].astype(np.float64, order="C") for t in (reference, candidate))
+            ref, cand = (r.reshape(r.shape[0], -1) for r in rows)
+            signals.append((ref**2).sum(axis=1))
+            noises.append(((ref - cand) ** 2).sum(axis=1))
+        signal, noise = np.concatenate(signals), np.concatenate(noises)
         if self.signal is None or self.signal.shape != signal.shape:
             self.signal, self.noise = signal, noise
         else:
@@ -101,27 +169,51 @@ class _ChannelErrors:
         return float((noise / np.maximum(signal, floor)).mean())
 
 
-def _tensor_errors(float_model: Path, qdq_model: Path, names: list[str], feeds: list[Feeds]) -> dict[str, float]:
+def _tensor_errors(
+    float_model: Path, qdq_model: Path, names: list[str], feeds: list[Feeds], memory_mb: float, log: Callable[[str], None] | None = None
+) -> dict[str, float]:
     """Relative error of every named tensor, qdq vs float, accumulated over the samples in bounded memory.
 
     (onnxruntime's qdq_loss_debug flattens every tensor and keeps all of them for all samples:
-    the channel axis is needed here, and memory must not grow with the samples.)"""
+    the channel axis is needed here, and memory must not grow with the samples.) An exposed tensor is
+    held until the run ends, so the names are compared a group at a time, each group's tensors within
+    `memory_mb` per model and sample: one pass over the samples per group, each sample's accumulation
+    order unchanged (the same sums, the same ranking, whatever the grouping)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor by its name
     options.log_severity_level = 3
+    # Without the arena a run's exposed tensors go back to the system when their arrays do (the arrays share
+    # onnxruntime's buffers); the arena kept them, and its growth, for the next group (det: 1175 -> 957 MB at 256 MB).
+    options.enable_cpu_mem_arena = False
+    exposed = {side: _with_outputs(path, names) for side, path in (("reference", float_model), ("candidate", qdq_model))}
+    inputs = {side: [i.name for i in model.graph.input] for side, model in exposed.items()}
+    extractors = {side: onnx.utils.Extractor(model) for side, model in exposed.items()}
+    errors = {name: _ChannelErrors() for name in names}
     with tempfile.TemporaryDirectory(prefix="quant-sensitivity-") as scratch_dir:
-        scratch = Path(scratch_dir)
-        reference = ort.InferenceSession(str(_with_outputs(float_model, names, scratch)), options, providers=["CPUExecutionProvider"])
-        candidate = ort.InferenceSession(str(_with_outputs(qdq_model, names, scratch)), options, providers=["CPUExecutionProvider"])
-        errors = {name: _ChannelErrors() for name in names}
-        for feed in feeds:
-            for name, ref, cand in zip(names, reference.run(names, feed), candidate.run(names, feed)):
-                errors[name].add(ref, cand)
+        groups = tensor_groups(exposed["reference"], names, feeds, memory_mb)
+        if log:
+            log(f"ranking: {len(names)} tensors compared in {len(groups)} group(s) of at most {memory_mb:g} MB per model and sample")
+        for index, group in enumerate(groups):
+            paths = {side: _exposing(extractors[side], inputs[side], group, Path(scratch_dir) / f"{side}-{index}.onnx") for side in exposed}
+            reference, candidate = (ort.InferenceSession(str(paths[side]), options, providers=["CPUExecutionProvider"]) for side in exposed)
+            for feed in feeds:
+                for name, ref, cand in zip(group, reference.run(group, feed), candidate.run(group, feed)):
+                    errors[name].add(ref, cand)
+            del reference, candidate  # this group's sessions (and their arenas) go before the next group's come
     return {name: e.relative_error() for name, e in errors.items()}
 
 
-def rank_nodes(float_model: Path, qdq_model: Path, feeds: list[Feeds], op_types: list[str] | None = None) -> list[NodeSensitivity]:
+def rank_nodes(
+    float_model: Path,
+    qdq_model: Path,
+    feeds: list[Feeds],
+    op_types: list[str] | None = None,
+    memory_mb: float = RANKING_MEMORY_MB,
+    log: Callable[[str], None] | None = None,
+) -> list[NodeSensitivity]:
     """Quantized nodes of `qdq_model` (of `op_types` when given), the ones adding most error first.
+
+    The compared tensors are held `memory_mb` per model and sample at most (more take more passes).
 
     Only nodes the quantizer was asked to quantize are candidates: a float op that merely reads a
     dequantized tensor (a HardSigmoid after a quantized Conv) changes nothing when "excluded"."""
@@ -135,8 +227,10 @@ def rank_nodes(float_model: Path, qdq_model: Path, feeds: list[Feeds], op_types:
     # Only what the ranking reads, the candidates' outputs and inputs: every name asked for is held for both models at
     # once (all tensors of PP-OCRv4 rec on 8 tuning lines: a 757 MB process; these: 306 MB, same ranking).
     needed = {t for n in float_graph.node if n.name in candidates for t in (*n.input, *n.output[:1])}
-    names = sorted(set(_float_tensors(float_proto)) & {o for n in float_graph.node for o in n.output} & qdq_tensors & needed)
-    errors = {**{name: 0.0 for name in graph_inputs}, **_tensor_errors(float_model, qdq_model, names, feeds)}
+    compared = set(_float_tensors(float_proto)) & qdq_tensors & needed
+    # In graph order: a group then ends where its last tensor is made, and what comes after is not run for it.
+    names = list(dict.fromkeys(o for n in float_graph.node for o in n.output if o in compared))
+    errors = {**{name: 0.0 for name in graph_inputs}, **_tensor_errors(float_model, qdq_model, names, feeds, memory_mb, log)}
     ranking = []
     for node in float_graph.node:
         if node.name not in candidates or not node.output or node.output[0] not in errors:

@@ -481,6 +481,12 @@ class Fallback(Strict):
         default=None, description="Numbers of units (nodes or blocks) to try keeping in float, in order (default 1, 2, 4, 8, ... within max_nodes)."
     )
     samples: int = Field(default=8, ge=1, description="Tuning samples used to rank node sensitivity.")
+    ranking_memory_mb: int = Field(
+        default=256,
+        ge=1,
+        description="Memory for the tensors the sensitivity ranking compares, per model and sample (MB): beyond it they are compared "
+        "in groups, one pass over the ranking samples each (the same ranking, more time).",
+    )
     candidates: list[SearchCandidate] = Field(
         default_factory=list, description="Variant-wide settings tried first; the best on the tuning split carries on to the node search."
     )
