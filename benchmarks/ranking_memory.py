@@ -12,7 +12,8 @@ The ranking's inputs are the search's: the recipe's int8-static variant built as
 (its `prepare`, calibration and QDQ format, no fallback; cached in --work) and the first `fallback.samples`
 tuning samples. Each budget ranks in its own process (the build too: a child's ru_maxrss starts at its
 parent's RSS), its peak being `wait4`'s ru_maxrss (as `/usr/bin/time -v`); `data only` loads the samples
-and ranks nothing. Budgets alternate over --rounds; seconds are medians. The rankings must be identical.
+and ranks nothing; `baseline` (with --baseline) is the code before groups. Budgets alternate over --rounds;
+seconds are medians. The rankings must be identical.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # this checkout's quant, not an installed one
+# This checkout's quant (not an installed one); a --baseline worker ranks with the checkout it names instead.
+sys.path.insert(0, sys.argv[sys.argv.index("--quant") + 1] if "--quant" in sys.argv else str(REPO))
 DATA_ONLY = "data only"
+BASELINE = "baseline"
 
 
 def _inputs(recipe: Path, variant: str) -> tuple:
@@ -64,10 +67,12 @@ def rank(recipe: Path, variant: str, models: dict, budget: str) -> dict:
     feeds = [feed for _, (_, feed) in zip(range(samples), checked_feeds(inputs.tuning, inputs.model.inputs))]
     said: list[str] = []
     started = time.perf_counter()
-    ranking = []
-    if budget != DATA_ONLY:
+    found = []
+    if budget == BASELINE:  # the code before groups: every tensor at once
+        found = rank_nodes(Path(models["float"]), Path(models["qdq"]), feeds, options.op_types)
+    elif budget != DATA_ONLY:
         found = rank_nodes(Path(models["float"]), Path(models["qdq"]), feeds, options.op_types, float(budget), said.append)
-        ranking = [(n.node, n.added_error, n.output_error) for n in found]
+    ranking = [(n.node, n.added_error, n.output_error) for n in found]
     return {"seconds": time.perf_counter() - started, "samples": len(feeds), "said": said, "ranking": ranking}
 
 
@@ -88,6 +93,8 @@ def main() -> None:
     parser.add_argument("--budgets", default="1e9,256", help="MB per model and sample; 1e9: every tensor in one group (before)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "quant-ranking-memory")
+    parser.add_argument("--baseline", type=Path, help="quant before groups (git archive 9abfe7b quant | tar -x -C DIR): ranks as `baseline`")
+    parser.add_argument("--quant", help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--models", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -95,18 +102,22 @@ def main() -> None:
         print(json.dumps(build(args.recipe, args.variant, args.work)))
         return
     if args.worker:
+        import quant
+
+        assert Path(quant.__file__).parents[1] == Path(args.quant or REPO).resolve(), f"{quant.__file__} is not the checkout asked for"
         print(json.dumps(rank(args.recipe, args.variant, json.loads(args.models), args.worker)))
         return
     common = ["--recipe", str(args.recipe), "--variant", args.variant, "--work", str(args.work)]
     models, _ = child([*common, "--worker", "build"])
-    budgets = [DATA_ONLY, *args.budgets.split(",")]
+    budgets = [DATA_ONLY, *([BASELINE] if args.baseline else []), *args.budgets.split(",")]
     print(f"{args.recipe.name} {args.variant}: ranking on the tuning samples; 1-minute load {os.getloadavg()[0]:.1f} (2 cores)")
     peaks: dict[str, list[float]] = {b: [] for b in budgets}
     seconds: dict[str, list[float]] = {b: [] for b in budgets}
     rankings: dict[str, list] = {}
     for round_ in range(args.rounds):
         for budget in budgets if round_ % 2 == 0 else [budgets[0], *reversed(budgets[1:])]:
-            result, peak = child([*common, "--models", json.dumps(models), "--worker", budget])
+            checkout = ["--quant", str(args.baseline.resolve())] if budget == BASELINE else []
+            result, peak = child([*common, *checkout, "--models", json.dumps(models), "--worker", budget])
             peaks[budget].append(peak)
             seconds[budget].append(result["seconds"])
             rankings[budget] = result["ranking"]

@@ -183,7 +183,7 @@ def _tensor_errors(
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor by its name
     options.log_severity_level = 3
     # Without the arena a run's exposed tensors go back to the system when their arrays do (the arrays share
-    # onnxruntime's buffers); the arena kept them, and its growth, for the next group (det: 1175 -> 957 MB at 256 MB).
+    # onnxruntime's buffers); the arena kept them, and its growth, for the next group (det at 256 MB: 1175 -> 957 MB).
     options.enable_cpu_mem_arena = False
     exposed = {side: _with_outputs(path, names) for side, path in (("reference", float_model), ("candidate", qdq_model))}
     inputs = {side: [i.name for i in model.graph.input] for side, model in exposed.items()}
