@@ -113,9 +113,19 @@ def tensor_groups(model: onnx.ModelProto, names: list[str], feeds: list[Feeds], 
     return groups
 
 
-def _exposing(extractor: onnx.utils.Extractor, inputs: list[str], group: list[str], path: Path) -> Path:
-    """The model cut down to the nodes computing `group`, which are its outputs (nothing after them runs)."""
-    onnx.save(extractor.extract_model(inputs, group), str(path))
+def _exposing(model: onnx.ModelProto, group: list[str], path: Path) -> Path:
+    """The model with `group` as its outputs, cut down to the nodes computing them (nothing after them runs).
+
+    Not cut with control flow: a subgraph reads outer tensors that onnx's Extractor does not follow."""
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in model.graph.node for a in n.attribute):
+        cut = onnx.ModelProto()
+        cut.CopyFrom(model)
+        kept = [o for o in cut.graph.output if o.name in set(group)]
+        del cut.graph.output[:]
+        cut.graph.output.extend(kept)
+    else:
+        cut = onnx.utils.Extractor(model).extract_model([i.name for i in model.graph.input], group)
+    onnx.save(cut, str(path))
     return path
 
 
@@ -186,15 +196,13 @@ def _tensor_errors(
     # onnxruntime's buffers); the arena kept them, and its growth, for the next group (det at 256 MB: 1175 -> 957 MB).
     options.enable_cpu_mem_arena = False
     exposed = {side: _with_outputs(path, names) for side, path in (("reference", float_model), ("candidate", qdq_model))}
-    inputs = {side: [i.name for i in model.graph.input] for side, model in exposed.items()}
-    extractors = {side: onnx.utils.Extractor(model) for side, model in exposed.items()}
     errors = {name: _ChannelErrors() for name in names}
     with tempfile.TemporaryDirectory(prefix="quant-sensitivity-") as scratch_dir:
         groups = tensor_groups(exposed["reference"], names, feeds, memory_mb)
         if log:
             log(f"ranking: {len(names)} tensors compared in {len(groups)} group(s) of at most {memory_mb:g} MB per model and sample")
         for index, group in enumerate(groups):
-            paths = {side: _exposing(extractors[side], inputs[side], group, Path(scratch_dir) / f"{side}-{index}.onnx") for side in exposed}
+            paths = {side: _exposing(model, group, Path(scratch_dir) / f"{side}-{index}.onnx") for side, model in exposed.items()}
             reference, candidate = (ort.InferenceSession(str(paths[side]), options, providers=["CPUExecutionProvider"]) for side in exposed)
             for feed in feeds:
                 for name, ref, cand in zip(group, reference.run(group, feed), candidate.run(group, feed)):

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from quant.recipe.schema import Fallback
-from quant.sensitivity import RANKING_MEMORY_MB, _ChannelErrors, rank_nodes, tensor_groups
+from quant.sensitivity import RANKING_MEMORY_MB, _ChannelErrors, _exposing, _with_outputs, rank_nodes, tensor_groups
 
 CHANNELS = 8
 
@@ -114,3 +115,32 @@ def test_errors_summed_a_few_channels_at_a_time_are_the_whole_tensors_to_the_bit
 
 def test_the_recipes_default_budget_is_the_rankings() -> None:
     assert Fallback().ranking_memory_mb == RANKING_MEMORY_MB
+
+
+def test_a_group_read_inside_control_flow_still_has_its_producers(tmp_path: Path) -> None:
+    """An If's branches read `r` from the outer graph: cutting the model at the If's output must keep r's Relu."""
+    branch = {
+        sign: helper.make_graph(
+            [helper.make_node("Add" if sign > 0 else "Sub", ["r", "one"], [f"out{sign}"])],
+            f"branch{sign}",
+            [],
+            [helper.make_tensor_value_info(f"out{sign}", TensorProto.FLOAT, None)],
+        )
+        for sign in (1, -1)
+    }
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["r"], name="relu"),
+            helper.make_node("If", ["cond"], ["y"], name="if", then_branch=branch[1], else_branch=branch[-1]),
+            helper.make_node("Mul", ["y", "one"], ["z"], name="mul"),
+        ],
+        "flow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4]), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [4])],
+        [numpy_helper.from_array(np.ones(4, np.float32), "one")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "flow.onnx"))
+    cut = _exposing(_with_outputs(tmp_path / "flow.onnx", ["r", "y"]), ["y"], tmp_path / "cut.onnx")
+    x = np.array([-1, 0, 2, 3], np.float32)
+    (y,) = ort.InferenceSession(str(cut), providers=["CPUExecutionProvider"]).run(["y"], {"x": x, "cond": np.array(True)})
+    assert y.tolist() == [1, 1, 3, 4]
