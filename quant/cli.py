@@ -108,10 +108,11 @@ def _internal_error(error: BaseException, verbose: bool = False) -> None:
 @click.option(
     "--ray-shard-samples",
     type=click.IntRange(min=1),
-    default=128,
+    default=1024,
     show_default=True,
     metavar="N",
-    help="With --executor ray: an evaluation of more than N samples runs in shards of N through Ray Data, on a pool of actors.",
+    help="With --executor ray: an evaluation of more than N samples runs in shards of N through Ray Data, on a pool of actors "
+    "(a smaller one: a few plain tasks per CPU).",
 )
 @click.pass_context
 def main(

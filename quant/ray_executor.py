@@ -8,9 +8,11 @@ again, up to `retries` times; the unit only writes paths it is given, so a retry
 dies, or that Ray's memory monitor kills (OutOfMemoryError), becomes a BuildError on its variant, as
 a crashed build does without Ray. An evaluation (optimised graphs: the same outputs at any thread count) is
 throughput work: each unit or shard declares one CPU and runs one onnxruntime thread, so a node runs as many side by
-side as it has cores; one of more than `shard_samples` samples runs in shards through Ray Data (quant.ray_evaluate).
+side as it has cores; one of more than `shard_samples` samples runs in shards through Ray Data (quant.ray_evaluate), a
+smaller one in a few plain tasks per CPU of the cluster, each in a worker process (no child: no start-up per shard).
 A latency benchmark runs on a node that has the recipe's `bench.resources` (the target hardware), taking all of
-that node's CPUs, so nothing else runs there meanwhile; while it waits for the node and runs, the driver submits no new unit. The driver keeps the FP32 reference, the gates and the promotion: the release layout
+that node's CPUs, so nothing else runs there meanwhile; while it waits for the node and runs, the driver submits no
+new unit. The driver keeps the FP32 reference, the gates and the promotion: the release layout
 and the exit codes do not change, and a killed driver leaves no half release (promotion is staged
 and renamed, as always).
 
@@ -36,17 +38,18 @@ from typing import Any, TypeVar
 
 from quant import __version__
 from quant.compare import OutputComparison
+from quant.cores import local_shard_samples, windows
 from quant.errors import BuildError, InputError
-from quant.executor import LocalExecutor, ProcessLost, Stats, in_fresh_process
+from quant.executor import LocalExecutor, ProcessLost, Stats, in_fresh_process, run_unit
 from quant.machine import CpuFacts, cpu_facts
 from quant.needs import Needs, declared
 from quant.ray_evaluate import evaluate_in_shards
-from quant.shards import Evaluation, as_evaluation
+from quant.shards import Evaluation, as_evaluation, evaluate_window, merged
 from quant.stages import unit_ran
 
 T = TypeVar("T")
 MB = 1024 * 1024
-SHARD_SAMPLES = 128  # an evaluation of more samples than this runs in shards of this many through Ray Data
+SHARD_SAMPLES = 1024  # an evaluation of more samples than this runs in shards of this many through Ray Data (below: plain tasks)
 RETRIES = 3  # a worker killed mid-unit: its unit runs again, up to this many times
 OOM_RETRIES = 1  # a unit Ray's memory monitor killed runs once more (Ray's default: forever), then fails its variant
 EXECUTOR_FIELD = "--executor ray"
@@ -104,6 +107,13 @@ def _check_reachable(target: str, field: str, timeout: float = CONNECT_SECONDS) 
 
 
 @cache
+def _remote_in_worker() -> Any:
+    # An evaluation (or a shard of one) in the Ray worker itself, as --jobs runs it in its own process: no child to
+    # spawn and no onnxruntime import per unit (a second or more each); the reused worker keeps onnxruntime loaded.
+    return _ray().remote(run_unit)
+
+
+@cache
 def _remote_unit() -> Any:
     # In a fresh child of the Ray worker, as without Ray: a leak or a crash stays in it, its peak memory is its own,
     # and the worker (which never loads onnxruntime) is reused.
@@ -144,6 +154,8 @@ class RayExecutor(LocalExecutor):
             needs = replace(needs, cpus=float(EVALUATION_THREADS))
         if self._shardable(unit, args):
             result, stats = self._in_shards(needs, *args)
+        elif evaluation is not None:
+            result, stats = self._in_task_shards(needs, Evaluation(*args))
         else:
             task = _remote_unit().options(
                 num_cpus=needs.cpus, memory=needs.memory_mb * MB, max_retries=self.retries, retry_exceptions=[ProcessLost],
@@ -190,6 +202,19 @@ class RayExecutor(LocalExecutor):
             actors = int(_ray().cluster_resources().get("CPU", 1.0) // max(needs.cpus, 1.0))
             comparisons = evaluate_in_shards(Evaluation(*args), shard_samples=self.shard_samples, memory_mb=needs.memory_mb, actors=actors)
         return comparisons, {"seconds": round(time.perf_counter() - clock, 3), "started": started}
+
+    def _in_task_shards(self, needs: Needs, evaluation: Evaluation) -> tuple[dict[str, OutputComparison], Stats]:
+        """An evaluation below the Ray Data size as a few plain tasks per CPU of the cluster (quant.shards), each in a
+        worker: Ray Data's actor pool took 10-25 s to start per evaluation of a few hundred samples (measured)."""
+        started, clock = time.time(), time.perf_counter()
+        cpus = int(_ray().cluster_resources().get("CPU", 1.0))
+        task = _remote_in_worker().options(
+            num_cpus=needs.cpus, memory=needs.memory_mb * MB, max_retries=self.retries, runtime_env=_forwarded_environment()
+        )
+        bounds = windows(len(evaluation.source), local_shard_samples(len(evaluation.source), max(cpus, 1)))
+        refs = [task.remote(evaluate_window, (evaluation, start, stop)) for start, stop in bounds]
+        shards = [self._result(ref)[0] for ref in refs]
+        return merged(shards), {"seconds": round(time.perf_counter() - clock, 3), "started": started}
 
     def alone(self, unit: Callable[..., T], *args: Any) -> T:
         return super().alone(self._on_bench_node, unit, *args)
