@@ -11,7 +11,8 @@ starts processes itself; it asks the current `Executor`:
   `fresh=False` (evaluations): the unit needs no process of its own, so a local executor runs it on the
   calling thread (still within its jobs) and saves the process start-up; a remote executor may still ship it.
 * `alone(unit, *args)`: run a unit with nothing else running (a latency benchmark: a ratio timed under
-  load is worthless); it waits for the running units and holds new ones back until it is done.
+  load is worthless). It starts once no unit runs or waits to run (the benchmarks come after the work that is
+  ready: a benchmark asked for early does not make the cores drain and idle) and holds new units back until done.
 * `slot()`: a context in which the calling thread does work itself (the FP32 reference, with its
   progress bar), counted as one running unit.
 * `each(tasks)`: run driver-side tasks (one variant's build-judge pipeline, one recipe) concurrently;
@@ -202,12 +203,15 @@ class LocalExecutor:
         self.jobs = jobs
         self._state = threading.Condition()
         self._running = 0
-        self._alone_waiting = 0  # a waiting benchmark holds new units back, so it is not starved
+        self._queued = 0  # units waiting for a slot: a benchmark lets them go first
+        self._benchmarking = False  # a benchmark runs: no unit starts
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
         with self._state:
-            self._state.wait_for(lambda: self._running < self.jobs and self._alone_waiting == 0)
+            self._queued += 1
+            self._state.wait_for(lambda: self._running < self.jobs and not self._benchmarking)
+            self._queued -= 1
             self._running += 1
         try:
             yield
@@ -260,16 +264,18 @@ class LocalExecutor:
 
     def alone(self, unit: Callable[..., T], *args: Any) -> T:
         with self._state:
-            self._alone_waiting += 1
-            self._state.wait_for(lambda: self._running == 0)
-            self._running = self.jobs  # every slot taken: nothing starts meanwhile
+            self._state.wait_for(self._idle)
+            self._benchmarking = True  # nothing starts meanwhile
         try:
             return run_alone(unit, *args)
         finally:
             with self._state:
-                self._alone_waiting -= 1
-                self._running = 0
+                self._benchmarking = False
                 self._state.notify_all()
+
+    def _idle(self) -> bool:
+        """No unit runs or waits for a slot, and no benchmark runs (called holding `_state`)."""
+        return self._running == 0 and self._queued == 0 and not self._benchmarking
 
     def each(self, tasks: Sequence[Callable[[], T]]) -> list[T]:
         if len(tasks) <= 1:

@@ -136,6 +136,7 @@ class RayExecutor(LocalExecutor):
 
     def __init__(self, address: str | None = None, retries: int = RETRIES, shard_samples: int = SHARD_SAMPLES) -> None:
         super().__init__(1)
+        self._in_flight = 0  # units submitted to the cluster and not back yet
         self.local = connect(address)
         self.retries = retries
         self.shard_samples = shard_samples
@@ -146,7 +147,22 @@ class RayExecutor(LocalExecutor):
 
     def call(self, unit: Callable[..., T], *args: Any, fresh: bool = True) -> tuple[T, Stats]:
         """`fresh` is ignored: every unit is shipped to a worker and runs there in a child process of its own."""
-        self._behind_benchmarks()
+        with self._state:
+            self._state.wait_for(lambda: not self._benchmarking)  # Ray serves no queue in order: hold it back here
+            self._in_flight += 1
+        try:
+            return self._on_ray(unit, *args)
+        finally:
+            with self._state:
+                self._in_flight -= 1
+                self._state.notify_all()
+
+    def _idle(self) -> bool:
+        """No unit in flight on the cluster either: a benchmark then has its node to itself (Ray does not serve tasks
+        first come, first served: a task asking for a whole node waited behind later units, 65 s of a 2-CPU run)."""
+        return super()._idle() and self._in_flight == 0
+
+    def _on_ray(self, unit: Callable[..., T], *args: Any) -> tuple[T, Stats]:
         needs = declared()
         evaluation = as_evaluation(unit, args)
         if evaluation is not None:  # throughput work: one thread and one CPU a unit, as many side by side as the cluster holds
@@ -164,13 +180,6 @@ class RayExecutor(LocalExecutor):
             result, stats = self._result(task.remote(unit, *args))
         unit_ran(stats, own_process=True)  # the span (and the peak of its process) go to the open stage of this run
         return result, stats
-
-    def _behind_benchmarks(self) -> None:
-        """Submit nothing while a benchmark waits for or holds its node: Ray does not queue tasks first come, first
-        served, so a task asking for a whole node waited behind the units submitted after it (65 s of a 2-CPU
-        cluster's run, measured). In-flight units finish; the benchmark then has its node, alone."""
-        with self._state:
-            self._state.wait_for(lambda: self._alone_waiting == 0)
 
     def inference_threads(self, wanted: int) -> int:
         """What the unit declares to Ray (bench.threads CPUs): the scheduler keeps the units within each node's cores."""

@@ -34,6 +34,12 @@ def _span(seconds: float) -> tuple[float, float]:
     return started, time.time()
 
 
+def _marked_span(seconds: float, marker: Path) -> tuple[float, float]:
+    """`_span`, leaving `marker` behind as it starts."""
+    marker.touch()
+    return _span(seconds)
+
+
 def test_two_jobs_run_two_units_at_once_and_a_benchmark_alone(tmp_path: Path) -> None:
     executor = LocalExecutor(2)
     a, b = tmp_path / "a", tmp_path / "b"
@@ -41,8 +47,10 @@ def test_two_jobs_run_two_units_at_once_and_a_benchmark_alone(tmp_path: Path) ->
     (done_a, stats_a), (done_b, _) = executor.each(calls)
     assert abs(done_a - done_b) < 30 and stats_a["seconds"] >= 0 and stats_a["peak_rss_mb"] > 0
 
-    # A benchmark waits for the running unit, and a unit asked for meanwhile starts only after the benchmark.
+    # A benchmark waits until no unit runs or is asked for (the work that is ready goes first: the cores do not drain
+    # for it), and a unit asked for while it runs starts only after it.
     spans: dict[str, tuple[float, float]] = {}
+    marker = tmp_path / "benchmark-started"
 
     def unit(name: str, delay: float) -> None:
         time.sleep(delay)
@@ -50,10 +58,17 @@ def test_two_jobs_run_two_units_at_once_and_a_benchmark_alone(tmp_path: Path) ->
 
     def bench() -> None:
         time.sleep(0.5)  # the first unit is under way by now
-        spans["bench"] = executor.alone(_span, 0.0)
+        spans["bench"] = executor.alone(_marked_span, 2.0, marker)
 
-    executor.each([lambda: unit("first", 0.0), bench, lambda: unit("second", 1.0)])
-    assert spans["first"][1] <= spans["bench"][0] and spans["bench"][1] <= spans["second"][0]
+    def during_the_benchmark() -> None:
+        deadline = time.time() + 120
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        spans["third"] = executor.call(_span, 0.0)[0]
+
+    executor.each([lambda: unit("first", 0.0), bench, lambda: unit("second", 1.0), during_the_benchmark])
+    assert max(spans["first"][1], spans["second"][1]) <= spans["bench"][0], spans  # asked for after it, run before it
+    assert spans["bench"][1] <= spans["third"][0], spans
 
 
 def _sharing_the_cores() -> bool:
