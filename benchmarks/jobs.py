@@ -3,6 +3,7 @@ all give the same verdicts, model bytes and metrics.
 
     python benchmarks/jobs.py                        # edge-cpu.yaml + edge-cpu-det.yaml: serial, then --jobs 2
     python benchmarks/jobs.py --ray --rounds 2       # serial, --jobs 2, ray; then ray, --jobs 2, serial
+    python benchmarks/jobs.py --ray --reversed       # ray, --jobs 2, serial: the second round of an ABBA pair, run apart
     python benchmarks/jobs.py --only fp16            # a quicker check: one variant of each recipe
 
 Each invocation is `quantize --recipe <rec> --recipe <det>` in a subprocess with a fresh cache (nothing reused,
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="the parallel side's --jobs [default: 2]")
     parser.add_argument("--ray", action="store_true", help="add a side with --executor ray (a local Ray cluster the command starts)")
     parser.add_argument("--rounds", type=int, default=1, help="runs of every side, the order reversed every round [default: 1]")
+    parser.add_argument("--reversed", action="store_true", help="start with the reversed order (ray, --jobs, serial): a second round run apart")
     parser.add_argument("--only", action="append", default=[], metavar="VARIANT", help="passed to quantize: only this variant (repeatable)")
     parser.add_argument("--keep", type=Path, help="keep every side's run folder (results.json, summary.md) under this new folder")
     args = parser.parse_args()
@@ -116,7 +118,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="quant-jobs-bench-") as temporary:
         scratch = str(args.keep or temporary)
         for round_index in range(args.rounds):
-            order = list(sides) if round_index % 2 == 0 else list(reversed(sides))
+            order = list(sides) if (round_index + args.reversed) % 2 == 0 else list(reversed(sides))
             for side in order:
                 folder = Path(scratch) / f"r{round_index}-{side.strip('-').replace(' ', '-')}"
                 folder.mkdir()
