@@ -123,16 +123,21 @@ def test_an_interrupted_run_exits_130_and_releases_nothing(workspace: dict[str, 
     path = write_recipe(root, base_recipe(workspace["model"], workspace["calib"], workspace["eval"]))
     marker = root / "paused"
     env = {**os.environ, "QUANT_TEST_PAUSE_AT": "promotion", "QUANT_TEST_PAUSE_FILE": str(marker)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "quant.cli", "--recipe", str(path), "--out", str(root / "run"), "--quiet"],
-        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    deadline = time.monotonic() + 300
-    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert marker.exists(), process.communicate()[1] if process.poll() is not None else "never paused"
-    os.kill(int(marker.read_text()), signal.SIGINT)  # Ctrl-C with the release staged
-    _, stderr = process.communicate(timeout=120)
+    # stderr to a file, not a pipe: a process the run started that outlives it (a multiprocessing helper) would hold
+    # a pipe open and make communicate() wait for it, though the run itself has exited.
+    errors = root / "stderr.txt"
+    with errors.open("w") as stderr_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "quant.cli", "--recipe", str(path), "--out", str(root / "run"), "--quiet"],
+            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=stderr_file, text=True,
+        )
+        deadline = time.monotonic() + 300
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), errors.read_text() if process.poll() is not None else "never paused"
+        os.kill(int(marker.read_text()), signal.SIGINT)  # Ctrl-C with the release staged
+        process.wait(timeout=120)
+    stderr = errors.read_text()
     assert process.returncode == 130, stderr
     assert stderr.strip() == "quantize: error: interrupted; nothing was released"
     assert _release_entries(root) == []
