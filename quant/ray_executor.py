@@ -11,8 +11,8 @@ throughput work: each unit or shard declares one CPU and runs one onnxruntime th
 side as it has cores; one of more than `shard_samples` samples runs in shards through Ray Data (quant.ray_evaluate), a
 smaller one in a few plain tasks per CPU of the cluster, each in a worker process (no child: no start-up per shard).
 A latency benchmark runs on a node that has the recipe's `bench.resources` (the target hardware), taking all of
-that node's CPUs, so nothing else runs there meanwhile; while it waits for the node and runs, the driver submits no
-new unit. The driver keeps the FP32 reference, the gates and the promotion: the release layout
+that node's CPUs, so nothing else runs there meanwhile; it starts once no unit of the run is in flight or queued, and
+the driver submits no new unit while it runs. The driver keeps the FP32 reference, the gates and the promotion: the release layout
 and the exit codes do not change, and a killed driver leaves no half release (promotion is staged
 and renamed, as always).
 
@@ -146,7 +146,8 @@ class RayExecutor(LocalExecutor):
         self._targets: dict[tuple[tuple[str, float], ...], CpuFacts] = {}  # the bench node's CPU, by bench.resources
 
     def call(self, unit: Callable[..., T], *args: Any, fresh: bool = True) -> tuple[T, Stats]:
-        """`fresh` is ignored: every unit is shipped to a worker and runs there in a child process of its own."""
+        """`fresh` is ignored: every unit is shipped to the cluster (an evaluation runs in a worker's own process, any other
+        unit in a child process of its own)."""
         with self._state:
             self._state.wait_for(lambda: not self._benchmarking)  # Ray serves no queue in order: hold it back here
             self._in_flight += 1
